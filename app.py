@@ -1,0 +1,56 @@
+"""SER attention explorer — home page. Run: ``streamlit run app.py``."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import streamlit as st  # noqa: E402
+
+from ser_core import ui  # noqa: E402
+
+st.set_page_config(page_title="SER attention explorer", page_icon="🎙️", layout="wide")
+
+st.title("SER attention explorer")
+st.markdown(
+    """
+See **inside** multimodal speech emotion recognition models. Record or upload a sentence, get the
+predicted emotion, and explore where the model looked: which **words** and which **speech frames**
+its attention kept, how the audio and text attend to each other, and what changes when you make the
+attention sparser.
+
+The default model is the **KS-Transformer** (key-sparse attention keeps only the top-k keys by the
+column sums of the attention matrix; cascaded cross-attention blocks fuse audio and text), trained
+on this project's synthetic demo corpus (four emotions, many voices). Speech is transcribed by
+Whisper tiny.en and encoded by its encoder; words are encoded by MiniLM — all on this machine.
+"""
+)
+
+checkpoint = ui.checkpoint_picker()
+
+c1, c2 = st.columns(2)
+with c1:
+    st.subheader("Analyze")
+    st.write("Prediction, word and frame attention maps, key importance and kept frames.")
+    st.page_link("pages/1_Analyze.py", label="Open Analyze", icon="🔍")
+with c2:
+    st.subheader("Compare k")
+    st.write("The same utterance at 2–4 keep ratios side by side, and probabilities over k.")
+    st.page_link("pages/2_Compare_k.py", label="Open Compare k", icon="⚖️")
+
+samples = ui.sample_clips()
+if samples:
+    st.subheader("Sample clips to start from")
+    st.caption(
+        "Synthetic voices from the demo corpus. Some say one emotion in words and another in the "
+        "voice: the label follows the voice."
+    )
+    st.dataframe(
+        [
+            {"clip": r["path"], "voice emotion (label)": r["label"], "words say": r.get("text_emotion", ""),
+             "transcript": r.get("transcript", "")}
+            for r in samples
+        ],
+        hide_index=True,
+        width="stretch",
+    )

@@ -1,0 +1,301 @@
+"""Key-sparse attention (KS-Transformer, Chen et al., ICASSP 2022) and nucleus masks.
+
+Paper: "Key-Sparse Transformer for Multimodal Speech Emotion Recognition", sec. 2.1.
+
+    W    = softmax(Q Kᵀ / √d_Q)                        (eq. 1)
+    s_z  = Σ_i W[i, z]          column sum: the importance of key z (Fig. 3)
+    M_z  = 1 if s_z ≥ threshold else 0                 (eq. 3, threshold = k-th largest s_z)
+    attn = (W ⊙ M) × V                                 (eq. 2 on the sparsified weights)
+
+Kept weights are *not* renormalised (as in the paper and its released code). Here the
+paper's k is a ratio (``keep_ratio``): per (batch item, head) n = max(1, ⌊keep_ratio·L⌋)
+keys are kept, L being that item's number of valid (non-padding) keys.
+
+Everything is vectorised over batch and heads; ``keep_ratio >= 1`` takes a fast path that
+is exactly vanilla attention.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ser_core.errors import InputError
+
+__all__ = [
+    "AttentionInfo",
+    "KeySparseMultiheadAttention",
+    "KeySparseResult",
+    "keep_counts",
+    "key_sparse_attention",
+    "key_sparse_attention_with_scores",
+    "nucleus_mask",
+]
+
+# A tiny slack so that e.g. keep_ratio=0.7, L=10 gives n=7 even though 0.7*10 is
+# 7.000000000000001 or 0.29*100 is 28.999999999999996 in floating point.
+_FLOOR_EPS = 1e-9
+
+
+class KeySparseResult(NamedTuple):
+    """What :func:`key_sparse_attention_with_scores` returns."""
+
+    out: Tensor  # [B, H, Tq, D]
+    weights: Tensor | None  # [B, H, Tq, Tk] after the top-k key mask (None: not asked for)
+    keep: Tensor  # [B, H, Tk] bool, False at padding
+    key_scores: Tensor  # [B, H, Tk] column sums of W over (valid) queries; 0 at padding
+
+
+def keep_counts(valid_keys: Tensor, keep_ratio: float) -> Tensor:
+    """n = max(1, ⌊keep_ratio·L⌋) per item, L = number of valid keys (int64, same shape)."""
+    n = torch.floor(valid_keys.to(torch.float64) * float(keep_ratio) + _FLOOR_EPS).to(torch.int64)
+    return n.clamp(min=1)
+
+
+def _check_inputs(
+    q: Tensor, k: Tensor, v: Tensor, keep_ratio: float,
+    key_padding_mask: Tensor | None, query_padding_mask: Tensor | None,
+) -> None:
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise InputError(
+            f"key_sparse_attention expects q, k, v shaped [B, H, T, D]; got {tuple(q.shape)}, "
+            f"{tuple(k.shape)}, {tuple(v.shape)}."
+        )
+    if k.shape[:3] != v.shape[:3] or q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1]:
+        raise InputError(
+            f"q {tuple(q.shape)}, k {tuple(k.shape)} and v {tuple(v.shape)} do not agree on batch, "
+            "heads, key length or head size."
+        )
+    if not isinstance(keep_ratio, (int, float)) or not math.isfinite(keep_ratio) or keep_ratio <= 0:
+        raise InputError(f"keep_ratio must be a number > 0 (1 keeps every key); got {keep_ratio!r}.")
+    B, _, Tq, _ = q.shape
+    Tk = k.shape[2]
+    if Tk == 0:
+        raise InputError("key_sparse_attention needs at least one key position (Tk = 0).")
+    for name, mask, T in (("key_padding_mask", key_padding_mask, Tk), ("query_padding_mask", query_padding_mask, Tq)):
+        if mask is not None and (mask.dtype != torch.bool or tuple(mask.shape) != (B, T)):
+            raise InputError(f"{name} must be a bool tensor shaped [{B}, {T}] (True = pad); got "
+                             f"{mask.dtype} {tuple(mask.shape)}.")
+
+
+def key_sparse_attention_with_scores(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    keep_ratio: float,
+    key_padding_mask: Tensor | None = None,
+    query_padding_mask: Tensor | None = None,
+    *,
+    dropout_p: float = 0.0,
+    need_scores: bool = True,
+    need_weights: bool = True,
+) -> KeySparseResult:
+    """Key-sparse attention that also returns the key scores s_z (see module docstring).
+
+    The returned weights and key scores are for inspection: they carry no gradient (the
+    gradient reaches q, k and v through ``out``). dropout_p: dropout on the weights before
+    ``× V`` (pass 0 outside training; the returned weights are the un-dropped ones).
+    need_scores / need_weights = False skip building the key scores (then all zeros, on the
+    keep_ratio ≥ 1 path) / the weights (then None): training needs only out and keep.
+    """
+    _check_inputs(q, k, v, keep_ratio, key_padding_mask, query_padding_mask)
+    B, H, Tq, D = q.shape
+    Tk = k.shape[2]
+    key_valid = None if key_padding_mask is None else ~key_padding_mask  # [B, Tk]
+    all_have_keys = key_valid is None or bool(key_valid.any(dim=-1).all())
+
+    if keep_ratio >= 1 and all_have_keys:
+        # Fast path: vanilla attention (eq. 1–2), every valid key kept. torch's fused kernel
+        # computes out (and its gradient); the maps are built without a graph only if asked.
+        attn_mask = None if key_valid is None else key_valid[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+        keep = _valid_keep(key_valid, B, H, Tk, q.device)
+        if not (need_weights or need_scores):
+            return KeySparseResult(out, None, keep, torch.zeros(B, H, Tk, dtype=q.dtype, device=q.device))
+        with torch.no_grad():
+            W = _softmax_weights(q, k, key_padding_mask)
+            scores = _column_sums(W, key_valid, query_padding_mask)
+        return KeySparseResult(out, W if need_weights else None, keep, scores)
+
+    # eq. 1 with a graph (the gradient reaches q and k through W).
+    W = _softmax_weights(q, k, key_padding_mask)
+    scores = _column_sums(W, key_valid, query_padding_mask)  # s_z, no gradient (eq. 3 is a hard choice)
+    if keep_ratio >= 1:  # some item has no valid key: vanilla attention, its rows attend to nothing
+        keep = _valid_keep(key_valid, B, H, Tk, q.device)
+    else:
+        keep = _top_keys(scores, key_valid, keep_ratio)
+
+    # eq. 2 on M ⊙ W (not renormalised). (W ⊙ M_columns) V = W (M V): masking the Tk rows of
+    # V is far cheaper than masking the Tq×Tk weights and gives the same values and gradients.
+    keep_f = keep.to(v.dtype)
+    Wd = F.dropout(W, p=dropout_p) if dropout_p > 0 else W
+    out = torch.matmul(Wd, v * keep_f[..., None])
+    weights = None
+    if need_weights:
+        with torch.no_grad():
+            weights = W * keep_f[:, :, None, :]
+    return KeySparseResult(out, weights, keep, scores)
+
+
+def _softmax_weights(q: Tensor, k: Tensor, key_padding_mask: Tensor | None) -> Tensor:
+    """W = softmax(Q Kᵀ / √d) over the valid keys (eq. 1), [B, H, Tq, Tk].
+
+    One batched GEMM with the scale as its alpha. Padding keys get a huge negative *finite*
+    bias (the GEMM's C term) rather than -inf, so that a row with no valid key at all gives
+    finite numbers instead of NaN (such rows are zeroed by the keep mask).
+    """
+    B, H, Tq, D = q.shape
+    Tk = k.shape[2]
+    q3 = q.reshape(B * H, Tq, D)
+    kT3 = k.reshape(B * H, Tk, D).transpose(1, 2)
+    if key_padding_mask is None:
+        logits = torch.bmm(q3 * (D ** -0.5), kT3)
+    else:
+        bias = torch.zeros(B, Tk, dtype=q.dtype, device=q.device)
+        bias.masked_fill_(key_padding_mask, torch.finfo(q.dtype).min / 2)
+        bias = bias[:, None, None, :].expand(B, H, 1, Tk).reshape(B * H, 1, Tk)
+        logits = torch.baddbmm(bias, q3, kT3, alpha=D ** -0.5)
+    return torch.softmax(logits, dim=-1).view(B, H, Tq, Tk)
+
+
+def _column_sums(W: Tensor, key_valid: Tensor | None, query_padding_mask: Tensor | None) -> Tensor:
+    """s_z = Σ_i W[i, z] over the valid queries (Fig. 3), [B, H, Tk]; 0 at padding keys."""
+    with torch.no_grad():
+        if query_padding_mask is None:
+            s = W.sum(dim=-2)
+        else:
+            qv = (~query_padding_mask).to(W.dtype)[:, None, None, :]  # [B,1,1,Tq]
+            s = torch.matmul(qv, W).squeeze(-2)
+        if key_valid is not None:
+            s = s * key_valid[:, None, :]
+    return s
+
+
+def _valid_keep(key_valid: Tensor | None, B: int, H: int, Tk: int, device: torch.device) -> Tensor:
+    """keep = every valid key, [B, H, Tk]."""
+    if key_valid is None:
+        return torch.ones(B, H, Tk, dtype=torch.bool, device=device)
+    return key_valid[:, None, :].expand(B, H, Tk).clone()
+
+
+def _top_keys(scores: Tensor, key_valid: Tensor | None, keep_ratio: float) -> Tensor:
+    """The top-k key mask M of eq. 3, per (item, head): s_z ≥ threshold, where threshold is the
+    n-th largest valid score and n = max(1, ⌊keep_ratio·L⌋) with L the item's valid keys.
+
+    Vectorised: one topk for the largest n in the batch, then a gather at each item's n-1.
+    Ties with the n-th largest are kept too. Padding scores rank as -inf: never chosen.
+    """
+    B, H, Tk = scores.shape
+    if key_valid is None:
+        L = torch.full((B,), Tk, dtype=torch.int64, device=scores.device)
+        ranked = scores
+    else:
+        L = key_valid.sum(dim=-1)
+        ranked = scores.masked_fill(~key_valid[:, None, :], float("-inf"))
+    n = keep_counts(L, keep_ratio)
+    top = torch.topk(ranked, int(n.max()), dim=-1, largest=True, sorted=True).values  # [B,H,n_max]
+    threshold = torch.gather(top, -1, (n - 1)[:, None, None].expand(B, H, 1))  # [B,H,1]
+    keep = ranked >= threshold
+    if key_valid is not None:
+        keep &= key_valid[:, None, :]  # an item with L = 0 has threshold -inf: keep nothing
+    return keep
+
+
+def key_sparse_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    keep_ratio: float,
+    key_padding_mask: Tensor | None = None,
+    query_padding_mask: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Key-sparse attention → ``(out, weights, keep)`` (DESIGN.md's outside API).
+
+    q [B,H,Tq,D], k/v [B,H,Tk,D]; masks [B,Tk] / [B,Tq] bool with True = pad. Returns out
+    [B,H,Tq,D], weights [B,H,Tq,Tk] after the key mask (not renormalised), keep [B,H,Tk].
+    Use :func:`key_sparse_attention_with_scores` to also get the key scores.
+    """
+    r = key_sparse_attention_with_scores(
+        q, k, v, keep_ratio, key_padding_mask, query_padding_mask, need_scores=False
+    )
+    return r.out, r.weights, r.keep
+
+
+def nucleus_mask(probs: Tensor, top_p: float) -> Tensor:
+    """Nucleus (top-p) mask over the last dim: the smallest set of largest entries whose
+    mass reaches top_p. Sorted descending, an entry is kept while the running sum *before*
+    it is < top_p (so the entry that reaches top_p is kept too). top_p ≥ 1 keeps all.
+    """
+    if not isinstance(top_p, (int, float)) or not math.isfinite(top_p) or top_p <= 0:
+        raise InputError(f"top_p must be a number in (0, 1] (1 keeps everything); got {top_p!r}.")
+    if top_p >= 1:
+        return torch.ones_like(probs, dtype=torch.bool)
+    sorted_p, order = torch.sort(probs, dim=-1, descending=True)
+    mass_before = torch.cumsum(sorted_p, dim=-1) - sorted_p
+    keep_sorted = mass_before < top_p
+    keep_sorted[..., 0] = True  # the largest entry always (also covers an all-zero row)
+    return torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+
+
+@dataclass
+class AttentionInfo:
+    """One attention layer's maps (detached), as a model records them."""
+
+    weights: Tensor  # [B, H, Tq, Tk]
+    key_scores: Tensor  # [B, H, Tk]
+    keep: Tensor  # [B, H, Tk] bool
+
+
+class KeySparseMultiheadAttention(nn.Module):
+    """Multi-head key-sparse attention (self or cross), the attention of a KS-Transformer.
+
+    Q comes from ``query``, K and V from ``key_value`` (the same tensor: "K and V are always
+    the same in Transformer", sec. 2.1.2); ``key_value=None`` means self-attention.
+    keep_ratio ≥ 1 makes it vanilla multi-head attention (eq. 1–2).
+    """
+
+    def __init__(self, d_model: int, heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        if d_model % heads != 0:
+            raise ValueError(f"d_model={d_model} is not divisible by heads={heads}")
+        self.d_model, self.heads, self.head_dim = d_model, heads, d_model // heads
+        self.dropout = dropout
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.kv_proj = nn.Linear(d_model, 2 * d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+
+    def _split(self, x: Tensor) -> Tensor:  # [B,T,d] -> [B,H,T,d/H]
+        B, T, _ = x.shape
+        return x.view(B, T, self.heads, self.head_dim).transpose(1, 2)
+
+    def forward(
+        self,
+        query: Tensor,
+        key_value: Tensor | None = None,
+        key_padding_mask: Tensor | None = None,
+        query_padding_mask: Tensor | None = None,
+        keep_ratio: float = 1.0,
+        need_weights: bool = True,
+    ) -> tuple[Tensor, AttentionInfo | None]:
+        """query [B,Tq,d], key_value [B,Tk,d] (None: self) → (out [B,Tq,d], AttentionInfo).
+
+        need_weights=False (training) skips the maps and returns (out, None).
+        """
+        kv_in = query if key_value is None else key_value
+        q = self._split(self.q_proj(query))
+        k, v = (self._split(t) for t in self.kv_proj(kv_in).chunk(2, dim=-1))
+        r = key_sparse_attention_with_scores(
+            q, k, v, keep_ratio, key_padding_mask, query_padding_mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            need_scores=need_weights, need_weights=need_weights,
+        )
+        B, _, Tq, _ = r.out.shape
+        out = self.out_proj(r.out.transpose(1, 2).reshape(B, Tq, self.d_model))
+        if not need_weights:
+            return out, None
+        return out, AttentionInfo(r.weights.detach(), r.key_scores.detach(), r.keep)

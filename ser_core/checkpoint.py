@@ -1,0 +1,135 @@
+"""Checkpoints: one safetensors file whose header carries the JSON config; no pickled code.
+
+A checkpoint ``name.safetensors`` holds the model's weights, and in the safetensors metadata a
+JSON document with:
+
+    model        registry name ("ks_transformer", ...)
+    config       the model's Config dataclass as a dict (architecture, labels)
+    encoders     {"speech": ..., "text": ..., "identity": ...} the features it was trained on
+    training     data set, protocol, preset, hyperparameters, epochs, time
+    metrics      validation/test WA, UA, macro-F1 of the chosen epoch
+
+A copy of that JSON is written beside it as ``name.json`` for people to read; loading uses the
+copy inside the weights file, so the two can never disagree. Writes are atomic (temp + rename).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .errors import InputError
+from .paths import CHECKPOINTS_DIR
+
+
+def save_checkpoint(path: Path | str, model: torch.nn.Module, meta: dict[str, Any]) -> Path:
+    """Write weights + meta atomically; returns the path written."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        path = path.with_suffix(".safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    text = json.dumps(meta, indent=2, default=_json_default)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata={"ser_meta": text})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text + "\n")
+    os.replace(tmp, path.with_suffix(".json"))
+    return path
+
+
+def read_meta(path: Path | str) -> dict[str, Any]:
+    """The JSON meta stored inside a checkpoint (cheap: reads the header only)."""
+    path = _resolve(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as exc:
+        raise InputError(f"{path.name} is not a readable checkpoint (safetensors): {exc}") from None
+    if "ser_meta" not in meta:
+        raise InputError(f"{path.name} has no model description; it was not written by this project.")
+    return json.loads(meta["ser_meta"])
+
+
+def load_checkpoint(path: Path | str, device: str | torch.device = "cpu"):
+    """Build the model the checkpoint describes and load its weights.
+
+    Returns (model in eval mode, meta). A checkpoint that does not match its model (missing or
+    extra tensors, other shapes) raises InputError saying so, instead of a torch traceback.
+    """
+    from . import models as registry  # importing the package registers every model
+
+    path = _resolve(path)
+    meta = read_meta(path)
+    name = meta.get("model")
+    if name not in registry.MODELS:
+        raise InputError(
+            f"{path.name} is for model {name!r}, which this version does not know "
+            f"(known: {', '.join(sorted(registry.MODELS))})."
+        )
+    try:
+        model = registry.build_model(name, meta["config"])
+    except Exception as exc:
+        raise InputError(f"{path.name}: its config does not describe a valid {name}: {exc}") from None
+    state: dict[str, torch.Tensor] = {}
+    with safe_open(str(path), framework="pt") as f:
+        for key in f.keys():
+            state[key] = f.get_tensor(key)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or extra or wrong:
+        detail = []
+        if missing:
+            detail.append(f"missing {len(missing)} tensors (e.g. {missing[0]})")
+        if extra:
+            detail.append(f"{len(extra)} unexpected tensors (e.g. {extra[0]})")
+        if wrong:
+            detail.append(f"{len(wrong)} with other shapes (e.g. {wrong[0]})")
+        raise InputError(f"{path.name} does not match the {name} model: " + "; ".join(detail) + ".")
+    model.load_state_dict(state)
+    return model.to(device).eval(), meta
+
+
+def list_checkpoints(folder: Path | str = CHECKPOINTS_DIR) -> list[Path]:
+    """Checkpoints in a folder, newest first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(folder.glob("*.safetensors"), key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def _resolve(path: Path | str) -> Path:
+    path = Path(path)
+    if not path.exists() and not path.is_absolute():
+        candidate = CHECKPOINTS_DIR / path
+        if candidate.suffix != ".safetensors":
+            candidate = candidate.with_suffix(".safetensors")
+        if candidate.exists():
+            path = candidate
+    if not path.exists():
+        raise InputError(f"No checkpoint at {path}.")
+    return path
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON-serialisable: {type(value)}")
