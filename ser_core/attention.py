@@ -122,16 +122,29 @@ def key_sparse_attention_with_scores(
             scores = _column_sums(W, key_valid, query_padding_mask)
         return KeySparseResult(out, W if need_weights else None, keep, scores)
 
-    # eq. 1 with a graph (the gradient reaches q and k through W).
+    if all_have_keys:
+        # Eq. 1–3 without a graph: W only ranks the keys (eq. 3 is a hard choice).
+        with torch.no_grad():
+            W = _softmax_weights(q, k, key_padding_mask)
+            scores = _column_sums(W, key_valid, query_padding_mask)
+            keep = _top_keys(scores, key_valid, keep_ratio)
+            keep_f = keep.to(v.dtype)
+        # Eq. 2 on M ⊙ W (not renormalised). (W ⊙ M_columns) V = W (M V): masking the Tk rows
+        # of V gives the same values and gradients as masking the Tq×Tk weights, so torch's
+        # fused attention kernel computes out and its backward (q, k and v all get gradient).
+        attn_mask = None if key_valid is None else key_valid[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v * keep_f[..., None], attn_mask=attn_mask,
+                                             dropout_p=dropout_p)
+        weights = W * keep_f[:, :, None, :] if need_weights else None
+        return KeySparseResult(out, weights, keep, scores)
+
+    # Some item has no valid key at all: the explicit form, which stays finite on such rows.
     W = _softmax_weights(q, k, key_padding_mask)
-    scores = _column_sums(W, key_valid, query_padding_mask)  # s_z, no gradient (eq. 3 is a hard choice)
-    if keep_ratio >= 1:  # some item has no valid key: vanilla attention, its rows attend to nothing
+    scores = _column_sums(W, key_valid, query_padding_mask)
+    if keep_ratio >= 1:
         keep = _valid_keep(key_valid, B, H, Tk, q.device)
     else:
         keep = _top_keys(scores, key_valid, keep_ratio)
-
-    # eq. 2 on M ⊙ W (not renormalised). (W ⊙ M_columns) V = W (M V): masking the Tk rows of
-    # V is far cheaper than masking the Tq×Tk weights and gives the same values and gradients.
     keep_f = keep.to(v.dtype)
     Wd = F.dropout(W, p=dropout_p) if dropout_p > 0 else W
     out = torch.matmul(Wd, v * keep_f[..., None])

@@ -29,13 +29,21 @@ from .errors import InputError
 from .paths import CHECKPOINTS_DIR
 
 
-def save_checkpoint(path: Path | str, model: torch.nn.Module, meta: dict[str, Any]) -> Path:
-    """Write weights + meta atomically; returns the path written."""
+def save_checkpoint(
+    path: Path | str, model: torch.nn.Module, meta: dict[str, Any], half: bool = False
+) -> Path:
+    """Write weights + meta atomically; returns the path written.
+
+    half=True stores floating-point weights as float16 (half the file; loading casts them back
+    to the model's dtype) — used for the small checkpoints committed to the repository.
+    """
     path = Path(path)
     if path.suffix != ".safetensors":
         path = path.with_suffix(".safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     text = json.dumps(meta, indent=2, default=_json_default)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     os.close(fd)

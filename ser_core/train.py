@@ -68,6 +68,7 @@ class TrainConfig:
     text_encoder: str = "minilm"
     max_frames: int = 460
     max_words: int = 40
+    half: bool = False  # store the final checkpoint's weights as float16 (small files to commit)
     model_args: dict[str, Any] = field(default_factory=dict)
 
     def hyper(self) -> dict[str, Any]:
@@ -231,7 +232,7 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> dict[str, Any]:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             opt.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
             seen += len(idx)
         sched.step()
         val = score(labels, [u.label for u in fold.val],
@@ -257,7 +258,7 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> dict[str, Any]:
     test = score(labels, [u.label for u in fold.test], test_probs)
     best_meta["metrics"] = {**best_meta.get("metrics", {}), "test": test,
                             "feature_seconds": feature_time}
-    save_checkpoint(out, best_model, best_meta)
+    save_checkpoint(out, best_model, best_meta, half=cfg.half)
     log(json.dumps({"test": test, "best_epoch": best["epoch"], "checkpoint": str(out)}))
     return best_meta
 
@@ -338,6 +339,7 @@ def add_cli(subparsers) -> None:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--max-utterances", type=int)
     p.add_argument("--device")
+    p.add_argument("--half", action="store_true", help="store the final weights as float16")
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="model config override, e.g. --model-arg d_model=96 (repeatable)")
     p.set_defaults(func=_train_cli)
@@ -382,7 +384,7 @@ def _train_cli(args: argparse.Namespace) -> int:
         fold=args.fold, preset=args.preset, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, dropout=args.dropout, seed=args.seed, out=args.out, run_dir=args.run_dir,
         resume=args.resume, max_utterances=args.max_utterances, device=args.device,
-        model_args=_parse_model_args(args.model_arg),
+        half=args.half, model_args=_parse_model_args(args.model_arg),
     )
     train(cfg)
     return 0

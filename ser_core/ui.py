@@ -119,3 +119,82 @@ def show_error(exc: BaseException) -> None:
     )
     with st.expander("Details for a bug report"):
         st.code("".join(traceback.format_exception_only(type(exc), exc)).strip())
+
+
+LABEL_NAMES = {
+    "ang": "angry", "hap": "happy", "exc": "excited", "sad": "sad", "neu": "neutral",
+    "fru": "frustrated", "fea": "fearful", "dis": "disgusted", "sur": "surprised", "cal": "calm",
+}
+
+
+def label_name(label: str) -> str:
+    return f"{LABEL_NAMES.get(label, label)} ({label})"
+
+
+def default_keep_ratio(analysis) -> float:
+    """The keep_ratio the model was trained with (what an analysis with keep_ratio=None used)."""
+    ratios = [r.keep_ratio for r in analysis.trace.records if r.keep_ratio is not None]
+    return float(round(ratios[0], 2)) if ratios else 1.0
+
+
+def first_record(trace, key_kind: str, sparse: bool = True):
+    """The first record whose keys are ``key_kind`` (words / frames), preferring sparse ones."""
+    candidates = [r for r in trace.records if r.key_labels.kind == key_kind]
+    if sparse:
+        kept = [r for r in candidates if r.keep is not None]
+        candidates = kept or candidates
+    return candidates[0] if candidates else None
+
+
+def default_layer_index(trace) -> int:
+    """Start on the first cross-modal key-sparse layer: the most telling map."""
+    for i, r in enumerate(trace.records):
+        if r.keep is not None and r.query_modality != r.key_modality:
+            return i
+    return 0
+
+
+def record_caption(record) -> str:
+    what = {
+        "self": "self-attention",
+        "cross": "cross-modal attention",
+        "key-sparse": "key-sparse attention",
+        "nucleus": "nucleus-sampled attention",
+    }.get(record.kind, record.kind)
+    text = (f"`{record.name}`: {what}, {record.query_modality} queries (rows) over "
+            f"{record.key_modality} keys (columns)")
+    if record.keep is not None and record.keep_ratio is not None:
+        text += f"; keep_ratio {record.keep_ratio:.2f} — dropped keys are hatched"
+    return text
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def log_mel_for_display(audio):
+    """40-band log-mel (25 ms / 10 ms) for the spectrogram view, with frame times."""
+    from .encoders.spectral import frame_times, log_mel
+
+    spec = log_mel(audio).cpu().numpy()
+    return spec, frame_times(spec.shape[1], 10)
+
+
+def kept_by_most_heads(record):
+    """[Tk] bool: keys kept by at least half of the heads (None when nothing is dropped)."""
+    if record is None or record.keep is None or record.keep.ndim != 2:
+        return None
+    return record.keep.mean(axis=0) >= 0.5
+
+
+def kept_intervals_by_most_heads(record) -> list[tuple[float, float]] | None:
+    """Time spans of the frames kept by most heads, merged where they touch."""
+    kept = kept_by_most_heads(record)
+    if kept is None or record.key_labels.start is None:
+        return None
+    spans: list[tuple[float, float]] = []
+    for keep, start, end in zip(kept, record.key_labels.start, record.key_labels.end):
+        if not keep:
+            continue
+        if spans and start <= spans[-1][1] + 1e-6:
+            spans[-1] = (spans[-1][0], float(end))
+        else:
+            spans.append((float(start), float(end)))
+    return spans

@@ -68,7 +68,10 @@ class KSTransformerConfig(ModelConfig):
     ccab_layers: int = 3  # CCABs per direction; 3 is best in Table 1 (0..4 supported)
     fusion_layers: int = 2  # KS-Transformers in the deep fusion module (sec. 3.2)
     dropout: float = 0.5  # "Dropout with p = 0.5" (sec. 3.2): input projections, classifier
-    transformer_dropout: float = 0.1  # inside Transformer layers (attention, FFN, residual)
+    transformer_dropout: float = 0.1  # inside Transformer layers (FFN, residual)
+    # Dropout on the attention weights themselves. 0 by default: on CPU any attention dropout
+    # forces torch's unfused attention path (~3x slower training); residual dropout remains.
+    attention_dropout: float = 0.0
     num_classes: int = 4
     labels: tuple[str, ...] = ("ang", "hap", "neu", "sad")
     ccab_keep_ratio: float = 0.5  # k of Fig. 6 for the modality interaction module
@@ -137,9 +140,10 @@ class KSTransformerLayer(nn.Module):
     vanilla (eq. 1–2); below 1 it is key-sparse (eq. 3). ``kv`` given: cross attention.
     """
 
-    def __init__(self, d_model: int, heads: int, ff_dim: int, dropout: float) -> None:
+    def __init__(self, d_model: int, heads: int, ff_dim: int, dropout: float,
+                 attention_dropout: float = 0.0) -> None:
         super().__init__()
-        self.attention = KeySparseMultiheadAttention(d_model, heads, dropout)
+        self.attention = KeySparseMultiheadAttention(d_model, heads, attention_dropout)
         self.attention_norm = nn.LayerNorm(d_model)
         self.ffn = nn.Sequential(nn.Linear(d_model, ff_dim), nn.ReLU(), nn.Dropout(dropout),
                                  nn.Linear(ff_dim, d_model))
@@ -168,7 +172,8 @@ class ModalityEncoder(nn.Module):
         self.position = SinusoidalPositionalEncoding(cfg.d_model, max_len, what)
         self.input_dropout = nn.Dropout(cfg.dropout)
         self.layers = nn.ModuleList(
-            KSTransformerLayer(cfg.d_model, cfg.heads, cfg.ff_dim, cfg.transformer_dropout)
+            KSTransformerLayer(cfg.d_model, cfg.heads, cfg.ff_dim, cfg.transformer_dropout,
+                                        cfg.attention_dropout)
             for _ in range(cfg.feature_layers)
         )
 
@@ -191,8 +196,10 @@ class CCAB(nn.Module):
 
     def __init__(self, cfg: KSTransformerConfig) -> None:
         super().__init__()
-        self.cross = KSTransformerLayer(cfg.d_model, cfg.heads, cfg.ff_dim, cfg.transformer_dropout)
-        self.self_attn = KSTransformerLayer(cfg.d_model, cfg.heads, cfg.ff_dim, cfg.transformer_dropout)
+        self.cross = KSTransformerLayer(cfg.d_model, cfg.heads, cfg.ff_dim, cfg.transformer_dropout,
+                                        cfg.attention_dropout)
+        self.self_attn = KSTransformerLayer(cfg.d_model, cfg.heads, cfg.ff_dim, cfg.transformer_dropout,
+                                        cfg.attention_dropout)
 
     def forward(self, a: Tensor, a_mask: Tensor, b: Tensor, b_mask: Tensor, keep_ratio: float,
                 record: bool) -> tuple[Tensor, AttentionInfo | None, AttentionInfo | None]:
@@ -248,7 +255,7 @@ class KSTransformer(nn.Module):
         # 3. Deep fusion module (KS-Transformers over both fused streams) + classifier.
         self.modality_embedding = nn.Parameter(torch.randn(2, d) * 0.02)  # audio, text
         self.fusion = nn.ModuleList(
-            KSTransformerLayer(d, cfg.heads, cfg.ff_dim, cfg.transformer_dropout)
+            KSTransformerLayer(d, cfg.heads, cfg.ff_dim, cfg.transformer_dropout, cfg.attention_dropout)
             for _ in range(cfg.fusion_layers)
         )
         self.classifier = nn.Sequential(

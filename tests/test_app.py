@@ -1,0 +1,92 @@
+"""streamlit.testing tests of the home, Analyze and Compare-k pages with the shipped checkpoint."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from streamlit.testing.v1 import AppTest
+
+REPO = Path(__file__).resolve().parent.parent
+CHECKPOINT = REPO / "checkpoints" / "ks_transformer_demo.safetensors"
+TIMEOUT = 120
+
+pytestmark = pytest.mark.skipif(not CHECKPOINT.exists(), reason="shipped checkpoint missing")
+
+
+def _page(name: str) -> AppTest:
+    path = REPO / ("app.py" if name == "home" else f"pages/{name}.py")
+    return AppTest.from_file(str(path), default_timeout=TIMEOUT)
+
+
+def _all_text(at: AppTest) -> str:
+    parts = [m.value for m in at.markdown] + [m.value for m in at.subheader] + [m.value for m in at.caption]
+    return "\n".join(str(p) for p in parts)
+
+
+def test_home_page_names_the_model_and_lists_samples():
+    at = _page("home").run()
+    assert not at.exception
+    assert at.title[0].value == "SER attention explorer"
+    assert "ks_transformer" in " ".join(c.value for c in at.sidebar.caption)
+    assert len(at.dataframe) == 1
+
+
+def test_analyze_sample_shows_prediction_and_reruns_on_keep_ratio():
+    at = _page("1_Analyze").run()
+    assert not at.exception
+    at.button(key="analyze_button").click().run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    heads = [s.value for s in at.subheader]
+    assert any(h.startswith("Prediction: ") for h in heads), heads
+    assert len(at.get("plotly_chart")) >= 3
+    layer_before = at.selectbox(key="analyze_layer").value
+    at.slider(key="analyze_keep_ratio").set_value(0.1).run()
+    assert not at.exception
+    assert at.selectbox(key="analyze_layer").value == layer_before
+    assert "keep_ratio 0.10" in _all_text(at)
+
+
+def _wav_bytes(samples: np.ndarray, sr: int = 16000) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, samples, sr, format="WAV")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "name, data, expected",
+    [
+        ("silence.wav", _wav_bytes(np.zeros(16000, np.float32)), "no sound"),
+        ("noise.wav", bytes(np.random.default_rng(0).integers(0, 255, 4000, dtype=np.uint8)), "could not"),
+        ("empty.wav", b"", "empty"),
+    ],
+)
+def test_analyze_bad_upload_gives_a_message_not_a_traceback(name, data, expected):
+    at = _page("1_Analyze").run()
+    at.radio(key="analyze_source").set_value("Upload a file").run()
+    uploader = at.get("file_uploader")
+    if not uploader:
+        pytest.skip("this streamlit version's AppTest has no file_uploader support")
+    uploader[0].set_value((name, data, "audio/wav")).run()
+    at.button(key="analyze_button").click().run()
+    assert not at.exception, at.exception
+    assert at.error, "expected an error message"
+    assert expected in at.error[0].value.lower(), at.error[0].value
+
+
+def test_compare_k_columns_and_curve():
+    at = _page("2_Compare_k").run()
+    assert not at.exception
+    at.button(key="compare_button").click().run()
+    assert not at.exception, at.exception
+    charts = at.get("plotly_chart")
+    # 3 columns × (probabilities + map) + the probability-over-k curve
+    assert len(charts) == 7
+    at.radio(key="compare_n").set_value(2).run()
+    assert len(at.get("plotly_chart")) == 5
+    at.slider(key="compare_k0").set_value(0.3).run()
+    assert not at.exception

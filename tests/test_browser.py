@@ -1,0 +1,85 @@
+"""The main flow in a real browser: open Analyze, upload a clip, see the prediction and the figures.
+
+Screenshots go to ``$SER_SCREENSHOTS`` (default: a pytest tmp dir) so a person can look at them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from browser import CHROMIUM_FLAGS, REPO, chromium_path, streamlit_server, wait_idle
+
+playwright = pytest.importorskip("playwright.sync_api")
+CHECKPOINT = REPO / "checkpoints" / "ks_transformer_demo.safetensors"
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(chromium_path() is None, reason="Debian chromium is not installed"),
+    pytest.mark.skipif(not CHECKPOINT.exists(), reason="shipped checkpoint missing"),
+]
+
+
+@pytest.fixture(scope="module")
+def server():
+    with streamlit_server() as (url, proc, _):
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium_path(),
+                              args=CHROMIUM_FLAGS)  # Playwright gives each launch a fresh profile
+        yield b
+        b.close()
+
+
+def _shots(tmp_path: Path) -> Path:
+    folder = Path(os.environ.get("SER_SCREENSHOTS", tmp_path))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _sample_wav() -> Path:
+    wavs = sorted((REPO / "samples").rglob("*.wav"))
+    assert wavs, "no sample clips committed"
+    return wavs[0]
+
+
+def test_upload_on_analyze_shows_prediction_and_figures(server, browser, tmp_path):
+    page = browser.new_page(viewport={"width": 1400, "height": 2200})
+    page.goto(server + "/Analyze", wait_until="domcontentloaded")
+    page.get_by_text("Analyze an utterance").wait_for(timeout=90_000)
+    wait_idle(page)
+    page.get_by_text("Upload a file", exact=True).click()
+    wait_idle(page)
+    page.locator("input[type=file]").set_input_files(str(_sample_wav()))
+    wait_idle(page)
+    page.get_by_role("button", name="Analyze").click()
+    page.get_by_text("Prediction:").wait_for(timeout=120_000)
+    wait_idle(page)
+    assert page.locator(".js-plotly-plot").count() >= 3
+    # a rendered plotly figure has drawn SVG/canvas content
+    assert page.locator(".js-plotly-plot .main-svg").count() > 0
+    assert "Traceback" not in page.content()
+    page.screenshot(path=str(_shots(tmp_path) / "analyze_upload.png"), full_page=True)
+
+
+def test_bad_upload_shows_a_message(server, browser, tmp_path):
+    bad = tmp_path / "notes.mp3"
+    bad.write_text("this is not audio at all\n" * 20)
+    page = browser.new_page(viewport={"width": 1400, "height": 1200})
+    page.goto(server + "/Analyze", wait_until="domcontentloaded")
+    page.get_by_text("Analyze an utterance").wait_for(timeout=90_000)
+    wait_idle(page)
+    page.get_by_text("Upload a file", exact=True).click()
+    wait_idle(page)
+    page.locator("input[type=file]").set_input_files(str(bad))
+    wait_idle(page)
+    page.get_by_role("button", name="Analyze").click()
+    page.get_by_text("could not be read as audio").wait_for(timeout=60_000)
+    assert "Traceback" not in page.content()
+    page.screenshot(path=str(_shots(tmp_path) / "analyze_bad_upload.png"), full_page=True)

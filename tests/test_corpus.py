@@ -1,0 +1,137 @@
+"""The demo corpus generator: layout, labels, voice-disjoint splits, reproducibility, word times, faces."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from ser_core.corpus import CLASSES, generate_corpus, plan_corpus
+from ser_core.data import load_corpus
+from ser_core.errors import InputError
+
+pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+
+
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("corpus")
+    return generate_corpus(out, n_utterances=12, seed=3, video=True, workers=1, progress=False, force=True)
+
+
+def _rows(manifest: Path) -> list[dict[str, str]]:
+    with open(manifest, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_manifest_layout_labels_and_loader(small_corpus):
+    rows = _rows(small_corpus)
+    assert len(rows) == 12
+    for column in ("path", "label", "transcript", "speaker", "split", "video", "text_emotion",
+                   "conflict", "emotion_words"):
+        assert column in rows[0]
+    assert Counter(r["label"] for r in rows) == {c: 3 for c in CLASSES}
+    utts = load_corpus("manifest", small_corpus)  # the project's own manifest loader reads it
+    assert len(utts) == 12 and all(u.audio.exists() for u in utts)
+    assert all(u.meta["split"] in ("train", "val", "test") for u in utts)
+    summary = json.loads((small_corpus.parent / "corpus.json").read_text())
+    assert summary["utterances"] == 12 and summary["seed"] == 3
+
+
+def test_plans_mix_congruent_conflicting_and_wordless_text():
+    plans = plan_corpus(400, seed=0, video=False)
+    kinds = Counter(
+        "none" if p.text_emotion == "none" else "same" if p.text_emotion == p.label else "conflict"
+        for p in plans
+    )
+    assert kinds["same"] > kinds["conflict"] > 0 and kinds["none"] > 0
+    # the words alone cannot give the label: for every class some utterances say something else
+    for label in CLASSES:
+        assert any(p.label == label and p.text_emotion != label for p in plans)
+    # prosody differs by class on average, but the classes overlap
+    pitch = {c: np.array([p.pitch for p in plans if p.label == c]) for c in CLASSES}
+    assert pitch["hap"].mean() > pitch["neu"].mean() > pitch["sad"].mean()
+    assert pitch["sad"].max() > pitch["neu"].min()
+
+
+def test_splits_are_disjoint_by_voice():
+    plans = plan_corpus(600, seed=1, video=False)
+    voices = {s: {p.voice.name for p in plans if p.split == s} for s in ("train", "val", "test")}
+    assert all(voices.values())
+    assert not voices["train"] & voices["test"]
+    assert not voices["train"] & voices["val"]
+    assert not voices["val"] & voices["test"]
+
+
+def test_same_seed_gives_identical_files(tmp_path):
+    a = generate_corpus(tmp_path / "a", n_utterances=4, seed=11, workers=1, progress=False)
+    b = generate_corpus(tmp_path / "b", n_utterances=4, seed=11, workers=2, progress=False)
+    assert a.read_bytes() == b.read_bytes()
+    for row in _rows(a):
+        assert (a.parent / row["path"]).read_bytes() == (b.parent / row["path"]).read_bytes()
+    c = generate_corpus(tmp_path / "c", n_utterances=4, seed=12, workers=1, progress=False)
+    assert a.read_bytes() != c.read_bytes()
+
+
+def test_emotion_word_times_lie_on_speech(small_corpus):
+    checked = 0
+    for row in _rows(small_corpus):
+        audio, sr = sf.read(small_corpus.parent / row["path"], dtype="float32")
+        assert sr == 16000 and audio.ndim == 1
+        duration = len(audio) / sr
+        words = json.loads(row["emotion_words"])
+        if row["text_emotion"] == "none":
+            assert words == []
+            continue
+        (w,) = words
+        assert row["transcript"].split()[w["index"]] == w["word"]
+        assert 0 <= w["start"] < w["end"] <= duration + 1e-3
+        span = audio[int(w["start"] * sr): int(w["end"] * sr)]
+        lead = audio[: int(0.04 * sr)]  # the synthesised leading silence (+ noise)
+        assert np.sqrt(np.mean(span**2)) > 3 * np.sqrt(np.mean(lead**2)) + 1e-4
+        checked += 1
+    assert checked > 0
+
+
+def test_face_videos_decode_with_detectable_faces_and_regions(small_corpus):
+    from ser_core.encoders.faces import extract_faces
+
+    rows = _rows(small_corpus)
+    faces = json.loads((small_corpus.parent / "faces.json").read_text())
+    row = rows[0]
+    track = extract_faces(small_corpus.parent / row["video"], fps=5.0)
+    assert track.detected.mean() >= 0.8
+    import cv2
+
+    cap = cv2.VideoCapture(str(small_corpus.parent / row["video"]))
+    frames = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    cap.release()
+    assert abs(frames / fps - float(row["duration"])) < 0.2
+    regions = faces[Path(row["path"]).stem]["regions"]
+    assert set(regions) == {"left_brow", "right_brow", "left_eye", "right_eye", "mouth"}
+    x0, y0, x1, y1 = regions["mouth"]
+    bx, by, bw, bh = track.boxes[0]
+    assert bx <= x0 and x1 <= bx + bw * 1.3 and by <= y0  # the mouth lies inside the detected face
+
+
+def test_refuses_to_overwrite_without_force(small_corpus):
+    with pytest.raises(InputError, match="--force"):
+        generate_corpus(small_corpus.parent, n_utterances=2, seed=0, workers=1, progress=False)
+
+
+def test_committed_samples_are_small_and_complete():
+    rows = _rows(SAMPLES / "manifest.csv")
+    assert Counter(r["label"] for r in rows) == {c: 3 for c in CLASSES}
+    assert sum(r["conflict"] == "true" for r in rows) >= 2
+    assert sum(r["text_emotion"] == "none" for r in rows) >= 2
+    assert sum(bool(r["video"]) for r in rows) == 4
+    total = sum(p.stat().st_size for p in SAMPLES.rglob("*") if p.is_file())
+    assert total < 3 * 1024 * 1024
