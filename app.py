@@ -27,6 +27,9 @@ Whisper tiny.en and encoded by its encoder; words are encoded by MiniLM — all 
 )
 
 checkpoint = ui.checkpoint_picker()
+note = ui.faithfulness_note(checkpoint)
+if note:
+    st.info(note)
 
 c1, c2 = st.columns(2)
 with c1:

@@ -18,6 +18,9 @@ st.caption(
 )
 
 checkpoint = ui.checkpoint_picker()
+note = ui.faithfulness_note(checkpoint)
+if note:
+    st.info(note)
 base = st.session_state.get("analysis")
 with st.expander("Utterance", expanded=base is None):
     clip = ui.clip_picker("compare")

@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--root", default=None, help="demo corpus manifest (default: the generated one)")
     f.add_argument("--split", default="test")
     f.add_argument("--keep-ratio", type=float, default=None)
+    f.add_argument("--limit", type=int, default=None, help="use only the first N utterances")
+    f.add_argument("--write", action="store_true", help="store the report in the checkpoint (the app shows it)")
     f.add_argument("--device")
     f.set_defaults(func=_faithfulness)
     return parser
@@ -56,9 +58,14 @@ def _faithfulness(args) -> int:
     from .faithfulness import faithfulness_report
     from .pipeline import DEFAULT_CHECKPOINT
 
-    report = faithfulness_report(args.checkpoint or DEFAULT_CHECKPOINT, args.root, split=args.split,
-                                 keep_ratio=args.keep_ratio, device=args.device)
+    checkpoint = args.checkpoint or DEFAULT_CHECKPOINT
+    report = faithfulness_report(checkpoint, args.root, split=args.split, keep_ratio=args.keep_ratio,
+                                 device=args.device, limit=args.limit)
     print(json.dumps(report, indent=2))
+    if args.write:
+        from .checkpoint import update_meta
+
+        update_meta(checkpoint, {"faithfulness": report})
     return 0
 
 

@@ -132,10 +132,15 @@ def key_sparse_attention_with_scores(
         # Eq. 2 on M ⊙ W (not renormalised). (W ⊙ M_columns) V = W (M V): masking the Tk rows
         # of V gives the same values and gradients as masking the Tq×Tk weights, so torch's
         # fused attention kernel computes out and its backward (q, k and v all get gradient).
+        needs_graph = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+        if not needs_graph and dropout_p == 0:
+            # Inference: W is already there, so out = (M ⊙ W) V directly (no second QKᵀ).
+            weights = W.mul_(keep_f[:, :, None, :])
+            return KeySparseResult(torch.matmul(weights, v), weights if need_weights else None, keep, scores)
         attn_mask = None if key_valid is None else key_valid[:, None, None, :]
         out = F.scaled_dot_product_attention(q, k, v * keep_f[..., None], attn_mask=attn_mask,
                                              dropout_p=dropout_p)
-        weights = W * keep_f[:, :, None, :] if need_weights else None
+        weights = W.mul_(keep_f[:, :, None, :]) if need_weights else None  # W has no graph
         return KeySparseResult(out, weights, keep, scores)
 
     # Some item has no valid key at all: the explicit form, which stays finite on such rows.

@@ -44,20 +44,18 @@ def save_checkpoint(
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     if half:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-    text = json.dumps(meta, indent=2, default=_json_default)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata={"ser_meta": text})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text + "\n")
-    os.replace(tmp, path.with_suffix(".json"))
+    _write(path, state, meta)
     return path
+
+
+def update_meta(path: Path | str, updates: dict[str, Any]) -> dict[str, Any]:
+    """Add keys to a checkpoint's meta (e.g. a faithfulness report); tensors are kept bit for bit."""
+    path = _resolve(path)
+    meta = {**read_meta(path), **updates}
+    with safe_open(str(path), framework="pt") as f:
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    _write(path, state, meta)
+    return meta
 
 
 def read_meta(path: Path | str) -> dict[str, Any]:
@@ -112,6 +110,25 @@ def load_checkpoint(path: Path | str, device: str | torch.device = "cpu"):
         raise InputError(f"{path.name} does not match the {name} model: " + "; ".join(detail) + ".")
     model.load_state_dict(state)
     return model.to(device).eval(), meta
+
+
+def _write(path: Path, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Weights + meta in one file (temp + rename, so a crash never leaves half a checkpoint),
+    then the human-readable JSON copy beside it."""
+    text = json.dumps(meta, indent=2, default=_json_default)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata={"ser_meta": text})
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a checkpoint is meant to be shared
+        os.replace(tmp, path)
+        with open(tmp, "w") as f:
+            f.write(text + "\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path.with_suffix(".json"))
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def list_checkpoints(folder: Path | str = CHECKPOINTS_DIR) -> list[Path]:

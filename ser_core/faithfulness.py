@@ -88,7 +88,9 @@ def faithfulness_report(
             hits["vanilla_top_half"].append(any(base[i] for i in idx))
             hits["chance"].append(chance_of_hit(L, int(kept.sum()), len(idx)))
     return {
-        "checkpoint": str(checkpoint),
+        "checkpoint": Path(checkpoint).name,
+        "split": split,
+        "keep_ratio": keep_ratio if keep_ratio is not None else "model default",
         "utterances": len(utts),
         "layers": len(hits["chance"]) // max(len(utts), 1),
         "key_sparse": float(np.mean(hits["key_sparse"])),

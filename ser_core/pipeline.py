@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,9 @@ class Analyzer:
             disk_cache=disk_cache,
         )
         self._lock = threading.Lock()
+        # The feature-extraction module's output per utterance (it does not depend on k/p):
+        # a keep_ratio change re-runs only the key-sparse part of the model.
+        self._extracted: OrderedDict[str, Any] = OrderedDict()
 
     @property
     def description(self) -> str:
@@ -132,8 +136,13 @@ class Analyzer:
         """The model alone on cached features (what a k/p slider calls)."""
         t0 = time.perf_counter()
         batch = collate_speech_text([feats], device=self.device)
-        with self._lock, torch.no_grad():
-            output: ModelOutput = self.model(batch, keep_ratio=keep_ratio, record=True)
+        with self._lock, torch.inference_mode():
+            extracted = self._extracted.get(feats.key)
+            if extracted is None and hasattr(self.model, "extract"):
+                extracted = self._extracted[feats.key] = self.model.extract(batch, record=True)
+                while len(self._extracted) > 8:
+                    self._extracted.popitem(last=False)
+            output: ModelOutput = self.model(batch, keep_ratio=keep_ratio, record=True, extracted=extracted)
         trace = to_trace(output, 0, axis_labels(feats), model_name=self.model_name)
         probs = output.probs[0].detach().float().cpu().numpy()
         return Analysis(

@@ -198,3 +198,22 @@ def kept_intervals_by_most_heads(record) -> list[tuple[float, float]] | None:
         else:
             spans.append((float(start), float(end)))
     return spans
+
+
+def faithfulness_note(checkpoint: str | None) -> str | None:
+    """One sentence from the checkpoint's stored faithfulness report (see ser_core.faithfulness)."""
+    if not checkpoint:
+        return None
+    try:
+        report = read_meta(checkpoint).get("faithfulness")
+    except InputError:
+        return None
+    if not report:
+        return None
+    return (
+        f"**Faithfulness** on {report['utterances']} demo-corpus {report['split']}-voice utterances: "
+        f"the emotion-bearing word is among the keys kept by the text-side key-sparse layers in "
+        f"**{report['key_sparse']:.0%}** of (utterance, layer) cases, against "
+        f"{report['vanilla_top_half']:.0%} when vanilla attention keeps its top half of words by the "
+        f"same column sums, and {report['chance']:.0%} for a random choice of the same size."
+    )

@@ -49,16 +49,22 @@ def _sample_wav() -> Path:
     return wavs[0]
 
 
-def test_upload_on_analyze_shows_prediction_and_figures(server, browser, tmp_path):
-    page = browser.new_page(viewport={"width": 1400, "height": 2200})
+def _upload_and_analyze(browser, server: str, path: Path, height: int):
+    """Open Analyze, choose "Upload a file", upload ``path`` and press Analyze."""
+    page = browser.new_page(viewport={"width": 1400, "height": height})
     page.goto(server + "/Analyze", wait_until="domcontentloaded")
     page.get_by_text("Analyze an utterance").wait_for(timeout=90_000)
     wait_idle(page)
     page.get_by_text("Upload a file", exact=True).click()
     wait_idle(page)
-    page.locator("input[type=file]").set_input_files(str(_sample_wav()))
+    page.locator("input[type=file]").set_input_files(str(path))
     wait_idle(page)
     page.get_by_role("button", name="Analyze").click()
+    return page
+
+
+def test_upload_on_analyze_shows_prediction_and_figures(server, browser, tmp_path):
+    page = _upload_and_analyze(browser, server, _sample_wav(), 2200)
     page.get_by_text("Prediction:").wait_for(timeout=120_000)
     wait_idle(page)
     assert page.locator(".js-plotly-plot").count() >= 3
@@ -71,15 +77,7 @@ def test_upload_on_analyze_shows_prediction_and_figures(server, browser, tmp_pat
 def test_bad_upload_shows_a_message(server, browser, tmp_path):
     bad = tmp_path / "notes.mp3"
     bad.write_text("this is not audio at all\n" * 20)
-    page = browser.new_page(viewport={"width": 1400, "height": 1200})
-    page.goto(server + "/Analyze", wait_until="domcontentloaded")
-    page.get_by_text("Analyze an utterance").wait_for(timeout=90_000)
-    wait_idle(page)
-    page.get_by_text("Upload a file", exact=True).click()
-    wait_idle(page)
-    page.locator("input[type=file]").set_input_files(str(bad))
-    wait_idle(page)
-    page.get_by_role("button", name="Analyze").click()
+    page = _upload_and_analyze(browser, server, bad, 1200)
     page.get_by_text("could not be read as audio").wait_for(timeout=60_000)
     assert "Traceback" not in page.content()
     page.screenshot(path=str(_shots(tmp_path) / "analyze_bad_upload.png"), full_page=True)

@@ -82,6 +82,9 @@ def load_tokenizer_and_model(source: str | Path, *, local_files_only: bool = Tru
         ) from exc
     if not getattr(tokenizer, "is_fast", False):
         raise InputError(f"{source}: a fast tokenizer (tokenizer.json) is needed to pool pieces to words.")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar in the app's or CLI's output
     try:
         model = AutoModel.from_pretrained(
             str(source), local_files_only=local_files_only, attn_implementation="eager"

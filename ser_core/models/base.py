@@ -172,6 +172,13 @@ def _numpy(t: Tensor) -> np.ndarray:
     return t.detach().to("cpu").numpy()
 
 
+def _selector(pos: np.ndarray) -> slice | np.ndarray:
+    """A slice when the valid positions are a leading run (no copy of big maps), else the indices."""
+    if len(pos) == 0 or (pos[0] == 0 and pos[-1] == len(pos) - 1):
+        return slice(0, len(pos))
+    return pos
+
+
 def to_trace(
     output: ModelOutput, index: int, labels: dict[str, AxisLabels], model_name: str
 ) -> AttentionTrace:
@@ -220,13 +227,14 @@ def to_trace(
     for raw in output.attentions:
         qpos, qlab = resolve(raw.query_modality)
         kpos, klab = resolve(raw.key_modality)
-        w = _numpy(raw.weights[index])[:, qpos][:, :, kpos]
-        scores = None if raw.key_scores is None else _numpy(raw.key_scores[index])[:, kpos]
+        q_sel, k_sel = _selector(qpos), _selector(kpos)
+        w = _numpy(raw.weights[index])[:, q_sel][:, :, k_sel]
+        scores = None if raw.key_scores is None else _numpy(raw.key_scores[index])[:, k_sel]
         keep = None
         stats: dict[str, float] = {}
         if raw.keep is not None:
-            keep_item = _numpy(raw.keep[index]).astype(bool)
-            keep = keep_item[:, kpos] if keep_item.ndim == 2 else keep_item[:, qpos][:, :, kpos]
+            keep_item = _numpy(raw.keep[index]).astype(bool, copy=False)
+            keep = keep_item[:, k_sel] if keep_item.ndim == 2 else keep_item[:, q_sel][:, :, k_sel]
             stats["kept_fraction"] = float(keep.mean()) if keep.size else 0.0
         stats["keys"] = float(len(kpos))
         trace.add(AttentionRecord(

@@ -336,19 +336,33 @@ class KSTransformer(nn.Module):
     # ----------------------------------------------------------------- forward
 
     def forward(self, batch: dict[str, Tensor], keep_ratio: float | dict[str, float] | None = None,
-                record: bool = False) -> ModelOutput:
-        ratios = self.keep_ratios(keep_ratio)
-        audio, a_mask, text, t_text_mask = self._inputs(batch)
-        raws: list[RawAttention] = []
+                record: bool = False, extracted: "ExtractedFeatures | None" = None) -> ModelOutput:
+        """Feature extraction then interaction + fusion. ``extracted`` (from :meth:`extract`
+        with the same batch and ``record``) skips the feature-extraction module, which does
+        not depend on keep_ratio: what makes a keep_ratio slider cheap."""
+        if extracted is None:
+            extracted = self.extract(batch, record)
+        return self.interact(extracted, keep_ratio, record)
 
-        # 1. Feature extraction: layer mix → projection → PE → vanilla Transformers.
+    def extract(self, batch: dict[str, Tensor], record: bool = False) -> "ExtractedFeatures":
+        """1. Feature extraction: layer mix → projection → PE → vanilla Transformers."""
+        audio, a_mask, text, t_text_mask = self._inputs(batch)
         a = self.audio_encoder.proj(self.audio_layer_mix(audio))
         t, t_mask = self._embed_text(text, t_text_mask)
         a, a_infos = self.audio_encoder(a, a_mask, record)
         t, t_infos = self.text_encoder(t, t_mask, record)
+        raws: list[RawAttention] = []
         if record:
             raws += _raws("audio_encoder", a_infos, "self", "audio", "audio", None)
             raws += _raws("text_encoder", t_infos, "self", "text", "text", None)
+        return ExtractedFeatures(a, a_mask, t, t_mask, raws)
+
+    def interact(self, extracted: "ExtractedFeatures", keep_ratio: float | dict[str, float] | None = None,
+                 record: bool = False) -> ModelOutput:
+        """2. Modality interaction and 3. deep fusion (the key-sparse part), then the classifier."""
+        ratios = self.keep_ratios(keep_ratio)
+        a, a_mask, t, t_mask = extracted.audio, extracted.audio_mask, extracted.text, extracted.text_mask
+        raws: list[RawAttention] = list(extracted.attentions) if record else []
 
         # 2. Modality interaction: CCAB stacks, K/V always the other modality's features.
         fused_a, a2t_infos = self.ccab_a2t(a, a_mask, t, t_mask, ratios["ccab_a2t"], record)
@@ -383,6 +397,17 @@ class KSTransformer(nn.Module):
             },
         }
         return ModelOutput(logits=logits, probs=torch.softmax(logits, dim=-1), attentions=raws, extras=extras)
+
+
+@dataclass
+class ExtractedFeatures:
+    """Output of the feature-extraction module for one batch (independent of keep_ratio)."""
+
+    audio: Tensor  # [B, Ta, d_model]
+    audio_mask: Tensor  # [B, Ta] True = pad
+    text: Tensor  # [B, Tw', d_model] (Tw' ≥ 1: the "no words" token stands in for none)
+    text_mask: Tensor
+    attentions: list[RawAttention]  # the vanilla self-attention maps (record=True)
 
 
 # --------------------------------------------------------------------------- helpers

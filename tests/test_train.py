@@ -1,0 +1,143 @@
+"""Features cache, training smoke test (2 epochs on a tiny generated corpus), resume, evaluate,
+checkpoint round trip and mismatch, and the Analyzer's model-only rerun."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ser_core.checkpoint import load_checkpoint, read_meta, save_checkpoint
+from ser_core.errors import InputError
+from ser_core.features import FeatureExtractor, collate_speech_text, content_key
+
+pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
+TINY = {"d_model": 32, "ff_dim": 64, "feature_layers": 1, "ccab_layers": 1, "fusion_layers": 1}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """A private cache dir for features (the Whisper conversion is cheap to redo)."""
+    mp = pytest.MonkeyPatch()
+    path = tmp_path_factory.mktemp("cache")
+    mp.setenv("SER_CACHE_DIR", str(path))
+    yield path
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def corpus(cache, tmp_path_factory):
+    from ser_core.corpus import generate_corpus, plan_corpus
+
+    plans = plan_corpus(200, seed=5, video=False)
+    by_split = {s: [p for p in plans if p.split == s] for s in ("train", "val", "test")}
+    chosen = by_split["train"][:16] + by_split["val"][:4] + by_split["test"][:4]
+    return generate_corpus(tmp_path_factory.mktemp("tiny") / "c", plans=chosen, workers=1, progress=False)
+
+
+def _train(corpus, out: Path, epochs: int, resume: bool = False):
+    from ser_core.train import TrainConfig, train
+
+    cfg = TrainConfig(root=str(corpus), out=str(out), epochs=epochs, batch_size=8, resume=resume,
+                      model_args=TINY, device="cpu")
+    return train(cfg, progress=False, log=lambda *_: None)
+
+
+def test_features_are_cached_by_content(cache, corpus):
+    from ser_core.audio import load_audio
+
+    wav = next((corpus.parent / "wav").glob("*.wav"))
+    audio = load_audio(wav)
+    fx = FeatureExtractor(device="cpu")
+    first = fx.extract(audio, transcript="hello there")
+    assert first.speech.shape[0] == fx.speech_layers and first.text.shape == (2, fx.text_dim)
+    assert [w.text for w in first.words] == ["hello", "there"]
+    files = list((cache / "features").rglob("*.safetensors"))
+    assert len(files) == 1 and fx.identity in str(files[0])
+    # a new extractor (a new process, say) reads the disk cache instead of encoding again
+    fresh = FeatureExtractor(device="cpu")
+    fresh._compute = lambda *a, **k: pytest.fail("recomputed a cached utterance")
+    again = fresh.extract(audio, transcript="hello there")
+    np.testing.assert_allclose(again.speech, first.speech, rtol=2e-3, atol=2e-3)  # stored as float16
+    assert content_key(audio, "hello there") != content_key(audio, "hello") != content_key(audio[1:], "hello")
+
+
+def test_collate_pads_and_masks(cache, corpus):
+    from ser_core.audio import load_audio
+
+    fx = FeatureExtractor(device="cpu")
+    wavs = sorted((corpus.parent / "wav").glob("*.wav"))[:2]
+    feats = [fx.extract(load_audio(w), transcript=t) for w, t in zip(wavs, ["one two three", "four"])]
+    batch = collate_speech_text(feats)
+    T = max(f.speech.shape[1] for f in feats)
+    assert batch["audio"].shape == (2, fx.speech_layers, T, fx.speech_dim)
+    assert batch["text"].shape == (2, 3, fx.text_dim)
+    assert batch["text_mask"].tolist() == [[False] * 3, [False, True, True]]
+    assert batch["audio_mask"][0].sum() + batch["audio_mask"][1].sum() == T - min(f.speech.shape[1] for f in feats)
+
+
+def test_two_epoch_training_writes_checkpoint_metrics_and_resumes(cache, corpus, tmp_path):
+    out = tmp_path / "tiny.safetensors"
+    meta = _train(corpus, out, epochs=1)
+    run = tmp_path / "tiny.run"
+    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1]
+    meta = _train(corpus, out, epochs=2, resume=True)  # continues at epoch 2
+    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert all(np.isfinite(r["train_loss"]) for r in rows)
+    assert set(meta["metrics"]["test"]) >= {"wa", "ua", "macro_f1", "n"}
+    assert meta["training"]["labels"] == ["ang", "hap", "neu", "sad"]
+    assert (out.with_suffix(".json")).exists() and read_meta(out)["model"] == "ks_transformer"
+    model, _ = load_checkpoint(out)
+    assert not model.training
+
+    from ser_core.train import evaluate
+
+    result = evaluate(str(out), "manifest", str(corpus), progress=False)
+    cm = np.array(result["confusion_matrix"])
+    assert cm.shape == (4, 4) and cm.sum() == result["n"] == 4
+    assert result["wa"] == pytest.approx(np.trace(cm) / cm.sum())
+
+    from ser_core.pipeline import Analyzer
+
+    analyzer = Analyzer(out, device="cpu")
+    wav = next((corpus.parent / "wav").glob("*.wav"))
+    analysis = analyzer.analyze(str(wav))
+    assert analysis.probs.shape == (4,) and abs(analysis.probs.sum() - 1) < 1e-5
+    analyzer.extractor.extract = lambda *a, **k: pytest.fail("a rerun must not re-encode")
+    sparse = analysis.rerun(keep_ratio=0.1)
+    dense = analysis.rerun(keep_ratio=1.0)
+    rec_s, rec_d = sparse.trace["ccab_a2t.0.cross"], dense.trace["ccab_a2t.0.cross"]
+    assert rec_s.keep.sum() < rec_d.keep.sum() and rec_d.keep.all()
+    assert rec_s.keep_ratio == 0.1
+
+
+def test_checkpoint_that_does_not_match_gives_input_error(tmp_path):
+    from ser_core.models import build_model
+
+    cfg = {"audio_dim": 16, "audio_layers": 2, "text_dim": 8, "num_classes": 4, **TINY}
+    model = build_model("ks_transformer", cfg)
+    path = save_checkpoint(tmp_path / "m.safetensors", model, {"model": "ks_transformer", "config": model.config.to_dict()})
+    bad_cfg = dict(model.config.to_dict(), d_model=64, ff_dim=128)
+    meta = {"model": "ks_transformer", "config": bad_cfg}
+    # weights of one architecture with the config of another
+    from safetensors.torch import save_file
+
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp_path / "bad.safetensors"), metadata={"ser_meta": json.dumps(meta)})
+    with pytest.raises(InputError, match="does not match"):
+        load_checkpoint(tmp_path / "bad.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(InputError, match="not a readable checkpoint"):
+        load_checkpoint(tmp_path / "junk.safetensors")
+    half = save_checkpoint(tmp_path / "h.safetensors", model, {"model": "ks_transformer", "config": model.config.to_dict()}, half=True)
+    loaded, _ = load_checkpoint(half)
+    for (k, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert b.dtype == a.dtype
+        torch.testing.assert_close(a.float(), b.float(), atol=1e-2, rtol=1e-2)
+    assert path.exists()
