@@ -122,6 +122,17 @@ def key_sparse_attention_with_scores(
             scores = _column_sums(W, key_valid, query_padding_mask)
         return KeySparseResult(out, W if need_weights else None, keep, scores)
 
+    if all_have_keys and not need_weights:
+        # Training: only the ranking is needed, so the scores are summed head-chunk by
+        # head-chunk (cache-sized pieces of W, never the whole [B,H,Tq,Tk] tensor at once).
+        with torch.no_grad():
+            scores = _key_scores_chunked(q, k, key_padding_mask, key_valid, query_padding_mask)
+            keep = _top_keys(scores, key_valid, keep_ratio)
+        attn_mask = None if key_valid is None else key_valid[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v * keep.to(v.dtype)[..., None], attn_mask=attn_mask,
+                                             dropout_p=dropout_p)
+        return KeySparseResult(out, None, keep, scores)
+
     if all_have_keys:
         # Eq. 1–3 without a graph: W only ranks the keys (eq. 3 is a hard choice).
         with torch.no_grad():
@@ -179,6 +190,38 @@ def _softmax_weights(q: Tensor, k: Tensor, key_padding_mask: Tensor | None) -> T
         bias = bias[:, None, None, :].expand(B, H, 1, Tk).reshape(B * H, 1, Tk)
         logits = torch.baddbmm(bias, q3, kT3, alpha=D ** -0.5)
     return torch.softmax(logits, dim=-1).view(B, H, Tq, Tk)
+
+
+def _key_scores_chunked(
+    q: Tensor, k: Tensor, key_padding_mask: Tensor | None, key_valid: Tensor | None,
+    query_padding_mask: Tensor | None, chunk_elements: int = 1 << 21,
+) -> Tensor:
+    """The key scores s_z of :func:`_column_sums` (same values), computed over groups of
+    (batch, head) rows so that each piece of W stays cache-sized; [B, H, Tk]."""
+    B, H, Tq, D = q.shape
+    Tk = k.shape[2]
+    q3 = q.reshape(B * H, Tq, D)
+    kT3 = k.reshape(B * H, Tk, D).transpose(1, 2)
+    bias = None
+    if key_padding_mask is not None:
+        bias = torch.zeros(B, Tk, dtype=q.dtype, device=q.device)
+        bias.masked_fill_(key_padding_mask, torch.finfo(q.dtype).min / 2)
+        bias = bias[:, None, None, :].expand(B, H, 1, Tk).reshape(B * H, 1, Tk)
+    qv = None
+    if query_padding_mask is not None:
+        qv = (~query_padding_mask).to(q.dtype)[:, None, None, :].expand(B, H, 1, Tq).reshape(B * H, 1, Tq)
+    scores = torch.empty(B * H, Tk, dtype=q.dtype, device=q.device)
+    step = max(1, chunk_elements // max(1, Tq * Tk))
+    for i in range(0, B * H, step):
+        j = min(B * H, i + step)
+        if bias is None:
+            logits = torch.bmm(q3[i:j], kT3[i:j]).mul_(D ** -0.5)
+        else:
+            logits = torch.baddbmm(bias[i:j], q3[i:j], kT3[i:j], alpha=D ** -0.5)
+        W = torch.softmax(logits, dim=-1)
+        scores[i:j] = W.sum(dim=-2) if qv is None else torch.bmm(qv[i:j], W).squeeze(-2)
+    scores = scores.view(B, H, Tk)
+    return scores if key_valid is None else scores * key_valid[:, None, :]
 
 
 def _column_sums(W: Tensor, key_valid: Tensor | None, query_padding_mask: Tensor | None) -> Tensor:

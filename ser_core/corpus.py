@@ -281,11 +281,21 @@ def generate_corpus(
     """Write the demo corpus; returns the manifest path. Same seed → same files."""
     from tqdm import tqdm
 
+    if plans is None and (isinstance(n_utterances, bool) or not isinstance(n_utterances, int) or n_utterances < 1):
+        raise InputError(f"The number of utterances must be a whole number >= 1, not {n_utterances!r}.")
+    if plans is not None and not plans:
+        raise InputError("No utterances to generate (the plan list is empty).")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise InputError(f"The seed must be a whole number >= 0, not {seed!r}.")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise InputError(f"workers must be a whole number >= 1, not {workers!r}.")
     out = Path(out_dir) if out_dir else default_corpus_dir()
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out} is a file, not a folder; choose another --out.")
     if out.exists() and any(out.iterdir()):
         if not force:
             raise InputError(f"{out} is not empty; pass --force to overwrite it.")
-        shutil.rmtree(out)
+        _remove_own_outputs(out)
     (out / "wav").mkdir(parents=True, exist_ok=True)
     plans = plans if plans is not None else plan_corpus(n_utterances, seed, video)
     if any(p.video for p in plans):
@@ -323,6 +333,20 @@ def generate_corpus(
     }
     (out / "corpus.json").write_text(json.dumps(summary, indent=2))
     return out / "manifest.csv"
+
+
+# What generate_corpus writes: --force replaces these and leaves anything else in the folder alone
+# (so `--out ~ --force` cannot delete a home folder).
+OWN_OUTPUTS = ("wav", "video", "manifest.csv", "corpus.json", "faces.json")
+
+
+def _remove_own_outputs(out: Path) -> None:
+    for name in OWN_OUTPUTS:
+        target = out / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
 
 
 def _espeak_version() -> str:

@@ -35,6 +35,10 @@ _SKIN_TONES = [
 ]
 
 
+# Hair colours in BGR: black, dark brown, brown, auburn, dark blond, grey.
+_HAIR = [(20, 20, 25), (25, 35, 55), (35, 55, 90), (30, 50, 110), (70, 110, 150), (120, 120, 125)]
+
+
 @dataclass(frozen=True)
 class FaceStyle:
     """How one voice's face looks: fixed for all its utterances."""
@@ -77,12 +81,12 @@ def face_style_for(rng: np.random.Generator) -> FaceStyle:
     # background contrasts with the skin so the face outline is visible
     bg_level = rng.uniform(30, 90) if skin_luma > 130 else rng.uniform(150, 220)
     background = np.clip(bg_level + rng.normal(0, 15, 3), 0, 255)
-    hair = np.clip(rng.uniform(15, 70) + rng.normal(0, 8, 3), 0, 255)
+    hair = np.array(_HAIR[int(rng.integers(len(_HAIR)))], float) * rng.uniform(0.8, 1.2)
     width = rng.uniform(0.58, 0.70) * FRAME_SIZE
     return FaceStyle(
         skin=tuple(int(v) for v in skin),
         background=tuple(int(v) for v in background),
-        hair=tuple(int(v) for v in hair),
+        hair=tuple(int(v) for v in np.clip(hair, 0, 255)),
         face_width=float(width),
         center_x=float(FRAME_SIZE / 2 + rng.uniform(-6, 6)),
         center_y=float(FRAME_SIZE / 2 + 6 + rng.uniform(-5, 5)),
@@ -127,7 +131,8 @@ def _shaded_face(style: FaceStyle) -> np.ndarray:
     bridge = ((xx - cx) / (0.05 * w)) ** 2 + ((yy - cy + 0.02 * h) / (0.16 * h)) ** 2
     shade += 0.15 * np.exp(-bridge)
     skin = np.array(style.skin, np.float32)
-    image[face] = np.clip(skin * shade[face, None], 0, 255)
+    # a multiplicative and an absolute part, so dark skin keeps the contrast the cascade needs
+    image[face] = np.clip(skin * shade[face, None] + 70.0 * (shade[face, None] - 1.0), 0, 255)
     # hairline over the forehead
     fringe = face & (yy < cy - 0.36 * h) & (((xx - cx) / (0.5 * w)) ** 2 + ((yy - cy + 0.5 * h) / (0.2 * h)) ** 2 <= 1)
     image[fringe] = style.hair
@@ -170,7 +175,7 @@ def draw_face(
     def pts(points: np.ndarray) -> np.ndarray:
         return np.round(points * scale).astype(np.int32)
 
-    if e.cheek_raise > 0:  # raised cheeks: lighter, rounder apples of the cheeks
+    if e.cheek_raise > 0.1:  # raised cheeks: lighter, rounder apples of the cheeks
         for side in (-1, 1):
             centre = (cx + side * 0.23 * w, cy + 0.1 * h - 0.03 * h * e.cheek_raise)
             color = tuple(int(v) for v in np.clip(skin * (1.0 + 0.12 * e.cheek_raise) + [0, 0, 12], 0, 255))

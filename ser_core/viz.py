@@ -253,10 +253,6 @@ def _times(labels: AxisLabels) -> tuple[np.ndarray, np.ndarray] | None:
     return start, end
 
 
-def _is_time_axis(labels: AxisLabels) -> bool:
-    return labels.kind != "words" and _times(labels) is not None
-
-
 def _axis(labels: AxisLabels, role: str, block: int = 1) -> _Axis:
     """Build an axis; ``block`` > 1 pools consecutive positions (for downsampled maps)."""
     n = len(labels)
@@ -967,6 +963,8 @@ def nucleus_overlay_figure(
         xaxis={"title": {"text": "column"}, "range": [-0.5, width - 0.5], "showgrid": False},
         yaxis={"title": {"text": "row"}, "range": [height - 0.5, -0.5], "showgrid": False,
                "scaleanchor": "x"},
+        height=520,
+        width=int(min(1100, max(420, 400 * width / height + 200))),
     )
     return fig
 
@@ -1149,7 +1147,7 @@ def _draw_scatter(ax, trace, labels: list) -> None:
     label = trace.name if trace.name and trace.showlegend is not False else None
     if "lines" in mode:
         ax.plot(x, y, color=_mpl_color(line_color), linewidth=lw, label=label)
-        label = None if "lines" in mode else label
+        label = None  # one legend entry per trace
     if "markers" in mode:
         m = trace.marker
         color = m.color if m and m.color is not None else line_color
@@ -1247,7 +1245,10 @@ def figure_to_png(
     if title:
         ax.set_title(title, fontsize=11, loc="left", pad=24 if fig.layout.annotations else 8)
     named = [x for x in labels if x]
-    if fig.layout.showlegend is not False and (len(named) > 1 or fig.layout.showlegend):
+    asked = any(getattr(t, "showlegend", None) is True for t in fig.data)
+    if named and fig.layout.showlegend is not False and (
+        len(named) > 1 or fig.layout.showlegend or asked
+    ):
         ax.legend(fontsize=8, loc="best", framealpha=0.85)
     fig_mpl.tight_layout()
     buffer = io.BytesIO()

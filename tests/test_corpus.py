@@ -135,3 +135,62 @@ def test_committed_samples_are_small_and_complete():
     assert sum(bool(r["video"]) for r in rows) == 4
     total = sum(p.stat().st_size for p in SAMPLES.rglob("*") if p.is_file())
     assert total < 3 * 1024 * 1024
+
+
+def test_force_replaces_only_the_generators_own_files(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    keep = out / "notes.txt"
+    keep.write_text("not the generator's")
+    with pytest.raises(InputError, match="--force"):
+        generate_corpus(out, n_utterances=1, seed=0, workers=1, progress=False)
+    (out / "wav").mkdir()
+    stale = out / "wav" / "stale.wav"
+    stale.write_bytes(b"old")
+    manifest = generate_corpus(out, n_utterances=1, seed=0, workers=1, progress=False, force=True)
+    assert keep.read_text() == "not the generator's"  # anything else in the folder survives
+    assert not stale.exists()  # a previous run's files do not
+    assert len(_rows(manifest)) == 1
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"n_utterances": 0}, "utterances"),
+    ({"n_utterances": 2, "seed": -1}, "seed"),
+    ({"n_utterances": 2, "workers": 0}, "workers"),
+])
+def test_bad_arguments_raise_input_error(tmp_path, kwargs, message):
+    with pytest.raises(InputError, match=message):
+        generate_corpus(tmp_path / "x", progress=False, **kwargs)
+
+
+def test_output_path_that_is_a_file_is_refused(tmp_path):
+    target = tmp_path / "file.txt"
+    target.write_text("x")
+    with pytest.raises(InputError, match="not a folder"):
+        generate_corpus(target, n_utterances=1, progress=False, force=True)
+    assert target.read_text() == "x"
+
+
+def test_cli_refuses_a_non_empty_folder_and_writes_with_force(tmp_path, capsys):
+    import argparse
+
+    from ser_core.corpus import add_cli
+
+    parser = argparse.ArgumentParser()
+    add_cli(parser.add_subparsers(dest="command"))
+    out = tmp_path / "cli"
+    out.mkdir()
+    (out / "other.txt").write_text("x")
+    args = parser.parse_args(["corpus", "--out", str(out), "--n", "2", "--workers", "1"])
+    with pytest.raises(InputError, match="--force"):
+        args.func(args)
+    assert not (out / "manifest.csv").exists()
+    args = parser.parse_args(["corpus", "--out", str(out), "--n", "2", "--workers", "1", "--force"])
+    assert args.func(args) == 0
+    assert str(out / "manifest.csv") in capsys.readouterr().out
+    assert len(_rows(out / "manifest.csv")) == 2
+
+
+def test_samples_readme_says_how_they_were_made():
+    text = (SAMPLES / "README.md").read_text()
+    assert "python -m ser_core corpus --samples" in text
