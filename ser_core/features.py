@@ -92,7 +92,7 @@ class FeatureExtractor:
     ) -> None:
         self.speech_encoder_name = speech_encoder
         self.text_encoder_name = text_encoder
-        self.device = torch.device(device) if device is not None else _default_device()
+        self.device = torch.device(device) if device is not None else default_device()
         self.disk_cache = disk_cache
         self._memory: OrderedDict[str, Features] = OrderedDict()
         self._memory_items = memory_items
@@ -259,7 +259,8 @@ def _atomic_write(path: Path, data: bytes) -> None:
             os.unlink(tmp)
 
 
-def _default_device() -> torch.device:
+def default_device() -> torch.device:
+    """The GPU when there is one, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 

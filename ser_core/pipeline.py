@@ -24,7 +24,7 @@ import torch
 from .audio import load_audio
 from .checkpoint import load_checkpoint
 from .errors import InputError
-from .features import FeatureExtractor, Features, collate_speech_text
+from .features import FeatureExtractor, Features, default_device, collate_speech_text
 from .models.base import ModelOutput, to_trace
 from .paths import CHECKPOINTS_DIR
 from .trace import AttentionTrace, AxisLabels
@@ -85,7 +85,7 @@ class Analyzer:
         device: str | torch.device | None = None,
         disk_cache: bool = True,
     ) -> None:
-        self.device = torch.device(device) if device else _default_device()
+        self.device = torch.device(device) if device else default_device()
         self.checkpoint = Path(checkpoint)
         self.model, self.meta = load_checkpoint(checkpoint, device=self.device)
         self.model_name: str = self.meta["model"]
@@ -173,10 +173,6 @@ def axis_labels(feats: Features) -> dict[str, AxisLabels]:
         end=feats.frame_times + half,
     )
     return {"audio": frames, "text": words}
-
-
-def _default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 __all__ = ["Analyzer", "Analysis", "axis_labels", "DEFAULT_CHECKPOINT", "InputError"]
