@@ -135,13 +135,14 @@ class Analyzer:
     ) -> Analysis:
         """The model alone on cached features (what a k/p slider calls)."""
         t0 = time.perf_counter()
-        batch = collate_speech_text([feats], device=self.device)
         with self._lock, torch.inference_mode():
-            extracted = self._extracted.get(feats.key)
-            if extracted is None and hasattr(self.model, "extract"):
-                extracted = self._extracted[feats.key] = self.model.extract(batch, record=True)
-                while len(self._extracted) > 8:
-                    self._extracted.popitem(last=False)
+            extracted, batch = self._extracted.get(feats.key), None
+            if extracted is None:  # first run on this utterance: build the batch
+                batch = collate_speech_text([feats], device=self.device)
+                if hasattr(self.model, "extract"):
+                    extracted = self._extracted[feats.key] = self.model.extract(batch, record=True)
+                    while len(self._extracted) > 8:
+                        self._extracted.popitem(last=False)
             output: ModelOutput = self.model(batch, keep_ratio=keep_ratio, record=True, extracted=extracted)
         trace = to_trace(output, 0, axis_labels(feats), model_name=self.model_name)
         probs = output.probs[0].detach().float().cpu().numpy()
