@@ -101,8 +101,11 @@ with tab_spec:
 with tab_export:
     stem = f"{shown_clip.name.rsplit('.', 1)[0]}_{layer}_k{keep_ratio:.2f}"
     e1, e2, e3 = st.columns(3)
-    e1.download_button("Attention map (PNG)", viz.figure_to_png(heatmap), f"{stem}.png", "image/png")
-    e2.download_button("This layer's weights and mask (CSV)", viz.record_to_csv(record, head),
-                       f"{stem}.csv", "text/csv")
-    e3.download_button("Whole trace (JSON)", viz.trace_to_json(analysis.trace), f"{stem}_trace.json",
-                       "application/json")
+    # Exports are built only when clicked (callables): never on the keep_ratio slider's path.
+    e1.download_button("Attention map (PNG)", lambda: viz.figure_to_png(heatmap), f"{stem}.png",
+                       "image/png", on_click="ignore")
+    e2.download_button("This layer's weights and mask (CSV)", lambda: viz.record_to_csv(record, head),
+                       f"{stem}.csv", "text/csv", on_click="ignore")
+    e3.download_button("Every layer's key scores and keep masks (JSON)",
+                       lambda: viz.trace_to_json(analysis.trace, with_weights=False),
+                       f"{stem}_trace.json", "application/json", on_click="ignore")

@@ -44,6 +44,7 @@ def test_analyze_sample_shows_prediction_and_reruns_on_keep_ratio():
     heads = [s.value for s in at.subheader]
     assert any(h.startswith("Prediction: ") for h in heads), heads
     assert len(at.get("plotly_chart")) >= 3
+    assert len(at.get("download_button")) == 3  # PNG, CSV, JSON (built only when clicked)
     layer_before = at.selectbox(key="analyze_layer").value
     at.slider(key="analyze_keep_ratio").set_value(0.1).run()
     assert not at.exception
