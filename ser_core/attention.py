@@ -104,6 +104,11 @@ def key_sparse_attention_with_scores(
     keep_ratio ≥ 1 path) / the weights (then None): training needs only out and keep.
     """
     _check_inputs(q, k, v, keep_ratio, key_padding_mask, query_padding_mask)
+    # A mask with no padding at all (e.g. one utterance) is the same as none, and cheaper.
+    if key_padding_mask is not None and not bool(key_padding_mask.any()):
+        key_padding_mask = None
+    if query_padding_mask is not None and not bool(query_padding_mask.any()):
+        query_padding_mask = None
     B, H, Tq, D = q.shape
     Tk = k.shape[2]
     key_valid = None if key_padding_mask is None else ~key_padding_mask  # [B, Tk]
