@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,35 +27,15 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
-
-TEXT = ("Honestly I did not expect the meeting to go like that today. They changed the plan again "
-        "without asking anyone, and now we have to start the whole report from the beginning.")
+from bench_whisper import median_time, synthesize  # noqa: E402  (same folder)
 
 
 def ten_second_clip(folder: Path) -> Path:
-    """About 10 s of real (synthetic) speech at 16 kHz, made with espeak-ng."""
-    raw = folder / "raw.wav"
-    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(raw), TEXT], check=True)
-    audio, sr = sf.read(raw, dtype="float32")
-    import soxr
-
-    audio = soxr.resample(audio, sr, 16000)
-    n = 10 * 16000
-    audio = np.pad(audio, (0, max(0, n - len(audio))))[:n]
+    """10 s of real (synthetic) espeak-ng speech at 16 kHz, written as a wav file."""
     path = folder / "clip10s.wav"
-    sf.write(path, audio, 16000)
+    sf.write(path, synthesize(10.0, folder), 16000)
     return path
-
-
-def median_time(fn, runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def bench_library(checkpoint: Path, clip: Path, runs: int) -> None:

@@ -374,13 +374,8 @@ def write_samples(out_dir: Path | str = SAMPLES_DIR, seed: int = 7) -> Path:
             p = options[int(rng.integers(len(options)))]
             p.video = j == 0
             chosen.append(p)
-    out = Path(out_dir)
-    keep = out / "README.md"
-    readme = keep.read_text() if keep.exists() else None
-    manifest = generate_corpus(out, plans=chosen, workers=1, progress=False, force=True)
-    if readme:
-        keep.write_text(readme)
-    return manifest
+    # --force replaces only the generator's own outputs, so samples/README.md stays
+    return generate_corpus(Path(out_dir), plans=chosen, workers=1, progress=False, force=True)
 
 
 def add_cli(subparsers) -> None:

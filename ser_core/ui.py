@@ -40,6 +40,16 @@ def get_analyzer(checkpoint: str):
     return Analyzer(checkpoint)
 
 
+@st.cache_data(show_spinner=False, max_entries=32)
+def _checkpoint_meta(path: str, mtime: float) -> dict:
+    """A checkpoint's meta, read once per file version (pages ask for it on every rerun)."""
+    return read_meta(path)
+
+
+def checkpoint_meta(path: str) -> dict:
+    return _checkpoint_meta(str(path), Path(path).stat().st_mtime)
+
+
 def checkpoint_picker() -> str | None:
     """Sidebar: choose a checkpoint from checkpoints/; shows model, device and test scores."""
     paths = list_checkpoints(CHECKPOINTS_DIR)
@@ -50,7 +60,7 @@ def checkpoint_picker() -> str | None:
     default = names.index("ks_transformer_demo.safetensors") if "ks_transformer_demo.safetensors" in names else 0
     chosen = st.sidebar.selectbox("Model checkpoint", names, index=default, key="checkpoint")
     try:
-        meta = read_meta(CHECKPOINTS_DIR / chosen)
+        meta = checkpoint_meta(CHECKPOINTS_DIR / chosen)
     except InputError as exc:
         st.sidebar.error(str(exc))
         return None
@@ -205,7 +215,7 @@ def faithfulness_note(checkpoint: str | None) -> str | None:
     if not checkpoint:
         return None
     try:
-        report = read_meta(checkpoint).get("faithfulness")
+        report = checkpoint_meta(checkpoint).get("faithfulness")
     except InputError:
         return None
     if not report:
