@@ -9,9 +9,17 @@ turns audio + words into :class:`Features`. Results are cached
 * on disk under ``cache_dir()/features/<extractor identity>/<key>.safetensors`` (tensors) with a
   JSON side file (words, times), so training epochs and the app share the work.
 
-The cache key is a hash of the audio samples and the typed transcript (if any); the folder is the
-encoders' identity, so a different encoder never reads another's features. Files are written
-atomically and read without unpickling anything (safetensors + JSON).
+The cache key is a hash of the audio samples, the typed transcript (if any) and the video's bytes
+(if any); the folder is the encoders' identity, so a different encoder never reads another's
+features. Files are written atomically and read without unpickling anything (safetensors + JSON).
+
+Speech states and word states are always computed (every view shows the words). What only some
+models read is computed on request (``extract(..., extras=("sentence", "faces"))``) and added to
+the same cache file:
+
+* ``"sentence"``: ``extra["sentence"]`` [Dt], the text encoder's CLS vector of the transcript (MESM).
+* ``"faces"``: ``extra["faces"]`` [Nf, 64, 64, 3] uint8 RGB face crops at 5 fps and
+  ``extra["face_times"]`` [Nf] seconds (Nf = 0 without a video); ``extra["face_boxes"]`` [Nf, 4].
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from .asr import Word
+from .trace import AxisLabels
 from .paths import cache_dir
 
 SAMPLE_RATE = 16000
@@ -65,13 +74,41 @@ class Features:
         return " ".join(w.text for w in self.words)
 
 
-def content_key(audio: np.ndarray, transcript: str | None) -> str:
-    """Hash of what determines the features: the samples and the typed transcript."""
+FACE_SIZE = 64
+FACE_FPS = 5.0
+# which Features.extra entries each on-request extra fills
+EXTRAS: dict[str, tuple[str, ...]] = {
+    "sentence": ("sentence",),
+    "faces": ("faces", "face_times", "face_boxes"),
+}
+
+
+def content_key(audio: np.ndarray, transcript: str | None, video_key: str | None = None) -> str:
+    """Hash of what determines the features: the samples, the typed transcript, the video."""
     h = hashlib.sha256()
     h.update(np.ascontiguousarray(audio, dtype=np.float32).tobytes())
     h.update(b"\0transcript\0")
     h.update((transcript or "").strip().encode("utf-8"))
+    if video_key:
+        h.update(b"\0video\0" + video_key.encode("ascii"))
     return h.hexdigest()[:24]
+
+
+def video_bytes(video) -> bytes | None:
+    """The bytes of a video given as a path, bytes or a file-like object (None for None)."""
+    if video is None:
+        return None
+    if isinstance(video, (bytes, bytearray, memoryview)):
+        return bytes(video)
+    if isinstance(video, (str, os.PathLike)):
+        return Path(video).read_bytes()
+    if hasattr(video, "getvalue"):
+        return bytes(video.getvalue())
+    if hasattr(video, "read"):
+        if hasattr(video, "seek"):
+            video.seek(0)
+        return video.read()
+    raise TypeError(f"unsupported video source {type(video).__name__}")
 
 
 class FeatureExtractor:
@@ -158,19 +195,38 @@ class FeatureExtractor:
         audio: np.ndarray,
         transcript: str | None = None,
         words: list[Word] | None = None,
+        video=None,
+        extras: tuple[str, ...] | list[str] = (),
     ) -> Features:
-        """Features for one utterance (cached). ``words`` skips ASR/alignment when given."""
-        key = content_key(audio, transcript if words is None else "|".join(w.text for w in words))
+        """Features for one utterance (cached). ``words`` skips ASR/alignment when given.
+
+        ``video`` (path, bytes or file-like) is read only for the ``"faces"`` extra; a video in
+        which no face is found raises InputError. ``extras`` names on-request entries (EXTRAS).
+        """
+        unknown = sorted(set(extras) - set(EXTRAS))
+        if unknown:
+            raise ValueError(f"unknown extras {unknown}; known: {sorted(EXTRAS)}")
+        vbytes = video_bytes(video)
+        vkey = hashlib.sha256(vbytes).hexdigest()[:24] if vbytes else None
+        key = content_key(audio, transcript if words is None else "|".join(w.text for w in words), vkey)
         with self._lock:
             hit = self._memory.get(key)
-            if hit is not None:
+            if hit is not None and all(_has_extra(hit, e) for e in extras):
                 self._memory.move_to_end(key)
                 return hit
-        feats = self._read_disk(key) if self.disk_cache else None
+        feats = hit
+        if feats is None and self.disk_cache:
+            feats = self._read_disk(key)
+        dirty = False
         if feats is None:
             feats = self._compute(key, audio, transcript, words)
-            if self.disk_cache:
-                self._write_disk(feats)
+            dirty = True
+        for name in extras:
+            if not _has_extra(feats, name):
+                feats.extra.update(self._compute_extra(name, feats, vbytes))
+                dirty = True
+        if dirty and self.disk_cache:
+            self._write_disk(feats)
         with self._lock:
             self._memory[key] = feats
             while len(self._memory) > self._memory_items:
@@ -197,6 +253,22 @@ class FeatureExtractor:
             text=text.detach().float().cpu().numpy(),
             transcript_source=source,
         )
+
+    def _compute_extra(self, name: str, feats: Features, vbytes: bytes | None) -> dict[str, np.ndarray]:
+        if name == "sentence":
+            with torch.no_grad():
+                vec = self.text_model.sentence_embedding([w.text for w in feats.words], pooling="cls")
+            return {"sentence": vec.detach().float().cpu().numpy().astype(np.float32)}
+        if name == "faces":
+            if vbytes is None:
+                return {"faces": np.zeros((0, FACE_SIZE, FACE_SIZE, 3), np.uint8),
+                        "face_times": np.zeros(0, np.float32), "face_boxes": np.zeros((0, 4), np.int32)}
+            from .encoders.faces import extract_faces
+
+            track = extract_faces(vbytes, fps=FACE_FPS, size=FACE_SIZE)
+            return {"faces": track.crops.astype(np.uint8), "face_times": track.times.astype(np.float32),
+                    "face_boxes": track.boxes.astype(np.int32)}
+        raise ValueError(f"unknown extra {name!r}")
 
     # --- disk cache --------------------------------------------------------------------------
     def _paths(self, key: str) -> tuple[Path, Path]:
@@ -237,7 +309,7 @@ class FeatureExtractor:
             "words": [w.__dict__ for w in feats.words],
             "transcript_source": feats.transcript_source,
         }
-        _atomic_write(meta_path, json.dumps(meta).encode("utf-8"))
+        atomic_write(meta_path, json.dumps(meta).encode("utf-8"))
         fd, tmp = tempfile.mkstemp(dir=tensors_path.parent, suffix=".tmp")
         os.close(fd)
         try:
@@ -248,7 +320,11 @@ class FeatureExtractor:
                 os.unlink(tmp)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def _has_extra(feats: Features, name: str) -> bool:
+    return all(k in feats.extra for k in EXTRAS[name])
+
+
+def atomic_write(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -299,3 +375,21 @@ def collate_speech_text(
         "text": words.to(device),
         "text_mask": text_mask.to(device),
     }
+
+
+def speech_text_axis_labels(feats: Features) -> dict[str, AxisLabels]:
+    """The labels that index each modality's positions: words with times, frames with times."""
+    words = AxisLabels(
+        kind="words",
+        names=[w.text for w in feats.words],
+        start=np.array([w.start for w in feats.words], dtype=np.float32),
+        end=np.array([w.end for w in feats.words], dtype=np.float32),
+    )
+    half = 0.5 / 50.0 if len(feats.frame_times) < 2 else 0.5 * float(np.diff(feats.frame_times[:2])[0])
+    frames = AxisLabels(
+        kind="frames",
+        names=[f"{t:.2f} s" for t in feats.frame_times],
+        start=feats.frame_times - half,
+        end=feats.frame_times + half,
+    )
+    return {"audio": frames, "text": words}

@@ -24,8 +24,8 @@ import torch
 from .audio import load_audio
 from .checkpoint import load_checkpoint
 from .errors import InputError
-from .features import FeatureExtractor, Features, default_device, collate_speech_text
-from .models.base import ModelOutput, to_trace
+from .features import FeatureExtractor, Features, default_device
+from .models.base import ModelOutput, collate_batch, feature_extras, model_axis_labels, model_inputs, to_trace
 from .paths import CHECKPOINTS_DIR
 from .trace import AttentionTrace, AxisLabels
 
@@ -103,6 +103,15 @@ class Analyzer:
         self._extracted: OrderedDict[str, Any] = OrderedDict()
 
     @property
+    def uses_video(self) -> bool:
+        """Whether the model sees faces (then ``analyze`` reads the video)."""
+        return "faces" in model_inputs(self.model)
+
+    @property
+    def uses_text(self) -> bool:
+        return bool({"text", "sentence"} & set(model_inputs(self.model)))
+
+    @property
     def description(self) -> str:
         return f"{self.model_name} ({self.checkpoint.name}) on {self.device.type}"
 
@@ -117,14 +126,19 @@ class Analyzer:
         """Decode + validate audio, find words, encode, run the model.
 
         ``audio`` is a path, bytes, a file-like object, or an already-decoded 16 kHz array.
-        Raises InputError (a message for the user) on bad input.
+        ``video`` (path, bytes, file-like) is used by models that see faces (``uses_video``);
+        others ignore it. Raises InputError (a message for the user) on bad input, e.g. a
+        video in which no face is found.
         """
         t0 = time.perf_counter()
         samples = audio if isinstance(audio, np.ndarray) else load_audio(audio)
         t1 = time.perf_counter()
         if transcript is not None and not transcript.strip():
             transcript = None
-        feats = self.extractor.extract(samples, transcript=transcript)
+        feats = self.extractor.extract(
+            samples, transcript=transcript, video=video if self.uses_video else None,
+            extras=feature_extras(self.model),
+        )
         t2 = time.perf_counter()
         result = self.run_model(feats, keep_ratio=keep_ratio, top_p=top_p)
         result.timings.update({"decode": t1 - t0, "features": t2 - t1, "total": time.perf_counter() - t0})
@@ -138,13 +152,16 @@ class Analyzer:
         with self._lock, torch.inference_mode():
             extracted, batch = self._extracted.get(feats.key), None
             if extracted is None:  # first run on this utterance: build the batch
-                batch = collate_speech_text([feats], device=self.device)
+                batch = collate_batch(self.model, [feats], self.device)
                 if hasattr(self.model, "extract"):
                     extracted = self._extracted[feats.key] = self.model.extract(batch, record=True)
                     while len(self._extracted) > 8:
                         self._extracted.popitem(last=False)
-            output: ModelOutput = self.model(batch, keep_ratio=keep_ratio, record=True, extracted=extracted)
-        trace = to_trace(output, 0, axis_labels(feats), model_name=self.model_name)
+            if batch is None and extracted is None:
+                batch = collate_batch(self.model, [feats], self.device)
+            output: ModelOutput = self.model(batch, keep_ratio=keep_ratio, top_p=top_p, record=True,
+                                             extracted=extracted)
+        trace = to_trace(output, 0, model_axis_labels(self.model, feats), model_name=self.model_name)
         probs = output.probs[0].detach().float().cpu().numpy()
         return Analysis(
             features=feats,
@@ -158,22 +175,4 @@ class Analyzer:
         )
 
 
-def axis_labels(feats: Features) -> dict[str, AxisLabels]:
-    """The labels that index each modality's positions: words with times, frames with times."""
-    words = AxisLabels(
-        kind="words",
-        names=[w.text for w in feats.words],
-        start=np.array([w.start for w in feats.words], dtype=np.float32),
-        end=np.array([w.end for w in feats.words], dtype=np.float32),
-    )
-    half = 0.5 / 50.0 if len(feats.frame_times) < 2 else 0.5 * float(np.diff(feats.frame_times[:2])[0])
-    frames = AxisLabels(
-        kind="frames",
-        names=[f"{t:.2f} s" for t in feats.frame_times],
-        start=feats.frame_times - half,
-        end=feats.frame_times + half,
-    )
-    return {"audio": frames, "text": words}
-
-
-__all__ = ["Analyzer", "Analysis", "axis_labels", "DEFAULT_CHECKPOINT", "InputError"]
+__all__ = ["Analyzer", "Analysis", "DEFAULT_CHECKPOINT", "InputError"]

@@ -19,26 +19,6 @@ pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espea
 TINY = {"d_model": 32, "ff_dim": 64, "feature_layers": 1, "ccab_layers": 1, "fusion_layers": 1}
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """A private cache dir for features (the Whisper conversion is cheap to redo)."""
-    mp = pytest.MonkeyPatch()
-    path = tmp_path_factory.mktemp("cache")
-    mp.setenv("SER_CACHE_DIR", str(path))
-    yield path
-    mp.undo()
-
-
-@pytest.fixture(scope="module")
-def corpus(cache, tmp_path_factory):
-    from ser_core.corpus import generate_corpus, plan_corpus
-
-    plans = plan_corpus(200, seed=5, video=False)
-    by_split = {s: [p for p in plans if p.split == s] for s in ("train", "val", "test")}
-    chosen = by_split["train"][:16] + by_split["val"][:4] + by_split["test"][:4]
-    return generate_corpus(tmp_path_factory.mktemp("tiny") / "c", plans=chosen, workers=1, progress=False)
-
-
 def _train(corpus, out: Path, epochs: int, resume: bool = False):
     from ser_core.train import TrainConfig, train
 

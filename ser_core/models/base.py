@@ -40,7 +40,11 @@ __all__ = [
     "ModelOutput",
     "RawAttention",
     "build_model",
+    "collate_batch",
     "concat_labels",
+    "feature_extras",
+    "model_axis_labels",
+    "model_inputs",
     "register_model",
     "to_trace",
 ]
@@ -151,6 +155,30 @@ def _import_builtin_models() -> None:
                 importlib.import_module(f"{pkg.__name__}.{info.name}")
             except ImportError:  # a model whose optional dependency is missing
                 continue
+
+
+# --------------------------------------------------------------------------- inputs
+
+def model_inputs(model: Any) -> tuple[str, ...]:
+    """The parts of ``Features`` a model (instance or class) reads (its ``inputs``)."""
+    return tuple(getattr(model, "inputs", ("speech", "text")))
+
+
+def feature_extras(model: Any) -> tuple[str, ...]:
+    """The on-request Features extras (``features.EXTRAS``) a model needs computed."""
+    from ser_core.features import EXTRAS
+
+    return tuple(name for name in model_inputs(model) if name in EXTRAS)
+
+
+def collate_batch(model: Any, items: list, device: Any) -> dict[str, Tensor]:
+    """One padded batch in the layout the model reads (its ``collate`` classmethod)."""
+    return type(model).collate(items, model.config, device)
+
+
+def model_axis_labels(model: Any, feats: Any) -> dict[str, AxisLabels]:
+    """Labels for every axis the model's records use, for one utterance."""
+    return model.axis_labels(feats)
 
 
 # --------------------------------------------------------------------------- trace

@@ -46,7 +46,9 @@ from torch import Tensor, nn
 
 from ser_core.attention import AttentionInfo, KeySparseMultiheadAttention
 from ser_core.errors import InputError
+from ser_core.features import Features, collate_speech_text, speech_text_axis_labels
 from ser_core.models.base import ModelConfig, ModelOutput, RawAttention, register_model
+from ser_core.trace import AxisLabels
 
 __all__ = ["CCAB", "KSTransformer", "KSTransformerConfig", "KSTransformerLayer", "LayerWeightedSum"]
 
@@ -333,13 +335,27 @@ class KSTransformer(nn.Module):
         mask = torch.cat([mask[:, :1] & ~empty[:, None], mask[:, 1:]], dim=1)
         return x, mask
 
+    # ----------------------------------------------------------------- inputs (models/base.py contract)
+
+    inputs = ("speech", "text")
+
+    @classmethod
+    def collate(cls, items: list[Features], config: KSTransformerConfig, device) -> dict[str, Tensor]:
+        """Every Whisper layer's frames and the words' MiniLM states, padded (True = pad)."""
+        return collate_speech_text(items, device)
+
+    def axis_labels(self, feats: Features) -> dict[str, AxisLabels]:
+        return speech_text_axis_labels(feats)
+
     # ----------------------------------------------------------------- forward
 
     def forward(self, batch: dict[str, Tensor], keep_ratio: float | dict[str, float] | None = None,
-                record: bool = False, extracted: "ExtractedFeatures | None" = None) -> ModelOutput:
+                top_p: float | None = None, record: bool = False,
+                extracted: "ExtractedFeatures | None" = None) -> ModelOutput:
         """Feature extraction then interaction + fusion. ``extracted`` (from :meth:`extract`
         with the same batch and ``record``) skips the feature-extraction module, which does
-        not depend on keep_ratio: what makes a keep_ratio slider cheap."""
+        not depend on keep_ratio: what makes a keep_ratio slider cheap. (No nucleus sampling
+        here: ``top_p`` is accepted and ignored.)"""
         if extracted is None:
             extracted = self.extract(batch, record)
         return self.interact(extracted, keep_ratio, record)
