@@ -9,8 +9,9 @@ turns audio + words into :class:`Features`. Results are cached
 * on disk under ``cache_dir()/features/<extractor identity>/<key>.safetensors`` (tensors) with a
   JSON side file (words, times), so training epochs and the app share the work.
 
-The cache key is a hash of the audio samples, the typed transcript (if any) and the video's bytes
-(if any); the folder is the encoders' identity, so a different encoder never reads another's
+The cache key is a hash of the audio samples and the typed transcript (if any); face crops carry
+the hash of the video they came from (``extra["faces_video"]``) and are redone for another video.
+The folder is the encoders' identity, so a different encoder never reads another's
 features. Files are written atomically and read without unpickling anything (safetensors + JSON).
 
 Speech states and word states are always computed (every view shows the words). What only some
@@ -79,18 +80,16 @@ FACE_FPS = 5.0
 # which Features.extra entries each on-request extra fills
 EXTRAS: dict[str, tuple[str, ...]] = {
     "sentence": ("sentence",),
-    "faces": ("faces", "face_times", "face_boxes"),
+    "faces": ("faces", "face_times", "face_boxes", "faces_video"),
 }
 
 
-def content_key(audio: np.ndarray, transcript: str | None, video_key: str | None = None) -> str:
-    """Hash of what determines the features: the samples, the typed transcript, the video."""
+def content_key(audio: np.ndarray, transcript: str | None) -> str:
+    """Hash of what determines the features: the samples and the typed transcript."""
     h = hashlib.sha256()
     h.update(np.ascontiguousarray(audio, dtype=np.float32).tobytes())
     h.update(b"\0transcript\0")
     h.update((transcript or "").strip().encode("utf-8"))
-    if video_key:
-        h.update(b"\0video\0" + video_key.encode("ascii"))
     return h.hexdigest()[:24]
 
 
@@ -206,12 +205,12 @@ class FeatureExtractor:
         unknown = sorted(set(extras) - set(EXTRAS))
         if unknown:
             raise ValueError(f"unknown extras {unknown}; known: {sorted(EXTRAS)}")
-        vbytes = video_bytes(video)
-        vkey = hashlib.sha256(vbytes).hexdigest()[:24] if vbytes else None
-        key = content_key(audio, transcript if words is None else "|".join(w.text for w in words), vkey)
+        vbytes = video_bytes(video) if "faces" in extras else None
+        vkey = hashlib.sha256(vbytes).hexdigest()[:24] if vbytes else ""
+        key = content_key(audio, transcript if words is None else "|".join(w.text for w in words))
         with self._lock:
             hit = self._memory.get(key)
-            if hit is not None and all(_has_extra(hit, e) for e in extras):
+            if hit is not None and all(_has_extra(hit, e, vkey) for e in extras):
                 self._memory.move_to_end(key)
                 return hit
         feats = hit
@@ -222,8 +221,8 @@ class FeatureExtractor:
             feats = self._compute(key, audio, transcript, words)
             dirty = True
         for name in extras:
-            if not _has_extra(feats, name):
-                feats.extra.update(self._compute_extra(name, feats, vbytes))
+            if not _has_extra(feats, name, vkey):
+                feats.extra.update(self._compute_extra(name, feats, vbytes, vkey))
                 dirty = True
         if dirty and self.disk_cache:
             self._write_disk(feats)
@@ -254,20 +253,22 @@ class FeatureExtractor:
             transcript_source=source,
         )
 
-    def _compute_extra(self, name: str, feats: Features, vbytes: bytes | None) -> dict[str, np.ndarray]:
+    def _compute_extra(self, name: str, feats: Features, vbytes: bytes | None, vkey: str) -> dict[str, np.ndarray]:
         if name == "sentence":
             with torch.no_grad():
                 vec = self.text_model.sentence_embedding([w.text for w in feats.words], pooling="cls")
             return {"sentence": vec.detach().float().cpu().numpy().astype(np.float32)}
         if name == "faces":
+            source = np.frombuffer(vkey.encode("ascii"), dtype=np.uint8).copy()
             if vbytes is None:
                 return {"faces": np.zeros((0, FACE_SIZE, FACE_SIZE, 3), np.uint8),
-                        "face_times": np.zeros(0, np.float32), "face_boxes": np.zeros((0, 4), np.int32)}
+                        "face_times": np.zeros(0, np.float32), "face_boxes": np.zeros((0, 4), np.int32),
+                        "faces_video": source}
             from .encoders.faces import extract_faces
 
             track = extract_faces(vbytes, fps=FACE_FPS, size=FACE_SIZE)
             return {"faces": track.crops.astype(np.uint8), "face_times": track.times.astype(np.float32),
-                    "face_boxes": track.boxes.astype(np.int32)}
+                    "face_boxes": track.boxes.astype(np.int32), "faces_video": source}
         raise ValueError(f"unknown extra {name!r}")
 
     # --- disk cache --------------------------------------------------------------------------
@@ -320,8 +321,12 @@ class FeatureExtractor:
                 os.unlink(tmp)
 
 
-def _has_extra(feats: Features, name: str) -> bool:
-    return all(k in feats.extra for k in EXTRAS[name])
+def _has_extra(feats: Features, name: str, video_key: str = "") -> bool:
+    if not all(k in feats.extra for k in EXTRAS[name]):
+        return False
+    if name == "faces":  # crops of this very video (or none for no video)
+        return bytes(feats.extra["faces_video"]).decode("ascii", "replace") == video_key
+    return True
 
 
 def atomic_write(path: Path, data: bytes) -> None:

@@ -35,7 +35,7 @@ from .data import load_corpus
 from .data.base import Utterance
 from .data import protocols
 from .errors import InputError
-from .features import FeatureExtractor, Features, atomic_write
+from .features import EXTRAS, FeatureExtractor, Features, atomic_write
 from .models import build_model
 from .models.base import collate_batch, feature_extras, model_inputs
 
@@ -158,7 +158,7 @@ def _compact(feats: Features, inputs: tuple[str, ...] = ("speech", "text")) -> F
         frame_times=feats.frame_times,
         text=feats.text.astype(np.float16) if "text" in inputs else np.zeros((len(feats.words), 0), np.float16),
         transcript_source=feats.transcript_source,
-        extra={k: v for k, v in feats.extra.items() if any(k.startswith(i) for i in inputs)},
+        extra={k: feats.extra[k] for i in inputs for k in EXTRAS.get(i, ()) if k in feats.extra},
     )
 
 
@@ -586,6 +586,8 @@ def add_cli(subparsers) -> None:
     p.add_argument("--init-from", help="fine-tune: start from this checkpoint's weights")
     p.add_argument("--max-seconds", type=float, default=9.2, help="cut training utterances to this (0: no cut)")
     p.add_argument("--state-every", type=int, default=20, help="write the resume state every N batches")
+    p.add_argument("--events", help="append progress events here as JSON lines (for the Train page)")
+    p.add_argument("--stop-file", help="stop (after saving the resume state) when this file appears")
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="model config override, e.g. --model-arg d_model=96 (repeatable)")
     p.set_defaults(func=_train_cli)
@@ -634,7 +636,25 @@ def _train_cli(args: argparse.Namespace) -> int:
         half=args.half, model_args=_parse_model_args(args.model_arg), init_from=args.init_from,
         max_seconds=args.max_seconds or None, state_every=args.state_every,
     )
-    train(cfg)
+    on_event = should_stop = None
+    if args.events:
+        events = Path(args.events)
+        events.parent.mkdir(parents=True, exist_ok=True)
+
+        def on_event(event: dict[str, Any]) -> None:
+            with open(events, "a") as f:
+                f.write(json.dumps({**event, "time": time.time()}) + "\n")
+
+    if args.stop_file:
+        stop_file = Path(args.stop_file)
+        should_stop = stop_file.exists
+    try:
+        train(cfg, on_event=on_event, should_stop=should_stop)
+    except Stopped as stopped:
+        print(f"{stopped}; continue with --resume")
+        if on_event is not None:
+            on_event({"event": "stopped", "message": str(stopped)})
+        return 3
     return 0
 
 

@@ -1,0 +1,59 @@
+"""On-request Features extras: the transcript's CLS vector and face crops tied to their video."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from ser_core.audio import load_audio
+from ser_core.errors import InputError
+from ser_core.features import FACE_SIZE, FeatureExtractor
+
+from conftest import SAMPLES
+
+
+def _with_video():
+    rows = list(csv.DictReader(open(SAMPLES / "manifest.csv")))
+    row = next(r for r in rows if r["video"])
+    return load_audio(SAMPLES / row["path"]), row["transcript"], SAMPLES / row["video"]
+
+
+def test_sentence_and_faces_are_computed_once_and_cached(cache):
+    audio, text, video = _with_video()
+    fx = FeatureExtractor(device="cpu")
+    feats = fx.extract(audio, transcript=text, video=video, extras=("sentence", "faces"))
+    assert feats.extra["sentence"].shape == (fx.text_dim,)
+    n = len(feats.extra["faces"])
+    assert n > 3 and feats.extra["faces"].shape[1:] == (FACE_SIZE, FACE_SIZE, 3)
+    assert feats.extra["faces"].dtype == np.uint8 and np.all(np.diff(feats.extra["face_times"]) > 0)
+    # a fresh extractor reads them from disk: nothing is recomputed
+    fresh = FeatureExtractor(device="cpu")
+    fresh._compute = fresh._compute_extra = lambda *a, **k: pytest.fail("recomputed")
+    again = fresh.extract(audio, transcript=text, video=video, extras=("sentence", "faces"))
+    np.testing.assert_array_equal(again.extra["faces"], feats.extra["faces"])
+    # the same audio without the video: no faces (recomputed for "no video", speech kept)
+    fx2 = FeatureExtractor(device="cpu")
+    fx2._compute = lambda *a, **k: pytest.fail("speech features must come from the cache")
+    none = fx2.extract(audio, transcript=text, extras=("faces",))
+    assert none.extra["faces"].shape == (0, FACE_SIZE, FACE_SIZE, 3)
+    assert none.key == feats.key
+
+
+def test_a_video_without_a_face_is_an_input_error(cache, tmp_path):
+    import cv2
+
+    audio, text, _ = _with_video()
+    path = tmp_path / "blank.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, (96, 96))
+    for _ in range(20):
+        writer.write(np.full((96, 96, 3), 128, np.uint8))
+    writer.release()
+    with pytest.raises(InputError, match="No face"):
+        FeatureExtractor(device="cpu").extract(audio, transcript=text, video=path, extras=("faces",))
+
+
+def test_unknown_extra_is_refused():
+    with pytest.raises(ValueError, match="unknown extras"):
+        FeatureExtractor(device="cpu").extract(np.zeros(16000, np.float32), extras=("nope",))
