@@ -12,22 +12,34 @@ st.set_page_config(page_title="Analyze · SER attention explorer", page_icon="�
 st.title("Analyze an utterance")
 
 checkpoint = ui.checkpoint_picker()
-clip = ui.clip_picker("analyze")
+meta = ui.checkpoint_meta(checkpoint) if checkpoint else {}
+sees_faces = ui.model_sees_faces(meta.get("model"))
+requested = ui.requested_clip()  # e.g. a misclassified utterance opened from the Evaluate page
+clip = ui.clip_picker("analyze", video=sees_faces)
 transcript = st.text_input(
     "Transcript (optional)",
     key="analyze_transcript",
     help="Leave empty to let Whisper transcribe the speech; a typed transcript is aligned to the audio.",
 )
 
-if checkpoint and clip and st.button("Analyze", type="primary", key="analyze_button"):
+
+def run(clip):
     try:
         with st.spinner("Transcribing, encoding and running the model…"):
-            analysis = ui.get_analyzer(checkpoint).analyze(clip.data, transcript=transcript or None)
+            # a clip opened from the Evaluate page keeps its corpus transcript (as evaluated)
+            text = clip.transcript if clip is requested else (transcript or None)
+            analysis = ui.get_analyzer(checkpoint).analyze(clip.data, transcript=text, video=clip.video)
         st.session_state["analysis"] = analysis
         st.session_state["analysis_clip"] = clip
     except Exception as exc:  # every failure becomes a message, never a traceback
         st.session_state.pop("analysis", None)
         ui.show_error(exc)
+
+
+if checkpoint and requested is not None:
+    run(requested)
+elif checkpoint and clip and st.button("Analyze", type="primary", key="analyze_button"):
+    run(clip)
 
 base = st.session_state.get("analysis")
 if base is None:
@@ -35,20 +47,22 @@ if base is None:
     st.stop()
 
 shown_clip = st.session_state["analysis_clip"]
-default_k = ui.default_keep_ratio(base)
-keep_ratio = st.slider(
-    "keep_ratio (share of keys each key-sparse layer keeps)", 0.05, 1.0, default_k, 0.05,
-    key="analyze_keep_ratio", help="1.0 is vanilla attention. Changing it re-runs only the model.",
-)
-analysis = base if abs(keep_ratio - default_k) < 1e-9 else base.rerun(keep_ratio=keep_ratio)
+if base.trace.model != meta.get("model"):
+    st.info(f"This analysis was made with **{base.trace.model}**; press **Analyze** to run the "
+            f"chosen checkpoint ({meta.get('model')}).")
+knob = ui.sparsity_knob(base, "analyze")
+analysis = base.rerun(**knob) if knob else base
 feats = analysis.features
+sees_text = base.analyzer is not None and base.analyzer.uses_text
+words = feats.words if sees_text else None
 
 left, right = st.columns([1, 2])
 with left:
     st.subheader(f"Prediction: {ui.label_name(analysis.predicted)}")
     st.caption(
-        f"confidence {analysis.confidence:.0%} · {feats.duration:.1f} s · words from "
-        f"{'your transcript (aligned)' if feats.transcript_source == 'typed' else 'Whisper ASR'}"
+        f"confidence {analysis.confidence:.0%} · {feats.duration:.1f} s · "
+        + (f"words from {'your transcript (aligned)' if feats.transcript_source == 'typed' else 'Whisper ASR'}"
+           if sees_text else f"{base.trace.model} hears the audio only (no words)")
         + (f" · sample labelled **{shown_clip.label}**" if shown_clip.label else "")
     )
     st.plotly_chart(viz.probabilities_figure(analysis.labels, analysis.probs, shown_clip.label),
@@ -56,15 +70,17 @@ with left:
     st.audio(shown_clip.data)
 with right:
     word_record = ui.first_record(analysis.trace, key_kind="words", sparse=True)
-    if word_record is not None and len(feats.words):
+    if word_record is not None and words:
         scores, _ = viz.head_key_scores(word_record, "mean")
         st.markdown(f"**Words by key importance** in `{word_record.name}` "
                     "(shade = mean key score over heads; bold = kept by most heads)")
         st.html(viz.word_importance_html(feats.words, scores, ui.kept_by_most_heads(word_record)))
-    elif not feats.words:
+    elif sees_text and not feats.words:
         st.warning("No words were recognised in this clip: the text side sees a 'no words' token.")
+    elif not sees_text:
+        st.caption(f"Transcript (for reference; the model does not see it): “{feats.transcript}”")
     frame_record = ui.first_record(analysis.trace, key_kind="frames", sparse=True)
-    st.plotly_chart(viz.waveform_figure(feats.audio, 16000, feats.words,
+    st.plotly_chart(viz.waveform_figure(feats.audio, 16000, words,
                                         kept=ui.kept_intervals_by_most_heads(frame_record)),
                     width="stretch", key="waveform")
     if frame_record is not None:
@@ -79,8 +95,8 @@ head_options = ["mean"] + list(range(record.heads))
 head = c2.selectbox("Head", head_options, format_func=lambda h: "mean of heads" if h == "mean" else f"head {h}",
                     key="analyze_head")
 
-tab_map, tab_keys, tab_spec, tab_export = st.tabs(
-    ["Attention map", "Key importance", "Spectrogram", "Export"]
+tab_map, tab_keys, tab_spec, tab_model, tab_export = st.tabs(
+    ["Attention map", "Key importance", "Spectrogram", "Model internals", "Export"]
 )
 heatmap = viz.attention_heatmap(record, head)
 with tab_map:
@@ -94,12 +110,15 @@ with tab_keys:
 with tab_spec:
     audio_record = record if record.key_labels.kind == "frames" and record.keep is not None else frame_record
     log_mel, times = ui.log_mel_for_display(feats.audio)
-    st.plotly_chart(viz.spectrogram_figure(log_mel, times, feats.words, record=audio_record),
+    st.plotly_chart(viz.spectrogram_figure(log_mel, times, words, record=audio_record),
                     width="stretch", key="spectrogram")
     if audio_record is not None:
         st.caption(f"Kept frames from `{audio_record.name}` are marked on the green strip.")
+with tab_model:
+    ui.show_model_extras(analysis.trace)
 with tab_export:
-    stem = f"{shown_clip.name.rsplit('.', 1)[0]}_{layer}_k{keep_ratio:.2f}"
+    setting = "".join(f"_{k}{v:.2f}" for k, v in knob.items())
+    stem = f"{shown_clip.name.rsplit('.', 1)[0]}_{layer}{setting}"
     e1, e2, e3 = st.columns(3)
     # Exports are built only when clicked (callables): never on the keep_ratio slider's path.
     e1.download_button("Attention map (PNG)", lambda: viz.figure_to_png(heatmap), f"{stem}.png",

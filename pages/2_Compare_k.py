@@ -1,4 +1,5 @@
-"""Compare k: one utterance at 2–4 keep ratios side by side, and class probabilities over k."""
+"""Compare k: one utterance at 2–4 keep ratios (or top_p values, for nucleus-sampling models)
+side by side, and class probabilities over the whole range."""
 
 import os
 
@@ -23,11 +24,13 @@ if note:
     st.info(note)
 base = st.session_state.get("analysis")
 with st.expander("Utterance", expanded=base is None):
-    clip = ui.clip_picker("compare")
+    clip = ui.clip_picker("compare", video=ui.model_sees_faces(
+        ui.checkpoint_meta(checkpoint).get("model") if checkpoint else None))
     if checkpoint and clip and st.button("Analyze this clip", type="primary", key="compare_button"):
         try:
             with st.spinner("Transcribing, encoding and running the model…"):
-                base = ui.get_analyzer(checkpoint).analyze(clip.data, transcript=clip.transcript)
+                base = ui.get_analyzer(checkpoint).analyze(clip.data, transcript=clip.transcript,
+                                                           video=clip.video)
             st.session_state["analysis"] = base
             st.session_state["analysis_clip"] = clip
         except Exception as exc:
@@ -37,7 +40,17 @@ if base is None:
     st.stop()
 
 shown_clip = st.session_state["analysis_clip"]
-st.markdown(f"**{shown_clip.name}** · “{base.features.transcript}”")
+st.markdown(f"**{shown_clip.name}** · “{base.features.transcript}” · {base.trace.model}")
+if any(r.keep_ratio is not None for r in base.trace.records):
+    knob = "keep_ratio"
+elif any(r.top_p is not None for r in base.trace.records):
+    knob = "top_p"
+    st.caption("This model selects points by nucleus sampling: the setting compared is top_p, the "
+               "share of attention mass each cross-modal attention layer keeps.")
+else:
+    st.info(f"{base.trace.model} has no sparsity setting to compare (no key-sparse or nucleus layer). "
+            "Choose a KS-Transformer or MESM checkpoint.")
+    st.stop()
 
 n_columns = st.radio("How many settings", [2, 3, 4], index=1, horizontal=True, key="compare_n")
 defaults = [0.1, 0.5, 1.0, 0.3]
@@ -48,8 +61,8 @@ layer = st.selectbox("Layer shown in every column", names, index=ui.default_laye
 columns = st.columns(n_columns)
 for i, col in enumerate(columns):
     with col:
-        k = st.slider(f"keep_ratio {chr(65 + i)}", 0.05, 1.0, defaults[i], 0.05, key=f"compare_k{i}")
-        result = base.rerun(keep_ratio=k)
+        k = st.slider(f"{knob} {chr(65 + i)}", 0.05, 1.0, defaults[i], 0.05, key=f"compare_k{i}")
+        result = base.rerun(**{knob: k})
         st.markdown(f"**{ui.label_name(result.predicted)}** · {result.confidence:.0%}")
         st.plotly_chart(viz.probabilities_figure(result.labels, result.probs), width="stretch",
                         key=f"compare_probs{i}")
@@ -57,14 +70,14 @@ for i, col in enumerate(columns):
                         key=f"compare_map{i}")
 
 
-@st.cache_data(show_spinner="Sweeping keep_ratio…", max_entries=16)
-def sweep(_analysis, key: str) -> np.ndarray:
-    """Class probabilities at keep_ratio 0.1 … 1.0 (cached per utterance and checkpoint)."""
-    return np.stack([_analysis.rerun(keep_ratio=float(k)).probs for k in KS])
+@st.cache_data(show_spinner="Sweeping the setting…", max_entries=16)
+def sweep(_analysis, knob: str, key: str) -> np.ndarray:
+    """Class probabilities at knob = 0.1 … 1.0 (cached per utterance, checkpoint and knob)."""
+    return np.stack([_analysis.rerun(**{knob: float(k)}).probs for k in KS])
 
 
 KS = np.round(np.arange(0.1, 1.01, 0.1), 2)
-probs = sweep(base, f"{checkpoint}:{base.features.key}")
-st.subheader("Class probabilities over keep_ratio")
-st.plotly_chart(viz.probability_curve_figure(KS.tolist(), probs, base.labels), width="stretch",
-                key="compare_curve")
+probs = sweep(base, knob, f"{checkpoint}:{base.trace.model}:{base.features.key}")
+st.subheader(f"Class probabilities over {knob}")
+st.plotly_chart(viz.probability_curve_figure(KS.tolist(), probs, base.labels, x_title=knob),
+                width="stretch", key="compare_curve")

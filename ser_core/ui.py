@@ -28,7 +28,7 @@ class Clip:
     name: str
     data: bytes
     transcript: str | None = None
-    video: Path | None = None
+    video: Path | bytes | None = None
     label: str | None = None
 
 
@@ -84,8 +84,24 @@ def sample_clips() -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def clip_picker(key: str = "clip") -> Clip | None:
-    """Sample / upload / record; returns the chosen clip (or None until one is chosen)."""
+VIDEO_TYPES = ["mp4", "webm", "mov", "mkv", "avi"]
+
+
+def model_sees_faces(model_name: str | None) -> bool:
+    """Whether a registered model reads face crops (then pages offer a video)."""
+    from .models.base import MODELS, _import_builtin_models, model_inputs
+
+    if model_name not in MODELS:
+        _import_builtin_models()
+    return model_name in MODELS and "faces" in model_inputs(MODELS[model_name])
+
+
+def clip_picker(key: str = "clip", video: bool = False) -> Clip | None:
+    """Sample / upload / record; returns the chosen clip (or None until one is chosen).
+
+    ``video=True`` (models that see faces) adds an optional video upload; an uploaded video
+    file is used for both its sound and its faces.
+    """
     samples = sample_clips()
     source = st.radio(
         "Audio", ["Sample clip", "Upload a file", "Record"], horizontal=True, key=f"{key}_source"
@@ -102,13 +118,80 @@ def clip_picker(key: str = "clip") -> Clip | None:
         return Clip(path.name, path.read_bytes(), row.get("transcript") or None, video, row.get("label"))
     if source == "Upload a file":
         up = st.file_uploader(
-            "Speech (wav, flac, ogg, mp3, m4a, webm; up to 60 s)",
-            type=["wav", "flac", "ogg", "mp3", "m4a", "webm", "mp4"],
+            "Speech (wav, flac, ogg, mp3, m4a, webm, mp4; up to 60 s)",
+            type=["wav", "flac", "ogg", "mp3", "m4a", "webm", "mp4", "mov", "mkv"],
             key=f"{key}_upload",
         )
-        return Clip(up.name, up.getvalue()) if up is not None else None
+        face_video = None
+        if video:
+            vid = st.file_uploader("Video of the speaker's face (optional; mp4, webm, mov, mkv, avi)",
+                                   type=VIDEO_TYPES, key=f"{key}_video")
+            if vid is not None:
+                face_video = vid.getvalue()
+            elif up is not None and up.name.rsplit(".", 1)[-1].lower() in VIDEO_TYPES:
+                face_video = up.getvalue()
+        return Clip(up.name, up.getvalue(), video=face_video) if up is not None else None
     rec = st.audio_input("Record a sentence", key=f"{key}_record")
     return Clip("recording.wav", rec.getvalue()) if rec is not None else None
+
+
+def requested_clip() -> Clip | None:
+    """A clip another page asked this one to open (``st.session_state["analyze_request"]``:
+    {"audio": path, "transcript", "video", "name", "label"}), taken once."""
+    request = st.session_state.pop("analyze_request", None)
+    if not request:
+        return None
+    audio = Path(request["audio"])
+    video = Path(request["video"]) if request.get("video") else None
+    try:
+        data = audio.read_bytes()
+    except OSError as exc:
+        st.error(f"Could not open {audio}: {exc.strerror or exc}.")
+        return None
+    return Clip(request.get("name") or audio.name, data, request.get("transcript") or None,
+                video if video is not None and video.exists() else None, request.get("label"))
+
+
+def sparsity_knob(analysis, key: str) -> dict:
+    """The model's inference knob as a slider (keep_ratio for key-sparse layers, top_p for
+    nucleus sampling); returns the rerun arguments ({} for models without one)."""
+    ratios = [r.keep_ratio for r in analysis.trace.records if r.keep_ratio is not None]
+    ps = [r.top_p for r in analysis.trace.records if r.top_p is not None]
+    if ratios:
+        default = float(round(ratios[0], 2))
+        value = st.slider("keep_ratio (share of keys each key-sparse layer keeps)", 0.05, 1.0, default, 0.05,
+                          key=f"{key}_keep_ratio",
+                          help="1.0 is vanilla attention. Changing it re-runs only the model.")
+        return {} if abs(value - default) < 1e-9 else {"keep_ratio": value}
+    if ps:
+        default = float(round(ps[0], 2))
+        value = st.slider("top_p (attention mass the nucleus keeps)", 0.05, 1.0, default, 0.05,
+                          key=f"{key}_top_p",
+                          help="1.0 keeps every point (dense). Changing it re-runs only the model.")
+        return {} if abs(value - default) < 1e-9 else {"top_p": value}
+    return {}
+
+
+def show_model_extras(trace) -> None:
+    """What a model learned or chose besides attention maps: dicts as bars, scalars as text
+    (e.g. MFSN's α over fusion operations and its chosen level, ILT's fusion weights)."""
+    from . import viz
+
+    shown = False
+    for name, value in trace.extras.items():
+        if name in ("probs",) or name.startswith("_"):
+            continue
+        if isinstance(value, dict) and value and all(isinstance(v, (int, float)) for v in value.values()):
+            names, values = list(value), [float(v) for v in value.values()]
+            st.plotly_chart(viz.bar_figure(names, values, name.replace("_", " "),
+                                           highlight=int(max(range(len(values)), key=values.__getitem__))),
+                            width="stretch", key=f"extra_{name}")
+            shown = True
+        elif isinstance(value, (str, int, float, bool)):
+            st.markdown(f"**{name.replace('_', ' ')}**: {value}")
+            shown = True
+    if not shown:
+        st.caption("This model has no learned choices to show besides its attention maps.")
 
 
 def _sample_title(row: dict[str, str]) -> str:
@@ -139,12 +222,6 @@ LABEL_NAMES = {
 
 def label_name(label: str) -> str:
     return f"{LABEL_NAMES.get(label, label)} ({label})"
-
-
-def default_keep_ratio(analysis) -> float:
-    """The keep_ratio the model was trained with (what an analysis with keep_ratio=None used)."""
-    ratios = [r.keep_ratio for r in analysis.trace.records if r.keep_ratio is not None]
-    return float(round(ratios[0], 2)) if ratios else 1.0
 
 
 def first_record(trace, key_kind: str, sparse: bool = True):

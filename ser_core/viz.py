@@ -803,9 +803,10 @@ def probabilities_figure(
 
 
 def probability_curve_figure(
-    keep_ratios: Sequence[float], probs: np.ndarray, labels: Sequence[str]
+    keep_ratios: Sequence[float], probs: np.ndarray, labels: Sequence[str], x_title: str = "keep_ratio"
 ) -> go.Figure:
-    """Class probabilities (one line per class) as keep_ratio goes from sparse to dense."""
+    """Class probabilities (one line per class) as keep_ratio (or ``x_title``, e.g. top_p) goes
+    from sparse to dense."""
     ratios = np.asarray(keep_ratios, dtype=np.float64).reshape(-1)
     probs = np.asarray(probs, dtype=np.float64)
     labels = [str(x) for x in labels]
@@ -822,12 +823,13 @@ def probability_curve_figure(
                 x=ratios[order], y=probs[order, c], mode="lines+markers", name=lab,
                 line={"color": class_color(lab), "width": 2.5},
                 marker={"size": 7, "color": class_color(lab)},
-                hovertemplate=f"{lab}<br>keep_ratio %{{x:.2f}}<br>p %{{y:.3f}}<extra></extra>",
+                hovertemplate=f"{lab}<br>{x_title} %{{x:.2f}}<br>p %{{y:.3f}}<extra></extra>",
             )
         )
     fig.update_layout(
-        title={"text": "Class probabilities vs keep_ratio"},
-        xaxis={"title": {"text": "keep_ratio (share of keys kept)"},
+        title={"text": f"Class probabilities vs {x_title}"},
+        xaxis={"title": {"text": {"keep_ratio": "keep_ratio (share of keys kept)",
+                                  "top_p": "top_p (attention mass kept)"}.get(x_title, x_title)},
                "range": [min(0.0, float(ratios.min())) - 0.02, float(ratios.max()) + 0.02]},
         yaxis={"title": {"text": "probability"}, "range": [0, 1.02]},
         showlegend=True,
