@@ -87,6 +87,12 @@ def sample_clips() -> list[dict[str, str]]:
 VIDEO_TYPES = ["mp4", "webm", "mov", "mkv", "avi"]
 
 
+def model_class(model_name: str) -> type:
+    from .train import model_class as _model_class
+
+    return _model_class(model_name)
+
+
 def model_sees_faces(model_name: str | None) -> bool:
     """Whether a registered model reads face crops (then pages offer a video)."""
     from .models.base import MODELS, _import_builtin_models, model_inputs

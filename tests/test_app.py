@@ -91,3 +91,21 @@ def test_compare_k_columns_and_curve():
     assert len(at.get("plotly_chart")) == 5
     at.slider(key="compare_k0").set_value(0.3).run()
     assert not at.exception
+
+
+def test_models_page_lists_every_checkpoint_with_size_cost_and_scores():
+    from ser_core.checkpoint import list_checkpoints, read_meta
+    from ser_core.model_card import model_card
+
+    at = _page("5_Models").run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    shipped = list_checkpoints(REPO / "checkpoints")
+    assert len(table) == len(shipped)
+    row = table[table["checkpoint"] == CHECKPOINT.name].iloc[0]
+    card = model_card(CHECKPOINT)
+    assert row["parameters (M)"] == round(card.parameters / 1e6, 2) and card.parameters > 1e5
+    assert row["GFLOPs / 10 s clip"] == round(card.flops_10s / 1e9, 2) > 0
+    assert row["demo test UA %"] == f"{100 * read_meta(CHECKPOINT)['metrics']['test']['ua']:.1f}"
+    assert row["paper UA %"] == "75.3"  # KS-Transformer, IEMOCAP (Table 2)
+    assert "not a comparison" in " ".join(c.value for c in at.caption)

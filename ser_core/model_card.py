@@ -1,0 +1,143 @@
+"""What the Models page says about each model: its paper, size, cost and reported results.
+
+    card = model_card("checkpoints/ilt_demo.safetensors")
+    card.parameters, card.flops_10s, card.demo_test, card.paper_results
+
+FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on one forward pass over a
+synthetic 10 s clip (speech states, 25 words, a face crop every 0.2 s: the shapes a real clip
+gives). It counts matrix products, convolutions and attention (2 FLOPs per multiply-add), not
+element-wise work; for MESM it counts the sparse CNN as it is executed (gathered points only).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .asr import Word
+from .checkpoint import load_checkpoint
+from .features import FACE_FPS, FACE_SIZE, Features
+from .models.base import collate_batch, model_inputs
+
+# Results the papers report, on their data and protocol (not comparable with the demo corpus).
+PAPER_RESULTS: dict[str, dict[str, Any]] = {
+    "ks_transformer": {
+        "paper": "Chen et al., Key-Sparse Transformer for Multimodal SER, ICASSP 2022 (Table 2)",
+        "data": "IEMOCAP, 4 classes, audio + text", "wa": 0.743, "ua": 0.753,
+    },
+    "mesm": {
+        "paper": "Dai et al., Multimodal End-to-End Sparse Model for Emotion Recognition, NAACL 2021 (Table 3)",
+        "data": "IEMOCAP, 6 classes multi-label, text + audio + video, top_p 0.7; mean per-class "
+                "binary accuracy 0.844, F1 0.574 (not WA/UA), 5.18 GFLOPs",
+        "wa": None, "ua": None,
+    },
+    "fe2e": {
+        "paper": "Dai et al., NAACL 2021 (Table 3), the fully end-to-end baseline",
+        "data": "IEMOCAP, 6 classes multi-label; mean per-class binary accuracy 0.845, F1 0.588 "
+                "(not WA/UA), 8.65 GFLOPs",
+        "wa": None, "ua": None,
+    },
+    "mfsn": {
+        "paper": "MFSN: Multi-perspective Fusion Search Network (Table 1)",
+        "data": "IEMOCAP, 4 classes, leave-one-session-out (leave-one-speaker-out: UA 0.746, WA 0.732)",
+        "wa": 0.719, "ua": 0.740,
+    },
+    "ilt": {
+        "paper": "He et al., Effective Integration of Transformer for SER (Table 1: trainable plus, no PE)",
+        "data": "IEMOCAP, 4 classes, random 0.55/0.25/0.2 splits, 5 runs", "wa": 0.6756, "ua": 0.6863,
+    },
+    "cat": {
+        "paper": "He et al., Effective Integration of Transformer for SER (Table 2: CAT)",
+        "data": "IEMOCAP, 4 classes, random 0.55/0.25/0.2 splits, 5 runs", "wa": 0.6810, "ua": 0.6925,
+    },
+}
+
+
+@dataclass
+class ModelCard:
+    name: str
+    checkpoint: str
+    summary: str
+    inputs: tuple[str, ...]
+    parameters: int
+    flops_10s: float
+    labels: list[str]
+    config: dict[str, Any]
+    demo_test: dict[str, Any] = field(default_factory=dict)
+    paper_results: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)  # e.g. MFSN's searched alpha
+
+
+def model_summary(model_cls: type) -> str:
+    """The first paragraph of the model module's docstring (what the paper's model is)."""
+    module = importlib.import_module(model_cls.__module__)
+    doc = (module.__doc__ or "").strip()
+    return doc.split("\n\n")[0].replace("\n", " ") if doc else model_cls.__name__
+
+
+def synthetic_clip(model, seconds: float = 10.0, seed: int = 0) -> Features:
+    """Features with the shapes of a ``seconds``-long clip (values random) for counting cost."""
+    rng = np.random.default_rng(seed)
+    cfg = model.config
+    layers = int(getattr(cfg, "audio_layers", 5))
+    dim = int(getattr(cfg, "audio_dim", 384))
+    text_dim = int(getattr(cfg, "text_dim", 384))
+    frames = int(seconds * 50)
+    n_words = int(seconds * 2.5)
+    words = [Word(f"w{i}", i * seconds / n_words, (i + 0.8) * seconds / n_words) for i in range(n_words)]
+    n_faces = int(seconds * FACE_FPS)
+    return Features(
+        key="synthetic", audio=(0.1 * rng.standard_normal(int(seconds * 16000))).astype(np.float32),
+        words=words, speech=rng.standard_normal((layers, frames, dim)).astype(np.float32),
+        frame_times=(np.arange(frames) * 0.02 + 0.01).astype(np.float32),
+        text=rng.standard_normal((n_words, text_dim)).astype(np.float32),
+        extra={"sentence": rng.standard_normal(text_dim).astype(np.float32),
+               "faces": rng.integers(0, 255, (n_faces, FACE_SIZE, FACE_SIZE, 3), dtype=np.uint8),
+               "face_times": (np.arange(n_faces) / FACE_FPS).astype(np.float32)},
+    )
+
+
+@torch.no_grad()
+def count_flops(model, feats: Features, **knobs) -> float:
+    """FLOPs of one forward pass over one utterance (FlopCounterMode: matmuls, convs, attention)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.eval()
+    batch = collate_batch(model, [feats], next(model.parameters()).device)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(batch, **knobs)
+    return float(counter.get_total_flops())
+
+
+def model_card(checkpoint: str | Path, device: str = "cpu") -> ModelCard:
+    model, meta = load_checkpoint(checkpoint, device=device)
+    name = meta["model"]
+    cls = type(model)
+    extras: dict[str, Any] = {}
+    if hasattr(model, "alpha_distribution"):  # MFSN: the searched fusion-cell weights
+        extras["alpha"] = model.alpha_distribution()
+    return ModelCard(
+        name=name, checkpoint=str(checkpoint), summary=model_summary(cls), inputs=model_inputs(cls),
+        parameters=sum(p.numel() for p in model.parameters()),
+        flops_10s=count_flops(model, synthetic_clip(model)),
+        labels=list(meta["config"]["labels"]),
+        config={k: v for k, v in meta["config"].items() if k != "labels"},
+        demo_test=meta.get("metrics", {}).get("test", {}),
+        paper_results=PAPER_RESULTS.get(name, {}),
+        training={k: meta.get("training", {}).get(k) for k in ("preset", "epochs", "hyper", "sizes")}
+        | {"epoch_seconds": meta.get("metrics", {}).get("epoch_seconds"),
+           "best_epoch": meta.get("metrics", {}).get("epoch")},
+        extras=extras,
+    )
+
+
+def model_doc(model_cls: type) -> str:
+    """The whole docstring of the model's file (its design, with the paper's equations)."""
+    return (importlib.import_module(model_cls.__module__).__doc__ or "").strip()
