@@ -21,6 +21,9 @@ the same cache file:
 * ``"sentence"``: ``extra["sentence"]`` [Dt], the text encoder's CLS vector of the transcript (MESM).
 * ``"faces"``: ``extra["faces"]`` [Nf, 64, 64, 3] uint8 RGB face crops at 5 fps and
   ``extra["face_times"]`` [Nf] seconds (Nf = 0 without a video); ``extra["face_boxes"]`` [Nf, 4].
+* ``"sec_levels"``: MFSN's second speech encoder (``sec_encoder="hf:<local wav2vec2/data2vec
+  dir>"``): its early, middle and last hidden states [3, T', D'] and ``extra["sec_times"]`` [T'].
+  Its identity joins the cache folder's name.
 """
 
 from __future__ import annotations
@@ -81,6 +84,7 @@ FACE_FPS = 5.0
 EXTRAS: dict[str, tuple[str, ...]] = {
     "sentence": ("sentence",),
     "faces": ("faces", "face_times", "face_boxes", "faces_video"),
+    "sec_levels": ("sec_levels", "sec_times"),
 }
 
 
@@ -125,7 +129,10 @@ class FeatureExtractor:
         device: str | torch.device | None = None,
         disk_cache: bool = True,
         memory_items: int = 16,
+        sec_encoder: str | None = None,
     ) -> None:
+        self.sec_encoder_name = sec_encoder
+        self._sec = None
         self.speech_encoder_name = speech_encoder
         self.text_encoder_name = text_encoder
         self.device = torch.device(device) if device is not None else default_device()
@@ -170,9 +177,23 @@ class FeatureExtractor:
         return self._text
 
     @property
+    def sec(self):
+        """MFSN's second speech encoder (a local Hugging Face model directory), if one is set."""
+        if self._sec is None:
+            kind, _, path = (self.sec_encoder_name or "").partition(":")
+            if kind != "hf" or not path:
+                raise ValueError(f"the second speech encoder must be 'hf:<local dir>'; got {self.sec_encoder_name!r}")
+            from .encoders.hf import HFSpeechEncoder
+
+            self._sec = HFSpeechEncoder.from_dir(path).to(self.device).eval()
+        return self._sec
+
+    @property
     def identity(self) -> str:
-        """Names the cache folder: both encoders' identities (weights hashes included)."""
+        """Names the cache folder: the encoders' identities (weights hashes included)."""
         raw = f"{self.speech.identity}|{self.text_model.identity}"
+        if self.sec_encoder_name:
+            raw += f"|{self.sec.identity}"
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in raw)
         return safe[:120]
 
@@ -269,6 +290,13 @@ class FeatureExtractor:
             track = extract_faces(vbytes, fps=FACE_FPS, size=FACE_SIZE)
             return {"faces": track.crops.astype(np.uint8), "face_times": track.times.astype(np.float32),
                     "face_boxes": track.boxes.astype(np.int32), "faces_video": source}
+        if name == "sec_levels":
+            with torch.no_grad():
+                hidden, times = self.sec.encode(feats.audio)
+            last = hidden.shape[0] - 1
+            levels = hidden[[min(1, last), max(1, last // 2), last]]  # early, middle, last
+            return {"sec_levels": levels.float().cpu().numpy().astype(np.float16),
+                    "sec_times": np.asarray(times, dtype=np.float32)}
         raise ValueError(f"unknown extra {name!r}")
 
     # --- disk cache --------------------------------------------------------------------------

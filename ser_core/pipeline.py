@@ -96,6 +96,7 @@ class Analyzer:
             text_encoder=enc.get("text", "minilm"),
             device=self.device,
             disk_cache=disk_cache,
+            sec_encoder=enc.get("sec"),
         )
         self._lock = threading.Lock()
         # The feature-extraction module's output per utterance (it does not depend on k/p):

@@ -68,6 +68,7 @@ class TrainConfig:
     device: str | None = None
     speech_encoder: str = "whisper:tiny.en"
     text_encoder: str = "minilm"
+    sec_encoder: str | None = None  # MFSN's second speech encoder: "hf:<local data2vec/wav2vec2 dir>"
     max_seconds: float | None = 9.2  # training items are cut to this (the paper: 460 frames of 20 ms)
     half: bool = False  # store the final checkpoint's weights as float16 (small files to commit)
     model_args: dict[str, Any] = field(default_factory=dict)
@@ -120,7 +121,7 @@ def utterance_audio(utt: Utterance) -> np.ndarray:
 
 def extract_all(
     utts: list[Utterance], extractor: FeatureExtractor, desc: str = "features", progress: bool = True,
-    model_cls: type | None = None,
+    model=None,
 ) -> list[Features]:
     """Features for every utterance (disk-cached: a second call decodes and encodes nothing).
 
@@ -128,8 +129,8 @@ def extract_all(
     corpus video in which no face is found is used without faces (with a warning), as an
     utterance without video is.
     """
-    inputs = model_inputs(model_cls) if model_cls is not None else ("speech", "text")
-    extras = feature_extras(model_cls) if model_cls is not None else ()
+    inputs = model_inputs(model) if model is not None else ("speech", "text")
+    extras = feature_extras(model) if model is not None else ()
     out, faceless = [], []
     for utt in tqdm(utts, desc=desc, disable=not progress, leave=False):
         audio = utterance_audio(utt)
@@ -170,6 +171,9 @@ def crop_features(feats: Features, max_seconds: float) -> Features:
             len(feats.audio) <= max_seconds * 16000:
         return feats
     extra = dict(feats.extra)
+    if "sec_times" in extra:
+        keep = extra["sec_times"] < max_seconds
+        extra["sec_levels"], extra["sec_times"] = extra["sec_levels"][:, keep], extra["sec_times"][keep]
     if "face_times" in extra:
         keep = extra["face_times"] < max_seconds
         for k in ("faces", "face_times", "face_boxes"):
@@ -236,25 +240,26 @@ def train(cfg: TrainConfig, progress: bool = True, log=print, on_event=None, sho
     fold = load_fold(cfg)
     labels = sorted({u.label for u in fold.train})
     model_cls = model_class(cfg.model)
-    extractor = FeatureExtractor(cfg.speech_encoder, cfg.text_encoder, device=device)
-    t0 = time.perf_counter()
-    emit({"event": "features", "n": len(fold.train) + len(fold.val) + len(fold.test)})
-    with dist.main_first():  # rank 0 fills the disk cache, the others then read it
-        train_f = extract_all(fold.train, extractor, "train features", progress, model_cls)
-        val_f = extract_all(fold.val, extractor, "val features", progress, model_cls)
-        test_f = extract_all(fold.test, extractor, "test features", progress, model_cls)
-    if cfg.max_seconds:
-        train_f = [crop_features(f, cfg.max_seconds) for f in train_f]
-    feature_time = time.perf_counter() - t0
-    index = {l: i for i, l in enumerate(labels)}
-    y_train = torch.tensor([index[u.label] for u in fold.train])
-
+    extractor = FeatureExtractor(cfg.speech_encoder, cfg.text_encoder, device=device,
+                                 sec_encoder=cfg.sec_encoder)
     model_config = _fill_config(model_cls, dict(
         audio_dim=extractor.speech_dim, audio_layers=extractor.speech_layers,
         text_dim=extractor.text_dim, num_classes=len(labels), labels=tuple(labels),
         dropout=hyper["dropout"],
     ), cfg.model_args)
     model = build_model(cfg.model, model_config).to(device)
+    t0 = time.perf_counter()
+    emit({"event": "features", "n": len(fold.train) + len(fold.val) + len(fold.test)})
+    with dist.main_first():  # rank 0 fills the disk cache, the others then read it
+        train_f = extract_all(fold.train, extractor, "train features", progress, model)
+        val_f = extract_all(fold.val, extractor, "val features", progress, model)
+        test_f = extract_all(fold.test, extractor, "test features", progress, model)
+    if cfg.max_seconds:
+        train_f = [crop_features(f, cfg.max_seconds) for f in train_f]
+    feature_time = time.perf_counter() - t0
+    index = {l: i for i, l in enumerate(labels)}
+    y_train = torch.tensor([index[u.label] for u in fold.train])
+
     if cfg.init_from:
         _init_from(model, cfg.init_from, device, log)
     arch_params = list(model.arch_parameters()) if hasattr(model, "arch_parameters") else []
@@ -296,7 +301,7 @@ def train(cfg: TrainConfig, progress: bool = True, log=print, on_event=None, sho
     meta = {
         "model": cfg.model,
         "config": model.config.to_dict(),
-        "encoders": {"speech": cfg.speech_encoder, "text": cfg.text_encoder,
+        "encoders": {"speech": cfg.speech_encoder, "text": cfg.text_encoder, "sec": cfg.sec_encoder,
                      "identity": extractor.identity},
         "training": {**asdict(cfg), "hyper": hyper, "labels": labels, "world_size": dist.world,
                      "sizes": {"train": len(train_f), "val": len(val_f), "test": len(test_f)},
@@ -509,10 +514,11 @@ def evaluate(checkpoint: str, corpus: str, root: str, protocol: str = "predefine
         raise InputError(f"The {split} part of fold {folds[fold].name!r} has no utterance with a label "
                          f"this model knows ({', '.join(labels)}).")
     enc = meta.get("encoders", {})
-    extractor = FeatureExtractor(enc.get("speech", "whisper:tiny.en"), enc.get("text", "minilm"), device=dev)
+    extractor = FeatureExtractor(enc.get("speech", "whisper:tiny.en"), enc.get("text", "minilm"), device=dev,
+                                 sec_encoder=enc.get("sec"))
     feats = []
     for i, utt in enumerate(utts):
-        feats += extract_all([utt], extractor, f"{split} features", False, type(model))
+        feats += extract_all([utt], extractor, f"{split} features", False, model)
         if on_progress is not None:
             on_progress("features", i + 1, len(utts))
     probs = predict(model, feats, dev, keep_ratio=keep_ratio, top_p=top_p,
@@ -584,6 +590,8 @@ def add_cli(subparsers) -> None:
     p.add_argument("--device")
     p.add_argument("--half", action="store_true", help="store the final weights as float16")
     p.add_argument("--init-from", help="fine-tune: start from this checkpoint's weights")
+    p.add_argument("--sec-encoder", help="MFSN: second speech encoder, hf:<local data2vec/wav2vec2 dir> "
+                   "(then also --model-arg sec_source=extra --model-arg sec_dim=<its width>)")
     p.add_argument("--max-seconds", type=float, default=9.2, help="cut training utterances to this (0: no cut)")
     p.add_argument("--state-every", type=int, default=20, help="write the resume state every N batches")
     p.add_argument("--events", help="append progress events here as JSON lines (for the Train page)")
@@ -634,7 +642,7 @@ def _train_cli(args: argparse.Namespace) -> int:
         lr=args.lr, dropout=args.dropout, seed=args.seed, out=args.out, run_dir=args.run_dir,
         resume=args.resume, max_utterances=args.max_utterances, device=args.device,
         half=args.half, model_args=_parse_model_args(args.model_arg), init_from=args.init_from,
-        max_seconds=args.max_seconds or None, state_every=args.state_every,
+        max_seconds=args.max_seconds or None, state_every=args.state_every, sec_encoder=args.sec_encoder,
     )
     on_event = should_stop = None
     if args.events:

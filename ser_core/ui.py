@@ -12,6 +12,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import streamlit as st
 
 from .checkpoint import list_checkpoints, read_meta
@@ -184,7 +185,19 @@ def show_model_extras(trace) -> None:
     from . import viz
 
     shown = False
-    for name, value in trace.extras.items():
+    extras = dict(trace.extras)
+    ops = extras.pop("operations", None)
+    if ops is not None and "alpha" in extras:  # MFSN: softmax(α) over the fusion operations
+        alpha = [float(a) for a in np.asarray(extras.pop("alpha")).reshape(-1)]
+        st.plotly_chart(viz.bar_figure(ops, alpha, "Fusion cell: softmax(α) over operations",
+                                       highlight=int(np.argmax(alpha)), value_title="weight"),
+                        width="stretch", key="extra_alpha")
+        shown = True
+    levels = extras.pop("level_names", None)
+    if levels is not None and "chosen_level" in extras:
+        st.markdown(f"**Choice cell level**: {levels[int(extras.pop('chosen_level'))]} "
+                    "(chosen on validation UA)")
+    for name, value in extras.items():
         if name in ("probs",) or name.startswith("_"):
             continue
         if isinstance(value, dict) and value and all(isinstance(v, (int, float)) for v in value.values()):

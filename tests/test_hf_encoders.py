@@ -193,3 +193,28 @@ def test_roberta_text_encoder_windows_long_input(tiny_roberta_dir):
 def test_hub_name_is_not_loaded_by_from_dir():
     with pytest.raises(InputError, match="not a model directory"):
         HFTextEncoder.from_dir("roberta-base")
+
+
+def test_mfsn_reads_its_second_encoder_levels_from_a_local_model(tmp_path, monkeypatch):
+    """MFSN's SEC from a local wav2vec2-style directory: the extractor stores early/middle/last
+    levels with their times, and the model (sec_source="extra") trains on them."""
+    from ser_core.asr import Word
+    from ser_core.features import FeatureExtractor
+    from ser_core.models import build_model
+    from ser_core.models.base import collate_batch, feature_extras
+
+    monkeypatch.setenv("SER_CACHE_DIR", str(tmp_path / "cache"))
+    directory = tmp_path / "w2v"
+    _save_speech_model("wav2vec2", directory, with_feature_extractor=True)
+    fx = FeatureExtractor(device="cpu", sec_encoder=f"hf:{directory}")
+    audio = (0.1 * np.random.default_rng(0).standard_normal(16000 * 2)).astype(np.float32)
+    model = build_model("mfsn", {"sec_source": "extra", "sec_dim": fx.sec.dim})
+    assert "sec_levels" in feature_extras(model)
+    feats = fx.extract(audio, words=[Word("hi", 0.1, 0.4)], extras=feature_extras(model))
+    levels, times = feats.extra["sec_levels"], feats.extra["sec_times"]
+    assert levels.shape[0] == 3 and levels.shape[1] == len(times) and levels.shape[2] == fx.sec.dim
+    assert np.all(np.diff(times) > 0)
+    model.train()
+    out = model(collate_batch(model, [feats, feats], "cpu"))
+    out.logits.sum().backward()
+    assert out.logits.shape == (2, 4)

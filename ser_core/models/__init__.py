@@ -6,3 +6,4 @@ Importing this package registers every model in ``MODELS`` (see ``base.register_
 from .base import MODELS, build_model, register_model  # noqa: F401
 from . import ks_transformer  # noqa: F401,E402  (registers "ks_transformer")
 from . import ilt_cat  # noqa: F401,E402  (registers "ilt", "cat")
+from . import mfsn  # noqa: F401,E402  (registers "mfsn")
