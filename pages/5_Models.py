@@ -11,6 +11,7 @@ import streamlit as st  # noqa: E402
 from ser_core import ui, viz  # noqa: E402
 from ser_core.checkpoint import list_checkpoints  # noqa: E402
 from ser_core.errors import InputError  # noqa: E402
+from ser_core.experiments import EXPERIMENTS, load_results, results_dir  # noqa: E402
 from ser_core.model_card import model_card, model_doc  # noqa: E402
 from ser_core.paths import CHECKPOINTS_DIR  # noqa: E402
 
@@ -93,3 +94,23 @@ for c in cards:
         st.json({k: v for k, v in c.config.items()}, expanded=False)
     with st.expander("How it works (from the model's source file)"):
         st.markdown(model_doc(ui.model_class(c.name)))
+
+st.divider()
+st.header("The papers' experiments")
+st.caption("Each is one command; its table and plot appear here once it has run "
+           "(on the demo corpus unless another corpus was given).")
+for name in EXPERIMENTS:
+    saved = load_results(name)
+    with st.expander(f"`python -m ser_core experiment {name}`" + ("" if saved else " — not run yet"),
+                     expanded=False):
+        if not saved:
+            st.code(f"python -m ser_core experiment {name}  # add --epochs N / --max-utterances N for a quick run")
+            continue
+        settings = saved["settings"]
+        st.caption(f"corpus {settings.get('root') or 'demo'} · protocol {settings.get('protocol')} · "
+                   f"epochs {settings.get('epochs') or 'preset'} · utterances "
+                   f"{settings.get('max_utterances') or 'all'}")
+        st.dataframe(pd.DataFrame(saved["rows"]), hide_index=True, width="stretch")
+        png = results_dir(name) / "results.png"
+        if png.exists():
+            st.image(str(png))

@@ -16,7 +16,7 @@ def _run(*args: str, timeout: int = 180) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout)
 
 
-@pytest.mark.parametrize("command", ["", "corpus", "train", "evaluate", "analyze", "faithfulness"])
+@pytest.mark.parametrize("command", ["", "corpus", "train", "evaluate", "analyze", "faithfulness", "experiment"])
 def test_help(command):
     result = _run(*([command] if command else []), "--help")
     assert result.returncode == 0, result.stderr

@@ -1,0 +1,50 @@
+"""`python -m ser_core experiment`: every row trained on one fold, a table and a plot written,
+finished rows reused."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import pytest
+
+from ser_core.errors import InputError
+from ser_core.experiments import EXPERIMENTS, _rows, load_results, run_experiment
+
+pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
+TINY = {"d_model": 32, "ff_dim": 64, "feature_layers": 1, "fusion_layers": 1}
+
+
+def test_every_experiment_names_its_rows():
+    for name in EXPERIMENTS:
+        rows, _ = _rows(name)
+        assert len(rows) >= 4 and len({r.name for r in rows}) == len(rows)
+    assert [r.model_args["ccab_layers"] for r in _rows("ks_ccab")[0]] == [0, 1, 2, 3, 4]
+    assert {r.model_args["variant"] for r in _rows("cat")[0]} == {"full", "ctol", "ltoc", "sum"}
+    with pytest.raises(InputError, match="Unknown experiment"):
+        _rows("nope")
+
+
+def test_ccab_experiment_writes_table_and_plot_and_reuses_rows(cache, corpus, tmp_path, monkeypatch):
+    out = tmp_path / "ks_ccab"
+    rows = run_experiment("ks_ccab", root=str(corpus), epochs=1, out=out, model_args=TINY,
+                          device="cpu", log=lambda *_: None)
+    assert [r["setting"] for r in rows] == [f"{n} CCAB" for n in range(5)]
+    with open(out / "results.csv") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 5 and all(0 <= float(r["test_ua"]) <= 1 for r in table)
+    assert (out / "results.png").stat().st_size > 5000
+    saved = load_results("ks_ccab", out)
+    assert saved["rows"] == json.loads(json.dumps(rows)) and saved["settings"]["epochs"] == 1
+    # the checkpoints really differ in depth
+    from ser_core.checkpoint import read_meta
+
+    depths = [read_meta(out / "runs" / f"{n}_CCAB.safetensors")["config"]["ccab_layers"] for n in range(5)]
+    assert depths == [0, 1, 2, 3, 4]
+    import ser_core.train
+
+    monkeypatch.setattr(ser_core.train, "train", lambda *a, **k: pytest.fail("a finished row was retrained"))
+    again = run_experiment("ks_ccab", root=str(corpus), epochs=1, out=out, model_args=TINY,
+                           device="cpu", log=lambda *_: None)
+    assert again == rows
