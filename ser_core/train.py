@@ -74,6 +74,7 @@ class TrainConfig:
     model_args: dict[str, Any] = field(default_factory=dict)
     init_from: str | None = None  # fine-tune: start from this checkpoint's weights
     state_every: int = 20  # write the resume state every this many batches (and at each epoch end)
+    calibration_batches: int = 16  # training batches that re-estimate batch-norm statistics per epoch
 
     def hyper(self) -> dict[str, Any]:
         h = dict(PRESETS[self.preset])
@@ -357,6 +358,10 @@ def train(cfg: TrainConfig, progress: bool = True, log=print, on_event=None, sho
             emit({"event": "batch", "epoch": epoch + 1, "batch": b + 1, "batches": n_batches,
                   "loss": float(loss.detach())})
         sched.step()
+        if hasattr(model, "recalibrate_batch_norm"):  # batch norm after dropout (ILT/CAT)
+            calib = order[: bs * cfg.calibration_batches].tolist()
+            model.recalibrate_batch_norm(collate_batch(model, [train_f[j] for j in calib[i : i + bs]], device)
+                                         for i in range(0, len(calib), bs))
         row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": pos["total"] / max(pos["seen"], 1),
                                "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t_epoch}
         if dist.is_main:

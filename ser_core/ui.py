@@ -323,3 +323,27 @@ def faithfulness_note(checkpoint: str | None) -> str | None:
         f"{report['vanilla_top_half']:.0%} when vanilla attention keeps its top half of words by the "
         f"same column sums, and {report['chance']:.0%} for a random choice of the same size."
     )
+
+
+def corpus_picker(key: str):
+    """Corpus kind + path widgets (demo corpus, a corpus folder or a manifest CSV); returns
+    (kind, path or None). Each kind says what layout it expects; a missing demo corpus names
+    the command that makes it."""
+    from . import jobs
+    from .paths import default_corpus_dir
+
+    c1, c2 = st.columns([1, 2])
+    kind = c1.selectbox("Corpus", list(jobs.CORPUS_KINDS), key=f"{key}_corpus_kind",
+                        format_func=lambda k: jobs.CORPUS_KINDS[k]["title"])
+    layout = jobs.CORPUS_KINDS[kind]["layout"]
+    if kind == "demo":
+        manifest = default_corpus_dir() / "manifest.csv"
+        if manifest.exists():
+            c2.caption(f"`{manifest}`")
+        else:
+            c2.warning(f"No demo corpus at `{manifest}`: generate it with `python -m ser_core corpus`.")
+        return kind, None
+    path = c2.text_input("Path on this machine", key=f"{key}_corpus_path", help=f"Expected: {layout}.",
+                         placeholder=jobs.CORPUS_KINDS[kind]["example"])
+    c2.caption(f"Expected: {layout}.")
+    return kind, path

@@ -38,3 +38,17 @@ def corpus(cache, tmp_path_factory):
     by_split = {s: [p for p in plans if p.split == s] for s in ("train", "val", "test")}
     chosen = by_split["train"][:16] + by_split["val"][:4] + by_split["test"][:4]
     return generate_corpus(tmp_path_factory.mktemp("tiny") / "c", plans=chosen, workers=1, progress=False)
+
+
+@pytest.fixture(scope="module")
+def shared_features_cache(tmp_path_factory):
+    """A private cache per module (own jobs folder) whose features folder is shared by every
+    module of the session that asks for it (the Train/Evaluate page tests use one corpus)."""
+    shared = tmp_path_factory.getbasetemp() / "shared_features"
+    (shared / "features").mkdir(parents=True, exist_ok=True)
+    path = tmp_path_factory.mktemp("cache")
+    (path / "features").symlink_to(shared / "features")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SER_CACHE_DIR", str(path))
+    yield path
+    mp.undo()

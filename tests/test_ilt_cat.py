@@ -368,3 +368,27 @@ def test_bad_input_raises_input_error(make, change):
     change(b)
     with pytest.raises(InputError):
         m(b)
+
+
+@pytest.mark.parametrize("make", [ilt, cat])
+def test_batch_norm_recalibration_matches_batch_statistics_without_dropout(make):
+    """After recalibrating on one batch, evaluation on that batch uses its own (dropout-free)
+    statistics: the same output as batch-statistics normalisation with dropout off."""
+    from ser_core.models.ilt_cat import MaskedBatchNorm
+
+    model = make(dropout=0.5)
+    _, batch = batch_of(model, [2.0, 3.1, 4.0, 2.6])
+    model.train()
+    for _ in range(3):  # training-time statistics, with dropout inflating the variance
+        model(batch)
+    assert model.recalibrate_batch_norm([batch]) == 1
+    assert model.training  # the mode it had is restored
+    assert all(m.momentum == 0.1 for m in model.modules() if isinstance(m, MaskedBatchNorm))
+    model.eval()
+    with torch.no_grad():
+        recalibrated = model(batch).logits
+        for m in model.modules():  # batch statistics, dropout still off
+            if isinstance(m, MaskedBatchNorm):
+                m.train()
+        batch_stats = model(batch).logits
+    torch.testing.assert_close(recalibrated, batch_stats, rtol=2e-2, atol=2e-2)

@@ -1,0 +1,231 @@
+"""Train: start a training run in the background, watch its loss and validation curves, stop/resume.
+
+The run is a separate process (``ser_core.jobs``): this page only starts it and reads its progress
+files, so it stays responsive, and a refreshed or second browser sees the same run.
+"""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import shlex  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import plotly.graph_objects as go  # noqa: E402
+import streamlit as st  # noqa: E402
+
+from ser_core import jobs, ui, viz  # noqa: E402
+from ser_core.checkpoint import list_checkpoints  # noqa: E402
+from ser_core.errors import InputError  # noqa: E402
+from ser_core.models.base import MODELS, _import_builtin_models  # noqa: E402
+from ser_core.train import PRESETS  # noqa: E402
+
+st.set_page_config(page_title="Train · SER attention explorer", page_icon="🏋️", layout="wide")
+st.title("Train a model")
+
+
+def device_name() -> str:
+    import torch
+
+    return f"the GPU ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "the CPU"
+
+
+st.caption(
+    f"Training runs in the background on {device_name()}, one run at a time for this server. "
+    "Features are extracted once and cached on disk; the epoch kept is the one with the best "
+    "validation UA, and the test part is scored once at the end."
+)
+
+job = jobs.current_job()
+busy = job is not None and job.active
+st.session_state["train_seen"] = (job.id, job.status) if job else None
+
+# --- settings ------------------------------------------------------------------------------------
+with st.expander("New training run", expanded=not busy):
+    if busy:
+        st.info("A run is in progress (below). Stop it to start another.")
+    _import_builtin_models()
+    c1, c2 = st.columns(2)
+    names = sorted(MODELS)
+    model = c1.selectbox("Model", names, key="train_model",
+                         index=names.index("ks_transformer") if "ks_transformer" in names else 0)
+    start = c2.radio("Start from", ["scratch", "a checkpoint (fine-tune)"], horizontal=True, key="train_start")
+    init_from = None
+    if start != "scratch":
+        same = []
+        for path in list_checkpoints(jobs.checkpoints_dir()):
+            try:
+                if ui.checkpoint_meta(path).get("model") == model:
+                    same.append(path)
+            except InputError:
+                continue
+        if same:
+            init_from = str(c2.selectbox("Checkpoint to fine-tune", same, format_func=lambda p: p.name,
+                                         key="train_init_from"))
+        else:
+            c2.warning(f"No {model} checkpoint in checkpoints/: this run will start from scratch.")
+
+    kind, corpus_path = ui.corpus_picker("train")
+    c1, c2 = st.columns(2)
+    protocol = c1.selectbox("Protocol", list(jobs.PROTOCOL_TITLES), key="train_protocol",
+                            format_func=lambda p: f"{p} — {jobs.PROTOCOL_TITLES[p]}")
+    fold = int(c2.number_input("Fold", min_value=0, max_value=99, value=0, step=1, key="train_fold"))
+
+    preset = st.radio("Preset", sorted(PRESETS), horizontal=True, key="train_preset", format_func=lambda p: {
+        "fast": "fast (AdamW, cosine decay: a usable model in minutes)",
+        "paper": "paper (KS-Transformer sec. 3.2: SGD, lr halved every 30 epochs)"}.get(p, p))
+    hyper = PRESETS[preset]
+    h1, h2, h3, h4 = st.columns(4)  # keys carry the preset so that switching it resets the defaults
+    epochs = int(h1.number_input("Epochs", 1, 1000, int(hyper["epochs"]), key=f"train_epochs_{preset}"))
+    batch_size = int(h2.number_input("Batch size", 1, 1024, int(hyper["batch_size"]), key=f"train_bs_{preset}"))
+    lr = float(h3.number_input("Learning rate", 1e-7, 1.0, float(hyper["lr"]), step=1e-4, format="%.6f",
+                               key=f"train_lr_{preset}"))
+    dropout = float(h4.number_input("Dropout", 0.0, 0.95, float(hyper["dropout"]), step=0.05,
+                                    key=f"train_dropout_{preset}"))
+    with st.expander("Advanced"):
+        a1, a2 = st.columns(2)
+        max_utts = int(a1.number_input("Use at most this many utterances (0: all)", 0, 10**7, 0, step=100,
+                                       key="train_max_utts", help="A random subset, for a quick trial run."))
+        seed = int(a2.number_input("Seed", 0, 10**6, 0, key="train_seed"))
+        model_args = st.text_input("Model settings (key=value, space-separated)", key="train_model_args",
+                                   placeholder="d_model=96 ff_dim=192",
+                                   help="Overrides of the model's Config fields, e.g. a smaller d_model.")
+    c1, c2 = st.columns([2, 1])
+    name = c1.text_input("Checkpoint name", value=f"my_{model}_{kind}", key="train_name",
+                         help="Saved as checkpoints/<name>.safetensors (letters, digits, - and _).")
+    overwrite = c2.checkbox("Overwrite an existing checkpoint of that name", key="train_overwrite")
+    if st.button("Start training", type="primary", key="train_start_button", disabled=busy):
+        try:
+            corpus, root = jobs.resolve_corpus(kind, corpus_path)
+            with st.spinner("Checking the corpus and starting the run…"):
+                jobs.start_training(
+                    name, model=model, corpus=corpus, root=root, protocol=protocol, fold=fold,
+                    preset=preset, epochs=epochs, batch_size=batch_size, lr=lr, dropout=dropout,
+                    init_from=init_from, max_utterances=max_utts or None, model_args=model_args,
+                    overwrite=overwrite, seed=seed)
+            st.rerun()
+        except Exception as exc:  # a message, never a traceback
+            ui.show_error(exc)
+
+
+# --- figures -------------------------------------------------------------------------------------
+def loss_figure(progress: jobs.Progress) -> go.Figure:
+    """Cross-entropy per training batch (x in epochs) and each finished epoch's mean."""
+    fig = go.Figure()
+    xs = [x for x, _ in progress.losses]
+    fig.add_trace(go.Scatter(
+        x=xs, y=[y for _, y in progress.losses], name="batch loss",
+        mode="lines+markers" if len(xs) <= 300 else "lines", marker={"size": 5}, line={"width": 1.5},
+        hovertemplate="epoch %{x:.2f}<br>loss %{y:.4f}<extra></extra>"))
+    rows = progress.history
+    if rows:
+        fig.add_trace(go.Scatter(
+            x=[r["epoch"] for r in rows], y=[r["train_loss"] for r in rows], name="epoch mean",
+            mode="lines+markers", marker={"size": 9, "symbol": "diamond"}, line={"width": 3, "dash": "dot"},
+            hovertemplate="epoch %{x}<br>mean loss %{y:.4f}<extra></extra>"))
+    fig.update_layout(title={"text": "Training loss"}, height=340, margin={"t": 50, "b": 40},
+                      xaxis={"title": {"text": "epoch"}, "range": [0, max(progress.epochs or 1, 1) + 0.05]},
+                      yaxis={"title": {"text": "cross-entropy"}}, legend={"orientation": "h", "y": -0.25})
+    return fig
+
+
+def validation_figure(progress: jobs.Progress) -> go.Figure:
+    """Validation UA, WA and macro-F1 after each epoch; the saved (best-UA) epochs are marked."""
+    rows = progress.history
+    fig = go.Figure()
+    for key, name in (("val_ua", "UA"), ("val_wa", "WA"), ("val_macro_f1", "macro-F1")):
+        fig.add_trace(go.Scatter(x=[r["epoch"] for r in rows], y=[r.get(key) for r in rows], name=name,
+                                 mode="lines+markers",
+                                 hovertemplate=f"epoch %{{x}}<br>{name} %{{y:.3f}}<extra></extra>"))
+    saved = [r for r in rows if r.get("saved")]
+    if saved:
+        fig.add_trace(go.Scatter(x=[r["epoch"] for r in saved], y=[r["val_ua"] for r in saved], mode="markers",
+                                 name="checkpoint saved", marker={"size": 14, "symbol": "circle-open", "color": "#000"},
+                                 hoverinfo="skip"))
+    fig.update_layout(title={"text": "Validation scores per epoch"}, height=340, margin={"t": 50, "b": 40},
+                      xaxis={"title": {"text": "epoch"}, "range": [0.5, max(progress.epochs or 1, 1) + 0.5]},
+                      yaxis={"title": {"text": "score"}, "range": [0, 1.02]}, legend={"orientation": "h", "y": -0.25})
+    return fig
+
+
+def _ago(t: float) -> str:
+    s = max(0, int(time.time() - t))
+    return f"{s} s" if s < 120 else f"{s // 60} min" if s < 7200 else f"{s // 3600} h {s % 3600 // 60} min"
+
+
+# --- the run (every session sees the same one; polled while it runs) -----------------------------
+def job_panel() -> None:
+    job = jobs.current_job()
+    if job is None:
+        st.info("No training run yet on this server.")
+        return
+    if st.session_state.get("train_seen") != (job.id, job.status):
+        st.rerun()  # started, stopped or ended elsewhere: redraw the whole page (settings' state too)
+    progress = jobs.read_events(job)
+    s = job.settings
+    st.subheader(f"Run `{job.name}`: {job.status}")
+    st.caption(f"{s.get('model')} on {s.get('corpus')} `{s.get('root')}` · {s.get('protocol')} fold {s.get('fold')} · "
+               f"{s.get('preset')} preset · started {_ago(job.started)} ago"
+               + (f" · fine-tuned from {Path(s['init_from']).name}" if s.get("init_from") else "")
+               + f" → `checkpoints/{Path(job.out).name}`")
+
+    if job.active:
+        if progress.phase in ("starting", "features"):
+            if progress.features:
+                part, done, total = progress.features
+                st.progress(done / max(total, 1), text=f"Extracting {part} features {done}/{total} "
+                                                       "(cached utterances are read from disk)")
+            else:
+                st.progress(0.0, text="Loading the corpus and the encoders…" if progress.phase == "starting"
+                            else f"Extracting features for {progress.n_utterances} utterances…")
+        else:
+            st.progress(progress.fraction, text=f"epoch {max(progress.epoch, 1)}/{progress.epochs} · "
+                                                f"batch {progress.batch}/{progress.batches}")
+        if job.status == "stopping":
+            st.warning("Stopping: the run saves its state after the current batch, then ends.")
+        elif st.button("Stop", key="train_stop", icon=":material/stop:"):
+            jobs.request_stop()
+            st.rerun()
+    elif job.status == "finished":
+        test = progress.test or {}
+        st.success(
+            f"Done. Test WA **{test.get('wa', float('nan')):.3f}**, UA **{test.get('ua', float('nan')):.3f}**, "
+            f"macro-F1 {test.get('macro_f1', float('nan')):.3f} on {test.get('n', '?')} utterances. "
+            f"`checkpoints/{Path(job.out).name}` is now selectable on every page (sidebar: Model checkpoint)."
+        )
+    elif job.status == "stopped":
+        done = max([r["epoch"] for r in progress.history], default=0)
+        saved = f" The best epoch so far is in `checkpoints/{Path(job.out).name}`." if Path(job.out).exists() else ""
+        st.warning(f"Stopped after {progress.steps_done} batches ({done} epoch{'s' * (done != 1)} finished). "
+                   f"Resume continues exactly where it stopped.{saved}")
+    else:
+        st.error(job.message or "The run failed.")
+    if job.resumable and st.button("Resume", key="train_resume", type="primary", icon=":material/play_arrow:"):
+        try:
+            jobs.resume()
+            st.rerun()
+        except Exception as exc:
+            ui.show_error(exc)
+
+    if progress.losses or progress.history:
+        left, right = st.columns(2)
+        left.plotly_chart(loss_figure(progress), width="stretch", key="train_loss_chart")
+        if progress.history:
+            right.plotly_chart(validation_figure(progress), width="stretch", key="train_val_chart")
+            last = progress.history[-1]
+            if last.get("val_confusion") and progress.labels:
+                cm = viz.confusion_matrix_figure(last["val_confusion"], progress.labels)
+                cm.update_layout(title={"text": f"Validation confusion matrix, epoch {last['epoch']}"})
+                st.plotly_chart(cm, width="content", key="train_val_cm")
+        else:
+            right.info("Validation scores appear after the first epoch.")
+    with st.expander("Log and command"):
+        st.code(job.log_tail(6000) or "(no output yet)", language=None)
+        st.code(shlex.join(job.command + (["--resume"] if job.resumes and "--resume" not in job.command else [])),
+                language="bash")
+
+
+st.divider()
+# poll every 2 s while a run is going; otherwise now and then, to notice a run started elsewhere
+st.fragment(job_panel, run_every=2 if busy else 10)()

@@ -1,0 +1,615 @@
+"""Training jobs for the app: one ``python -m ser_core train`` subprocess at a time per server.
+
+The Train page must stay responsive while a model trains for minutes or hours, and a browser
+refresh (or a second browser) must find the run where it is. So a job is a detached subprocess
+(its own session: it outlives the Streamlit script run that started it, even the server), and
+everything about it lives in files, never in one session's memory:
+
+    <cache>/jobs/current.json      which job the page shows (the latest one)
+    <cache>/jobs/<id>/job.json     the Job record: command, pid, status, exit code, settings
+    <cache>/jobs/<id>/events.jsonl progress events the trainer appends (``--events``)
+    <cache>/jobs/<id>/log.txt      the trainer's stdout and stderr
+    <cache>/jobs/<id>/run/         metrics.jsonl and the resume state (``--run-dir``)
+    <cache>/jobs/<id>/stop         created to ask the trainer to stop (``--stop-file``)
+    <cache>/jobs/<id>/exitcode     written by the ``sh`` wrapper when the trainer exits
+
+Any session calls :func:`current_job` to see the same state: a job whose process has gone is
+settled once, from its exit code (0 finished, 3 stopped, 2 bad input, else failed) or, when the
+process was killed before it could write one, from its events and the stop file.
+:func:`read_events` turns the events into a :class:`Progress` (epoch, batch, per-batch losses,
+per-epoch validation rows) for the live curves.
+
+The trained checkpoint is ``checkpoints/<name>.safetensors`` (``paths.CHECKPOINTS_DIR``, read at
+call time so tests can point it elsewhere); ``list_checkpoints`` picks it up on every page. The
+trainer uses the GPU when there is one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import json
+import os
+import re
+import secrets
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import paths
+from .errors import InputError
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+ACTIVE = ("running", "stopping")
+EXIT_STOPPED = 3  # the trainer's exit code after a stop request (resume state saved)
+EXIT_INPUT_ERROR = 2  # bad input; the message is on stderr (in the log)
+
+# What each corpus loader expects (shown by the pages next to the path box).
+CORPUS_KINDS: dict[str, dict[str, str]] = {
+    "demo": {
+        "title": "Demo corpus (generated)", "corpus": "manifest", "example": "",
+        "layout": "the synthetic demo corpus made by `python -m ser_core corpus`"},
+    "manifest": {
+        "title": "Manifest CSV", "corpus": "manifest", "example": "/data/my_corpus/manifest.csv",
+        "layout": "a CSV with at least path,label columns (optional id, transcript, speaker, session, split, "
+                  "start, end, video); audio paths relative to the CSV's folder"},
+    "iemocap": {
+        "title": "IEMOCAP folder", "corpus": "iemocap", "example": "/data/IEMOCAP_full_release",
+        "layout": "IEMOCAP_full_release: Session1..Session5, each with dialog/EmoEvaluation/*.txt and "
+                  "sentences/wav/<dialog>/<utterance>.wav"},
+    "ravdess": {
+        "title": "RAVDESS folder", "corpus": "ravdess", "example": "/data/RAVDESS",
+        "layout": "Actor_01..Actor_24 folders of files named like 03-01-05-01-02-01-12.wav"},
+    "cremad": {
+        "title": "CREMA-D folder", "corpus": "cremad", "example": "/data/CREMA-D",
+        "layout": "an AudioWAV folder of files named like 1001_DFA_ANG_XX.wav"},
+    "meld": {
+        "title": "MELD folder", "corpus": "meld", "example": "/data/MELD.Raw",
+        "layout": "MELD.Raw: train/dev/test_sent_emo.csv beside train_splits/, dev_splits_complete/, "
+                  "output_repeated_splits_test/"},
+}
+
+PROTOCOL_TITLES: dict[str, str] = {
+    "predefined": "the corpus's own train/dev/test split",
+    "loso": "leave one session out (IEMOCAP's 5 folds)",
+    "lospk": "leave one speaker out",
+    "random": "one random stratified hold-out split",
+}
+
+
+def resolve_corpus(kind: str, path: str | None = None) -> tuple[str, str]:
+    """(loader name, root) for a corpus chosen in the app; the demo corpus needs no path."""
+    if kind not in CORPUS_KINDS:
+        raise InputError(f"Unknown corpus kind {kind!r}; choose one of {', '.join(CORPUS_KINDS)}.")
+    if kind == "demo":
+        manifest = paths.default_corpus_dir() / "manifest.csv"
+        if not manifest.exists():
+            raise InputError(f"No demo corpus at {manifest}: generate it with `python -m ser_core corpus`.")
+        return "manifest", str(manifest)
+    path = (path or "").strip()
+    if not path:
+        raise InputError(f"Type the path of the {CORPUS_KINDS[kind]['title']}: "
+                         f"{CORPUS_KINDS[kind]['layout']}.")
+    return CORPUS_KINDS[kind]["corpus"], str(Path(path).expanduser())
+
+
+# --- the job record ----------------------------------------------------------------------------
+@dataclass
+class Job:
+    """One training run and its files. ``status``: running, stopping, finished, stopped, failed."""
+
+    id: str
+    name: str
+    out: str
+    command: list[str]
+    pid: int
+    started: float
+    status: str = "running"
+    exit_code: int | None = None
+    ended: float | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    pid_start: str | None = None  # the process's start time (tells a reused pid apart)
+    resumes: int = 0
+    message: str | None = None
+
+    @property
+    def folder(self) -> Path:
+        return jobs_dir() / self.id
+
+    @property
+    def events_path(self) -> Path:
+        return self.folder / "events.jsonl"
+
+    @property
+    def log_path(self) -> Path:
+        return self.folder / "log.txt"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.folder / "run"
+
+    @property
+    def stop_path(self) -> Path:
+        return self.folder / "stop"
+
+    @property
+    def exit_path(self) -> Path:
+        return self.folder / "exitcode"
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE
+
+    @property
+    def resumable(self) -> bool:
+        """Stopped, or killed/crashed with a resume state on disk (bad input is not retried)."""
+        if self.active or self.status == "finished" or self.exit_code == EXIT_INPUT_ERROR:
+            return False
+        return self.status == "stopped" or (self.run_dir / "state.pt").exists()
+
+    def log_raw(self, chars: int = 4000) -> str:
+        """The last ``chars`` characters of the trainer's log, as written (tqdm's \\r included)."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - chars))
+                return f.read().decode("utf-8", errors="replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, chars: int = 4000) -> str:
+        """The end of the log as a person reads it: each progress bar shown at its last state."""
+        lines = []
+        for line in self.log_raw(chars * 4).split("\n"):
+            shown = [part for part in line.split("\r") if part.strip()]
+            if shown:
+                lines.append(shown[-1].rstrip())
+        return "\n".join(lines)[-chars:]
+
+
+def jobs_dir() -> Path:
+    path = paths.cache_dir() / "jobs"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def checkpoints_dir() -> Path:
+    return Path(paths.CHECKPOINTS_DIR)
+
+
+def checkpoint_path(name: str) -> Path:
+    """``checkpoints/<name>.safetensors`` for a user-given name (letters, digits, - and _)."""
+    name = (name or "").strip()
+    if name.endswith(".safetensors"):
+        name = name[: -len(".safetensors")]
+    if not NAME_PATTERN.match(name):
+        raise InputError(f"Checkpoint name {name!r}: use 1–64 letters, digits, '-' or '_' (no spaces, "
+                         f"dots or slashes); it becomes checkpoints/<name>.safetensors.")
+    return checkpoints_dir() / f"{name}.safetensors"
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)
+
+
+def _save(job: Job) -> None:
+    _write_json(job.folder / "job.json", asdict(job))
+
+
+def _load(job_id: str) -> Job | None:
+    try:
+        data = json.loads((jobs_dir() / job_id / "job.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return Job(**{k: v for k, v in data.items() if k in Job.__dataclass_fields__})
+
+
+@contextmanager
+def _lock():
+    """Serialise starts, stops and status updates between sessions and processes."""
+    with open(jobs_dir() / "lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# --- processes ---------------------------------------------------------------------------------
+_CHILDREN: dict[int, subprocess.Popen] = {}  # processes this server started (polled to reap them)
+
+
+def _proc_start(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (field 22 of /proc/<pid>/stat), None if unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _alive(job: Job) -> bool:
+    proc = _CHILDREN.get(job.pid)
+    if proc is not None:
+        return proc.poll() is None  # also reaps it
+    try:
+        stat = Path(f"/proc/{job.pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: ask the kernel whether the pid exists
+        try:
+            os.kill(job.pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+    fields = stat.rsplit(")", 1)[1].split()
+    if job.pid_start is not None and fields[19] != job.pid_start:
+        return False  # the pid now belongs to another process
+    if fields[0] in ("Z", "X"):
+        try:  # a zombie child of this process (started by an earlier module instance)
+            os.waitpid(job.pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        return False
+    return True
+
+
+def _spawn(job: Job, command: list[str]) -> None:
+    """Run ``command`` detached, its output appended to the log, its exit code to a file."""
+    job.exit_path.unlink(missing_ok=True)
+    tmp = job.exit_path.with_suffix(".tmp")
+    script = f"{shlex.join(command)}; echo $? > {shlex.quote(str(tmp))} && mv {shlex.quote(str(tmp))} " \
+             f"{shlex.quote(str(job.exit_path))}"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    with open(job.log_path, "ab") as log:
+        proc = subprocess.Popen(["sh", "-c", script], cwd=paths.REPO_ROOT, stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                start_new_session=True)
+    _CHILDREN[proc.pid] = proc
+    job.pid, job.pid_start = proc.pid, _proc_start(proc.pid)
+    job.status, job.exit_code, job.ended, job.message = "running", None, None, None
+
+
+def _settle(job: Job) -> Job:
+    """If the job's process has ended, record how (once; every session then reads the record)."""
+    if not job.active:
+        return job
+    code = None
+    if job.exit_path.exists():
+        try:
+            code = int(job.exit_path.read_text().strip())
+        except ValueError:
+            code = None
+    elif _alive(job):
+        return job
+    # the last lifecycle event of the last attempt (a resumed job's file holds earlier ones too)
+    last = None
+    for e in _events(job.events_path):
+        if e.get("event") in ("features", "start", "done", "stopped"):
+            last = e["event"]
+    job.exit_code, job.ended = code, time.time()
+    if code == 0 and last == "done":
+        job.status = "finished"
+    elif code == EXIT_STOPPED:
+        job.status = "stopped"
+    elif code is None and job.stop_path.exists():  # ended by request_stop while extracting features
+        job.status = "stopped"
+    elif code is None and last == "done":  # killed between its last event and its exit
+        job.status = "finished"
+    else:
+        job.status = "failed"
+        job.message = _failure_message(job, code)
+    proc = _CHILDREN.pop(job.pid, None)
+    if proc is not None:  # reap the wrapper (it exits right after writing the code)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+    _save(job)
+    return job
+
+
+def _failure_message(job: Job, code: int | None) -> str:
+    tail = job.log_tail(3000)
+    if code == EXIT_INPUT_ERROR:
+        errors = [line[len("error: "):] for line in tail.splitlines() if line.startswith("error: ")]
+        if errors:
+            return errors[-1]
+    if code is None:
+        return ("The training process ended without an exit code (it was killed, or the machine "
+                "restarted). Resume continues from the last saved state.")
+    if code > 128:
+        return (f"The training process was killed by signal {code - 128} (out of memory?). Resume "
+                f"continues from the last saved state.")
+    last = [line for line in tail.splitlines() if line.strip()]
+    return f"Training exited with code {code}: " + (last[-1] if last else "no output.")
+
+
+# --- public API --------------------------------------------------------------------------------
+def current_job() -> Job | None:
+    """The latest job (running or not), as every session sees it; None when there has been none."""
+    with _lock():
+        return current_job_unlocked()
+
+
+def current_job_unlocked() -> Job | None:
+    """:func:`current_job` for callers already holding the lock."""
+    try:
+        job_id = json.loads((jobs_dir() / "current.json").read_text())["id"]
+    except (OSError, ValueError, KeyError):
+        return None
+    job = _load(job_id)
+    return _settle(job) if job is not None else None
+
+
+def build_command(
+    out: Path, run_dir: Path, events: Path, stop_file: Path, *, model: str, corpus: str, root: str,
+    protocol: str, fold: int, preset: str, epochs: int | None, batch_size: int | None,
+    lr: float | None, dropout: float | None, init_from: str | None, max_utterances: int | None,
+    model_args: dict[str, Any], device: str | None, seed: int,
+) -> list[str]:
+    """The ``python -m ser_core train`` command line for these settings."""
+    cmd = [sys.executable, "-m", "ser_core", "train", "--model", model, "--corpus", corpus,
+           "--root", root, "--protocol", protocol, "--fold", str(fold), "--preset", preset,
+           "--seed", str(seed), "--out", str(out), "--run-dir", str(run_dir), "--events", str(events),
+           "--stop-file", str(stop_file)]
+    for flag, value in (("--epochs", epochs), ("--batch-size", batch_size), ("--lr", lr),
+                        ("--dropout", dropout), ("--init-from", init_from),
+                        ("--max-utterances", max_utterances), ("--device", device)):
+        if value is not None:
+            cmd += [flag, str(value)]
+    for key, value in model_args.items():
+        cmd += ["--model-arg", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
+    return cmd
+
+
+def parse_model_args(text: str | list[str] | dict[str, Any] | None) -> dict[str, Any]:
+    """``"d_model=32 ff_dim=64"`` (spaces, commas or lines between) → {"d_model": 32, ...}."""
+    if not text:
+        return {}
+    if isinstance(text, dict):
+        return dict(text)
+    items = text if isinstance(text, list) else re.split(r"[\s,;]+", text.strip())
+    out: dict[str, Any] = {}
+    for item in filter(None, items):
+        key, sep, value = item.partition("=")
+        if not sep or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key) or value == "":
+            raise InputError(f"Model argument {item!r}: write key=value, e.g. d_model=96.")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def start_training(
+    name: str, model: str = "ks_transformer", corpus: str = "manifest", root: str | None = None,
+    protocol: str = "predefined", fold: int = 0, preset: str = "fast", epochs: int | None = None,
+    batch_size: int | None = None, lr: float | None = None, dropout: float | None = None,
+    init_from: str | None = None, max_utterances: int | None = None,
+    model_args: str | list[str] | dict[str, Any] | None = None, overwrite: bool = False,
+    device: str | None = None, seed: int = 0, check_data: bool = True,
+) -> Job:
+    """Check the settings, then start the trainer in the background; refuses while a job runs.
+
+    ``root`` None means the demo corpus. With ``check_data`` the corpus is loaded and split here
+    first, so a wrong folder is reported at once instead of by a failed job.
+    """
+    from .train import PRESETS, TrainConfig, load_fold, model_class
+
+    _refuse_if_running(current_job())  # at once; checked again below, under the lock
+    out = checkpoint_path(name)
+    if out.exists() and not overwrite:
+        raise InputError(f"checkpoints/{out.name} already exists; choose another name or tick "
+                         f"'overwrite' to replace it.")
+    cls = model_class(model)  # unknown model → InputError listing the known ones
+    if preset not in PRESETS:
+        raise InputError(f"Unknown preset {preset!r}; choose one of {', '.join(sorted(PRESETS))}.")
+    if root is None:
+        corpus, root = resolve_corpus("demo")
+    for label, value, low in (("epochs", epochs, 1), ("batch size", batch_size, 1),
+                              ("max utterances", max_utterances, 2)):
+        if value is not None and (isinstance(value, bool) or int(value) != value or value < low):
+            raise InputError(f"The {label} must be a whole number >= {low}, not {value!r}.")
+    for label, value in (("learning rate", lr), ("dropout", dropout)):
+        if value is not None and not (0 <= value < (1 if label == "dropout" else 10)):
+            raise InputError(f"The {label} {value!r} is out of range.")
+    args = parse_model_args(model_args)
+    known = {f.name for f in dataclasses.fields(cls.Config)}
+    unknown = sorted(set(args) - known)
+    if unknown:
+        raise InputError(f"{model} has no setting(s) {', '.join(unknown)}; its settings are "
+                         f"{', '.join(sorted(known))}.")
+    if init_from:
+        from .checkpoint import read_meta
+
+        source = read_meta(init_from)
+        if source.get("model") != model:
+            raise InputError(f"{Path(init_from).name} holds a {source.get('model')} model, not {model}; "
+                             f"fine-tuning starts from a checkpoint of the same model.")
+        init_from = str(Path(init_from).resolve())
+    if check_data:
+        fold_ = load_fold(TrainConfig(model=model, corpus=corpus, root=root, protocol=protocol,
+                                      fold=fold, max_utterances=max_utterances, seed=seed))
+        if not fold_.train or not fold_.val or not fold_.test:
+            raise InputError(f"Fold {fold_.name!r} has an empty train, validation or test part.")
+
+    with _lock():
+        _refuse_if_running(current_job_unlocked())
+        job_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
+        folder = jobs_dir() / job_id
+        (folder / "run").mkdir(parents=True)
+        settings = dict(model=model, corpus=corpus, root=root, protocol=protocol, fold=fold,
+                        preset=preset, epochs=epochs, batch_size=batch_size, lr=lr, dropout=dropout,
+                        init_from=init_from, max_utterances=max_utterances, model_args=args,
+                        device=device, seed=seed)
+        job = Job(id=job_id, name=out.stem, out=str(out), command=[], pid=0, started=time.time(),
+                  settings=settings)
+        job.command = build_command(out, job.run_dir, job.events_path, job.stop_path, **settings)
+        _spawn(job, job.command)
+        _save(job)
+        _write_json(jobs_dir() / "current.json", {"id": job.id})
+    return job
+
+
+def _refuse_if_running(job: Job | None) -> None:
+    if job is not None and job.active:
+        raise InputError(f"A training job is already running ({job.name}, started "
+                         f"{time.strftime('%H:%M:%S', time.localtime(job.started))}); stop it first — "
+                         f"one job at a time.")
+
+
+def request_stop() -> Job | None:
+    """Ask the running job to stop: it saves its resume state before the next batch and exits
+    (code 3). While it is still extracting features there is no state to save, so the process is
+    ended at once (the features already computed stay in the disk cache)."""
+    with _lock():
+        job = current_job_unlocked()
+        if job is None or not job.active:
+            return job
+        job.stop_path.touch()
+        job.status = "stopping"
+        _save(job)
+        if not any(e.get("event") == "start" for e in _events(job.events_path)):
+            try:
+                os.killpg(job.pid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass
+    return job
+
+
+def resume() -> Job:
+    """Continue the stopped (or killed) job from its saved state, in a new process."""
+    with _lock():
+        job = current_job_unlocked()
+        if job is None:
+            raise InputError("There is no training job to resume.")
+        if job.active:
+            raise InputError("The training job is still running.")
+        if not job.resumable:
+            raise InputError(f"The job {job.name} is {job.status}; only a stopped or interrupted job "
+                             f"can be resumed.")
+        job.stop_path.unlink(missing_ok=True)
+        command = job.command + ([] if "--resume" in job.command else ["--resume"])
+        job.resumes += 1
+        _spawn(job, command)
+        _save(job)
+    return job
+
+
+def wait(job: Job | None = None, timeout: float = 600.0, poll: float = 0.2) -> Job:
+    """Block until the current job has ended (for scripts and tests); returns its final record."""
+    deadline = time.time() + timeout
+    while True:
+        now = current_job()
+        if now is None or (job is not None and now.id != job.id):
+            raise InputError("The job is no longer the current one.")
+        if not now.active:
+            return now
+        if time.time() > deadline:
+            raise TimeoutError(f"training job {now.name} still {now.status} after {timeout:.0f} s")
+        time.sleep(poll)
+
+
+# --- progress ----------------------------------------------------------------------------------
+@dataclass
+class Progress:
+    """What the events say so far. ``losses``: (x in epochs, loss) for every batch trained."""
+
+    phase: str = "starting"  # starting | features | training | done | stopped
+    n_utterances: int | None = None
+    features: tuple[str, int, int] | None = None  # (part, done, total) from the log's progress bar
+    epochs: int | None = None
+    batches: int | None = None
+    epoch: int = 0  # the epoch the last batch belonged to (1-based)
+    batch: int = 0
+    losses: list[tuple[float, float]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    test: dict[str, Any] | None = None
+    checkpoint: str | None = None
+    updated: float | None = None
+
+    @property
+    def steps_done(self) -> int:
+        if not self.batches:
+            return 0
+        finished = max([r["epoch"] for r in self.history], default=0)
+        if self.epoch > finished:
+            return (self.epoch - 1) * self.batches + self.batch
+        return finished * self.batches
+
+    @property
+    def fraction(self) -> float:
+        if self.phase == "done":
+            return 1.0
+        if not self.epochs or not self.batches:
+            return 0.0
+        return min(1.0, self.steps_done / (self.epochs * self.batches))
+
+
+def _events(path: Path) -> list[dict[str, Any]]:
+    try:
+        text = path.read_text()
+    except OSError:
+        return []
+    out = []
+    for line in text.splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:  # a line being written right now
+            continue
+    return out
+
+
+_FEATURE_BAR = re.compile(r"(\w+) features:\s+\d+%\|[^|]*\|\s*(\d+)/(\d+)")
+
+
+def read_events(job: Job) -> Progress:
+    """Progress of ``job`` from its events file (resumed runs included: a redone batch replaces
+    the first try's loss, and each ``start`` event carries the epochs finished so far)."""
+    p = Progress()
+    losses: dict[int, float] = {}
+    for e in _events(job.events_path):
+        kind = e.get("event")
+        p.updated = e.get("time", p.updated)
+        if kind == "features":
+            p.phase, p.n_utterances = "features", e.get("n")
+        elif kind == "start":
+            p.phase, p.epochs, p.batches = "training", e["epochs"], e["batches"]
+            p.history = [dict(r) for r in e.get("history", [])]
+            p.labels = list(e.get("labels", []))
+            done = max([r["epoch"] for r in p.history], default=0)
+            p.epoch, p.batch = done, p.batches if done else 0
+        elif kind == "batch":
+            p.phase, p.epoch, p.batch, p.batches = "training", e["epoch"], e["batch"], e["batches"]
+            losses[(e["epoch"] - 1) * e["batches"] + e["batch"] - 1] = float(e["loss"])
+        elif kind == "epoch":
+            row = {k: v for k, v in e.items() if k not in ("event", "time")}
+            p.history = [r for r in p.history if r["epoch"] != row["epoch"]] + [row]
+        elif kind == "done":
+            p.phase, p.test, p.checkpoint = "done", e.get("test"), e.get("checkpoint")
+        elif kind == "stopped":
+            p.phase = "stopped"
+    if p.batches:
+        p.losses = [((step + 1) / p.batches, loss) for step, loss in sorted(losses.items())]
+    if p.phase in ("starting", "features"):
+        found = _FEATURE_BAR.findall(job.log_raw(3000))
+        if found:
+            part, done, total = found[-1]
+            p.features = (part, int(done), int(total))
+    return p

@@ -1,0 +1,120 @@
+"""The Train page in a real browser: start a short run, watch the loss curve grow, stop it.
+
+Screenshots go to ``$SER_SCREENSHOTS`` (default: a pytest tmp dir) so a person can look at them.
+The server's checkpoints folder is the repository's (it cannot be redirected), so the run has a
+unique name and its files are removed afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from browser import CHROMIUM_FLAGS, REPO, chromium_path, streamlit_server, wait_idle
+
+playwright = pytest.importorskip("playwright.sync_api")
+TINY = "d_model=32 ff_dim=64 feature_layers=1 ccab_layers=1 fusion_layers=1"
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(chromium_path() is None, reason="Debian chromium is not installed"),
+    pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed"),
+]
+
+
+@pytest.fixture(scope="module")
+def cache(shared_features_cache):
+    """Overrides conftest's: this module's own jobs folder, features shared with the others."""
+    return shared_features_cache
+
+
+def _shots(tmp_path: Path) -> Path:
+    folder = Path(os.environ.get("SER_SCREENSHOTS", tmp_path))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _loss_points(page) -> int:
+    """Markers drawn in the first trace ('batch loss') of the Training loss chart."""
+    chart = page.locator(".js-plotly-plot", has_text="Training loss")
+    if chart.count() == 0:
+        return 0
+    return chart.first.locator(".scatterlayer .trace").first.locator("path.point").count()
+
+
+def _fill(page, label: str, value: str) -> None:
+    box = page.get_by_label(label, exact=True)
+    box.fill(value)
+    box.press("Enter")
+    wait_idle(page)
+
+
+def test_train_page_live_loss_curve_and_stop(cache, corpus, tmp_path):
+    name = f"browser_test_{os.getpid()}_{int(time.time())}"
+    written = [REPO / "checkpoints" / f"{name}.{ext}" for ext in ("safetensors", "json")]
+    shots = _shots(tmp_path)
+    try:
+        with streamlit_server(env={"SER_CACHE_DIR": str(cache)}) as (url, _, _), \
+                playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1800})
+            page.goto(url + "/Train", wait_until="domcontentloaded")
+            corpus_box = page.get_by_role("combobox", name="Corpus")
+            corpus_box.wait_for(timeout=90_000)
+            wait_idle(page)
+
+            corpus_box.click()
+            page.get_by_role("option", name="Manifest CSV").click()
+            wait_idle(page)
+            _fill(page, "Path on this machine", str(corpus))
+            _fill(page, "Epochs", "3")
+            _fill(page, "Batch size", "1")
+            page.get_by_text("Advanced", exact=True).click()
+            _fill(page, "Use at most this many utterances (0: all)", "12")
+            _fill(page, "Model settings (key=value, space-separated)", TINY)
+            _fill(page, "Checkpoint name", name)
+            page.screenshot(path=str(shots / "train_settings.png"), full_page=True)
+            page.locator(".st-key-train_start_button button").click()
+            page.get_by_text(f"Run {name}: running").wait_for(timeout=60_000)
+
+            deadline = time.time() + 180
+            while _loss_points(page) == 0 and time.time() < deadline:
+                page.wait_for_timeout(250)
+            first = _loss_points(page)
+            assert first > 0, "the loss curve never appeared"
+            while _loss_points(page) <= first and time.time() < deadline:
+                page.wait_for_timeout(250)  # the page polls the run by itself: no clicks here
+            grown = _loss_points(page)
+            assert grown > first, f"the loss curve did not grow ({first} points)"
+            assert page.get_by_text("epoch", exact=False).count() > 0
+            page.screenshot(path=str(shots / "train_running.png"), full_page=True)
+
+            page.locator(".st-key-train_stop button").click()
+            page.get_by_text(f"Run {name}: stopped").wait_for(timeout=90_000)
+            wait_idle(page)
+            assert page.locator(".st-key-train_resume button").count() == 1
+            assert "Traceback" not in page.content()
+            page.screenshot(path=str(shots / "train_stopped.png"), full_page=True)
+            browser.close()
+    finally:
+        _stop_any_job()  # the run is detached from the server: it would outlive it
+        for path in written:
+            path.unlink(missing_ok=True)
+
+
+def _stop_any_job() -> None:
+    from ser_core import jobs
+
+    job = jobs.current_job()
+    if job is None or not job.active:
+        return
+    jobs.request_stop()
+    try:
+        jobs.wait(job, timeout=60)
+    except TimeoutError:
+        os.killpg(job.pid, signal.SIGKILL)
