@@ -53,11 +53,13 @@ class Analysis:
     def confidence(self) -> float:
         return float(np.max(self.probs))
 
-    def rerun(self, keep_ratio: float | dict | None = None, top_p: float | None = None) -> "Analysis":
-        """The same utterance at another k / p: runs the model only."""
+    def rerun(self, keep_ratio: float | dict | None = None, top_p: float | None = None,
+              **options: Any) -> "Analysis":
+        """The same utterance at another k / p (or model option, e.g. MESM's ``modalities``):
+        runs the model only."""
         if self.analyzer is None:
             raise RuntimeError("this Analysis is detached from its Analyzer")
-        return self.analyzer.run_model(self.features, keep_ratio=keep_ratio, top_p=top_p)
+        return self.analyzer.run_model(self.features, keep_ratio=keep_ratio, top_p=top_p, **options)
 
     def to_dict(self, with_weights: bool = False) -> dict[str, Any]:
         return {
@@ -146,9 +148,11 @@ class Analyzer:
         return result
 
     def run_model(
-        self, feats: Features, keep_ratio: float | dict | None = None, top_p: float | None = None
+        self, feats: Features, keep_ratio: float | dict | None = None, top_p: float | None = None,
+        **options: Any,
     ) -> Analysis:
-        """The model alone on cached features (what a k/p slider calls)."""
+        """The model alone on cached features (what a k/p slider calls); ``options`` go to the
+        model's forward (e.g. MESM's ``modalities="TA"``)."""
         t0 = time.perf_counter()
         with self._lock, torch.inference_mode():
             extracted, batch = self._extracted.get(feats.key), None
@@ -161,7 +165,7 @@ class Analyzer:
             if batch is None and extracted is None:
                 batch = collate_batch(self.model, [feats], self.device)
             output: ModelOutput = self.model(batch, keep_ratio=keep_ratio, top_p=top_p, record=True,
-                                             extracted=extracted)
+                                             extracted=extracted, **options)
         trace = to_trace(output, 0, model_axis_labels(self.model, feats), model_name=self.model_name)
         probs = output.probs[0].detach().float().cpu().numpy()
         return Analysis(

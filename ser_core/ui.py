@@ -51,15 +51,26 @@ def checkpoint_meta(path: str) -> dict:
     return _checkpoint_meta(str(path), Path(path).stat().st_mtime)
 
 
-def checkpoint_picker() -> str | None:
-    """Sidebar: choose a checkpoint from checkpoints/; shows model, device and test scores."""
+def checkpoint_picker(models: tuple[str, ...] | None = None) -> str | None:
+    """Sidebar: choose a checkpoint from checkpoints/ (only of ``models`` when given); shows
+    model, device and test scores."""
     paths = list_checkpoints(CHECKPOINTS_DIR)
+    if models:
+        def model_of(path):
+            try:
+                return checkpoint_meta(path).get("model")
+            except InputError:
+                return None
+
+        paths = [p for p in paths if model_of(p) in models]
     if not paths:
-        st.sidebar.error("No checkpoint in checkpoints/. Train one with `python -m ser_core train`.")
+        what = f"{' or '.join(models)} checkpoint" if models else "checkpoint"
+        st.sidebar.error(f"No {what} in checkpoints/. Train one with `python -m ser_core train`.")
         return None
     names = [p.name for p in paths]
     default = names.index("ks_transformer_demo.safetensors") if "ks_transformer_demo.safetensors" in names else 0
-    chosen = st.sidebar.selectbox("Model checkpoint", names, index=default, key="checkpoint")
+    chosen = st.sidebar.selectbox("Model checkpoint", names, index=default,
+                                  key="checkpoint" if not models else f"checkpoint_{'_'.join(models)}")
     try:
         meta = checkpoint_meta(CHECKPOINTS_DIR / chosen)
     except InputError as exc:
@@ -216,7 +227,7 @@ def show_model_extras(trace) -> None:
 def _sample_title(row: dict[str, str]) -> str:
     words = row.get("transcript", "")
     text = words if len(words) < 48 else words[:45] + "…"
-    return f"{row.get('label', '?')} voice · “{text}”"
+    return f"{row.get('label', '?')} voice · “{text}”" + (" · with face video" if row.get("video") else "")
 
 
 def show_error(exc: BaseException) -> None:

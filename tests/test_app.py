@@ -109,3 +109,32 @@ def test_models_page_lists_every_checkpoint_with_size_cost_and_scores():
     assert row["demo test UA %"] == f"{100 * read_meta(CHECKPOINT)['metrics']['test']['ua']:.1f}"
     assert row["paper UA %"] == "75.3"  # KS-Transformer, IEMOCAP (Table 2)
     assert "not a comparison" in " ".join(c.value for c in at.caption)
+
+
+MESM_CHECKPOINT = REPO / "checkpoints" / "mesm_demo.safetensors"
+
+
+@pytest.mark.skipif(not MESM_CHECKPOINT.exists(), reason="no shipped MESM checkpoint")
+def test_sparse_masks_page_reruns_top_p_and_modalities_on_cached_features():
+    import csv
+
+    at = _page("6_Sparse_masks").run()
+    assert not at.exception
+    rows = list(csv.DictReader(open(REPO / "samples" / "manifest.csv")))
+    at.selectbox(key="sparse_sample").set_value(next(i for i, r in enumerate(rows) if r["video"])).run()
+    at.button(key="sparse_button").click().run()
+    assert not at.exception and not at.error
+    flops = lambda: float(at.metric[0].value.split()[0])  # noqa: E731
+    dense = float(at.metric[1].value.split()[0])
+    sparse_half = flops()
+    assert 0 < sparse_half < dense
+    at.slider(key="sparse_top_p").set_value(1.0).run()
+    assert flops() > sparse_half  # keeping all the mass computes more points
+    at.slider(key="sparse_top_p").set_value(0.2).run()
+    assert flops() < sparse_half
+    n_charts = len(at.get("plotly_chart"))
+    at.checkbox(key="sparse_V").uncheck().run()  # faces off: fewer layers, fewer FLOPs
+    assert not at.exception and len(at.get("plotly_chart")) < n_charts
+    table = at.dataframe[0].value
+    assert list(table["modality"]) == ["text", "spectrogram", "visual"]
+    assert table.loc[table["modality"] == "visual", "weight in the sum"].item() == 0

@@ -49,12 +49,21 @@ def _sample_wav() -> Path:
     return wavs[0]
 
 
-def _upload_and_analyze(browser, server: str, path: Path, height: int):
+def _choose_checkpoint(page, name: str) -> None:
+    """Pick ``name`` in the sidebar's checkpoint select box."""
+    page.locator('[data-testid="stSidebar"] [data-baseweb="select"]').first.click()
+    page.get_by_role("option", name=name).click()
+    wait_idle(page)
+
+
+def _upload_and_analyze(browser, server: str, path: Path, height: int, checkpoint: str | None = None):
     """Open Analyze, choose "Upload a file", upload ``path`` and press Analyze."""
     page = browser.new_page(viewport={"width": 1400, "height": height})
     page.goto(server + "/Analyze", wait_until="domcontentloaded")
     page.get_by_text("Analyze an utterance").wait_for(timeout=90_000)
     wait_idle(page)
+    if checkpoint:
+        _choose_checkpoint(page, checkpoint)
     page.get_by_text("Upload a file", exact=True).click()
     wait_idle(page)
     page.locator("input[type=file]").set_input_files(str(path))
@@ -63,15 +72,37 @@ def _upload_and_analyze(browser, server: str, path: Path, height: int):
     return page
 
 
-def test_upload_on_analyze_shows_prediction_and_figures(server, browser, tmp_path):
-    page = _upload_and_analyze(browser, server, _sample_wav(), 2200)
-    page.get_by_text("Prediction:").wait_for(timeout=120_000)
+SHIPPED = sorted(p.name for p in (REPO / "checkpoints").glob("*.safetensors"))
+
+
+@pytest.mark.parametrize("checkpoint", SHIPPED)
+def test_upload_on_analyze_shows_prediction_and_figures(server, browser, tmp_path, checkpoint):
+    """Every shipped model (KS-Transformer, MESM, FE2E, MFSN, ILT, CAT) on the Analyze page."""
+    page = _upload_and_analyze(browser, server, _sample_wav(), 2200, checkpoint)
+    page.get_by_text("Prediction:").wait_for(timeout=180_000)
     wait_idle(page)
     assert page.locator(".js-plotly-plot").count() >= 3
     # a rendered plotly figure has drawn SVG/canvas content
     assert page.locator(".js-plotly-plot .main-svg").count() > 0
+    content = page.content()
+    assert "Traceback" not in content and "Something went wrong" not in content
+    page.screenshot(path=str(_shots(tmp_path) / f"analyze_{checkpoint}.png"), full_page=True)
+
+
+def test_sparse_masks_page_shows_kept_points_and_flops(server, browser, tmp_path):
+    if not (REPO / "checkpoints" / "mesm_demo.safetensors").exists():
+        pytest.skip("no shipped MESM checkpoint")
+    page = browser.new_page(viewport={"width": 1400, "height": 2600})
+    page.goto(server + "/Sparse_masks", wait_until="domcontentloaded")
+    page.get_by_role("button", name="Analyze").wait_for(timeout=90_000)
+    wait_idle(page)
+    page.get_by_role("button", name="Analyze").click()  # the first sample has a face video
+    page.get_by_text("Kept points per layer").wait_for(timeout=180_000)
+    wait_idle(page)
+    assert page.get_by_text("Dense (FE2E)").count() == 1
+    assert page.locator(".js-plotly-plot .main-svg").count() >= 6
     assert "Traceback" not in page.content()
-    page.screenshot(path=str(_shots(tmp_path) / "analyze_upload.png"), full_page=True)
+    page.screenshot(path=str(_shots(tmp_path) / "sparse_masks.png"), full_page=True)
 
 
 def test_bad_upload_shows_a_message(server, browser, tmp_path):

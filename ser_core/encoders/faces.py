@@ -92,16 +92,24 @@ def detect_face(frame_bgr: np.ndarray) -> tuple[int, int, int, int] | None:
             int(round(h / scale)))
 
 
-def crop_face(frame_bgr: np.ndarray, box: tuple[int, int, int, int], size: int,
-              margin: float = 0.1, gray: bool = False) -> np.ndarray:
-    """Square crop around ``box`` grown by ``margin`` per side, moved inside the frame, resized."""
-    height, width = frame_bgr.shape[:2]
+def crop_square(box: tuple[int, int, int, int], width: int, height: int,
+                margin: float = 0.1) -> tuple[int, int, int]:
+    """(x0, y0, side) of the square a face crop takes from a ``width`` × ``height`` frame:
+    ``box`` (x, y, w, h) grown by ``margin`` per side and moved inside the frame."""
     x, y, w, h = box
     side = int(round(max(w, h) * (1 + 2 * margin)))
     side = max(1, min(side, width, height))
     cx, cy = x + w / 2, y + h / 2
     x0 = int(round(min(max(cx - side / 2, 0), width - side)))
     y0 = int(round(min(max(cy - side / 2, 0), height - side)))
+    return x0, y0, side
+
+
+def crop_face(frame_bgr: np.ndarray, box: tuple[int, int, int, int], size: int,
+              margin: float = 0.1, gray: bool = False) -> np.ndarray:
+    """Square crop around ``box`` grown by ``margin`` per side, moved inside the frame, resized."""
+    height, width = frame_bgr.shape[:2]
+    x0, y0, side = crop_square(box, width, height, margin)
     patch = frame_bgr[y0 : y0 + side, x0 : x0 + side]
     interp = cv2.INTER_AREA if side >= size else cv2.INTER_LINEAR
     patch = cv2.resize(patch, (size, size), interpolation=interp)
