@@ -83,7 +83,7 @@ with right:
     st.plotly_chart(viz.waveform_figure(feats.audio, 16000, words,
                                         kept=ui.kept_intervals_by_most_heads(frame_record)),
                     width="stretch", key="waveform")
-    if frame_record is not None:
+    if frame_record is not None and frame_record.keep is not None:
         st.caption(f"Shaded: speech frames kept by most heads of `{frame_record.name}`.")
 
 st.divider()

@@ -51,7 +51,7 @@ def _sample_wav() -> Path:
 
 def _choose_checkpoint(page, name: str) -> None:
     """Pick ``name`` in the sidebar's checkpoint select box."""
-    page.locator('[data-testid="stSidebar"] [data-baseweb="select"]').first.click()
+    page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"] [role="combobox"]').first.click()
     page.get_by_role("option", name=name).click()
     wait_idle(page)
 
@@ -81,6 +81,7 @@ def test_upload_on_analyze_shows_prediction_and_figures(server, browser, tmp_pat
     page = _upload_and_analyze(browser, server, _sample_wav(), 2200, checkpoint)
     page.get_by_text("Prediction:").wait_for(timeout=180_000)
     wait_idle(page)
+    page.locator(".js-plotly-plot").nth(2).wait_for(timeout=60_000)  # charts draw after the text
     assert page.locator(".js-plotly-plot").count() >= 3
     # a rendered plotly figure has drawn SVG/canvas content
     assert page.locator(".js-plotly-plot .main-svg").count() > 0
