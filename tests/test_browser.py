@@ -100,7 +100,9 @@ def test_sparse_masks_page_shows_kept_points_and_flops(server, browser, tmp_path
     page.get_by_role("button", name="Analyze").click()  # the first sample has a face video
     page.get_by_text("Kept points per layer").wait_for(timeout=180_000)
     wait_idle(page)
-    assert page.get_by_text("Dense (FE2E)").count() == 1
+    page.locator(".js-plotly-plot").nth(5).wait_for(timeout=60_000)
+    page.screenshot(path=str(_shots(tmp_path) / "sparse_masks.png"), full_page=True)
+    assert page.locator('[data-testid="stMetric"]').count() == 3
     assert page.locator(".js-plotly-plot .main-svg").count() >= 6
     assert "Traceback" not in page.content()
     page.screenshot(path=str(_shots(tmp_path) / "sparse_masks.png"), full_page=True)
@@ -113,3 +115,15 @@ def test_bad_upload_shows_a_message(server, browser, tmp_path):
     page.get_by_text("could not be read as audio").wait_for(timeout=60_000)
     assert "Traceback" not in page.content()
     page.screenshot(path=str(_shots(tmp_path) / "analyze_bad_upload.png"), full_page=True)
+
+
+def test_models_page_renders_every_checkpoint(server, browser, tmp_path):
+    page = browser.new_page(viewport={"width": 1400, "height": 3000})
+    page.goto(server + "/Models", wait_until="domcontentloaded")
+    page.get_by_text("The papers' experiments").wait_for(timeout=180_000)
+    wait_idle(page)
+    content = page.content()
+    assert "Traceback" not in content
+    for name in SHIPPED:
+        assert name in content
+    page.screenshot(path=str(_shots(tmp_path) / "models.png"), full_page=True)
