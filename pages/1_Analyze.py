@@ -88,6 +88,11 @@ with right:
 
 st.divider()
 names = analysis.trace.names()
+if not names:  # FE2E: the dense baseline has no attention layer to look at
+    st.info(f"{analysis.trace.model} has no attention layer (a dense baseline): nothing to map. "
+            "Its cost per layer is below; compare it with MESM on the Sparse masks page.")
+    ui.show_model_extras(analysis.trace)
+    st.stop()
 c1, c2 = st.columns(2)
 layer = c1.selectbox("Attention layer", names, index=ui.default_layer_index(analysis.trace), key="analyze_layer")
 record = analysis.trace[layer]

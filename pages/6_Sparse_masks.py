@@ -22,7 +22,7 @@ st.caption(
     "modalities off: only the model re-runs, on the features already computed for this clip."
 )
 
-checkpoint = ui.checkpoint_picker(models=("mesm", "fe2e"))
+checkpoint = ui.checkpoint_picker(models=("mesm", "fe2e"), default="mesm_demo.safetensors")
 if not checkpoint:
     st.stop()
 meta = ui.checkpoint_meta(checkpoint)

@@ -51,9 +51,10 @@ def checkpoint_meta(path: str) -> dict:
     return _checkpoint_meta(str(path), Path(path).stat().st_mtime)
 
 
-def checkpoint_picker(models: tuple[str, ...] | None = None) -> str | None:
-    """Sidebar: choose a checkpoint from checkpoints/ (only of ``models`` when given); shows
-    model, device and test scores."""
+def checkpoint_picker(models: tuple[str, ...] | None = None,
+                      default: str = "ks_transformer_demo.safetensors") -> str | None:
+    """Sidebar: choose a checkpoint from checkpoints/ (only of ``models`` when given; ``default``
+    first selected when present); shows model, device and test scores."""
     paths = list_checkpoints(CHECKPOINTS_DIR)
     if models:
         def model_of(path):
@@ -68,7 +69,7 @@ def checkpoint_picker(models: tuple[str, ...] | None = None) -> str | None:
         st.sidebar.error(f"No {what} in checkpoints/. Train one with `python -m ser_core train`.")
         return None
     names = [p.name for p in paths]
-    default = names.index("ks_transformer_demo.safetensors") if "ks_transformer_demo.safetensors" in names else 0
+    default = names.index(default) if default in names else 0
     chosen = st.sidebar.selectbox("Model checkpoint", names, index=default,
                                   key="checkpoint" if not models else f"checkpoint_{'_'.join(models)}")
     try:
@@ -203,6 +204,12 @@ def show_model_extras(trace) -> None:
         st.plotly_chart(viz.bar_figure(ops, alpha, "Fusion cell: softmax(α) over operations",
                                        highlight=int(np.argmax(alpha)), value_title="weight"),
                         width="stretch", key="extra_alpha")
+        shown = True
+    layers = extras.pop("flops_layers", None)
+    if layers is not None and "flops" in extras:  # MESM / FE2E: the CNN's cost per layer
+        flops = np.asarray(extras.pop("flops"), dtype=float).reshape(-1)
+        st.plotly_chart(viz.bar_figure(layers, flops / 1e6, f"Feature-extraction CNN: {flops.sum() / 1e9:.3f} GFLOPs",
+                                       value_title="MFLOPs"), width="stretch", key="extra_flops")
         shown = True
     levels = extras.pop("level_names", None)
     if levels is not None and "chosen_level" in extras:

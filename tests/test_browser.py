@@ -66,7 +66,7 @@ def _upload_and_analyze(browser, server: str, path: Path, height: int, checkpoin
         _choose_checkpoint(page, checkpoint)
     page.get_by_text("Upload a file", exact=True).click()
     wait_idle(page)
-    page.locator("input[type=file]").set_input_files(str(path))
+    page.locator("input[type=file]").first.set_input_files(str(path))  # face models add a video input
     wait_idle(page)
     page.get_by_role("button", name="Analyze").click()
     return page

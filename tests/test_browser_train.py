@@ -72,7 +72,7 @@ def test_train_page_live_loss_curve_and_stop(cache, corpus, tmp_path):
             page.get_by_role("option", name="Manifest CSV").click()
             wait_idle(page)
             _fill(page, "Path on this machine", str(corpus))
-            _fill(page, "Epochs", "3")
+            _fill(page, "Epochs", "40")  # long enough to be running while the test watches it
             _fill(page, "Batch size", "1")
             page.get_by_text("Advanced", exact=True).click()
             _fill(page, "Use at most this many utterances (0: all)", "12")

@@ -282,7 +282,7 @@ def test_train_page_starts_a_run_every_session_sees_and_stops_it(cache, corpus, 
     assert "ks_transformer" in at.selectbox(key="train_model").options
     at.selectbox(key="train_corpus_kind").set_value("manifest").run()
     at.text_input(key="train_corpus_path").set_value(str(corpus))
-    at.number_input(key="train_epochs_fast").set_value(2)
+    at.number_input(key="train_epochs_fast").set_value(40)  # still running when Stop is pressed, even on busy cores
     at.number_input(key="train_bs_fast").set_value(2)
     at.number_input(key="train_max_utts").set_value(12)
     at.text_input(key="train_model_args").set_value(TINY)
