@@ -13,6 +13,7 @@ from ser_core.checkpoint import list_checkpoints  # noqa: E402
 from ser_core.errors import InputError  # noqa: E402
 from ser_core.experiments import EXPERIMENTS, load_results, results_dir  # noqa: E402
 from ser_core.model_card import model_card, model_doc  # noqa: E402
+from ser_core.models.base import model_class  # noqa: E402
 from ser_core.paths import CHECKPOINTS_DIR  # noqa: E402
 
 st.set_page_config(page_title="Models · SER attention explorer", page_icon="🧩", layout="wide")
@@ -93,7 +94,7 @@ for c in cards:
                             width="stretch", key=f"alpha_{c.checkpoint}")
         st.json({k: v for k, v in c.config.items()}, expanded=False)
     with st.expander("How it works (from the model's source file)"):
-        st.markdown(model_doc(ui.model_class(c.name)))
+        st.markdown(model_doc(model_class(c.name)))
 
 st.divider()
 st.header("The papers' experiments")

@@ -10,7 +10,6 @@ import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
 from ser_core import ui, viz  # noqa: E402
-from ser_core.encoders.spectral import mel_chunks  # noqa: E402
 from ser_core.experiments import load_results, results_dir  # noqa: E402
 
 st.set_page_config(page_title="Sparse masks · SER attention explorer", page_icon="🎭", layout="wide")
@@ -107,7 +106,7 @@ else:
     spec_records = [r for r in records if r.query_modality == "spectrogram"]
     face_records = [r for r in records if r.query_modality == "visual"]
     if spec_records:
-        chunks = mel_chunks(feats.audio).chunks.numpy()
+        chunks = ui.mel_chunks_for_display(feats.audio)
         n = len(spec_records[0].query_labels)
         j = st.slider("Spectrogram chunk (400 ms)", 0, max(n - 1, 0), 0, key="sparse_chunk",
                       disabled=n < 2, format="%d") if n > 1 else 0

@@ -409,7 +409,8 @@ def start_training(
     ``root`` None means the demo corpus. With ``check_data`` the corpus is loaded and split here
     first, so a wrong folder is reported at once instead of by a failed job.
     """
-    from .train import PRESETS, TrainConfig, load_fold, model_class
+    from .models.base import model_class
+    from .train import PRESETS, TrainConfig, load_fold
 
     _refuse_if_running(current_job())  # at once; checked again below, under the lock
     out = checkpoint_path(name)

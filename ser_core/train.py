@@ -13,6 +13,7 @@ usable model on the demo corpus in minutes on CPU (AdamW, cosine decay).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -37,7 +38,7 @@ from .data import protocols
 from .errors import InputError
 from .features import EXTRAS, FeatureExtractor, Features, atomic_write
 from .models import build_model
-from .models.base import collate_batch, feature_extras, model_inputs
+from .models.base import collate_batch, feature_extras, model_class, model_inputs
 
 PRESETS: dict[str, dict[str, Any]] = {
     # KS-Transformer paper, sec. 3.2 (momentum is not stated; 0.9 is the usual SGD setting).
@@ -406,16 +407,6 @@ def train(cfg: TrainConfig, progress: bool = True, log=print, on_event=None, sho
     return best_meta
 
 
-def model_class(name: str) -> type:
-    from .models.base import MODELS, _import_builtin_models
-
-    if name not in MODELS:
-        _import_builtin_models()
-    if name not in MODELS:
-        raise InputError(f"Unknown model {name!r}; known models: {sorted(MODELS)}.")
-    return MODELS[name]
-
-
 def _fill_config(model_cls: type, available: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """The trainer's values for the Config fields the model has, then the user's overrides."""
     import dataclasses
@@ -477,20 +468,14 @@ class _Distributed:
 
             tdist.barrier()
 
+    @contextlib.contextmanager
     def main_first(self):
-        dist = self
-
-        class _Ctx:
-            def __enter__(self):
-                if not dist.is_main:
-                    dist.barrier()
-
-            def __exit__(self, *exc):
-                if dist.is_main:
-                    dist.barrier()
-                return False
-
-        return _Ctx()
+        """Rank 0 runs the block first (e.g. fills the disk cache), then the others."""
+        if not self.is_main:
+            self.barrier()
+        yield
+        if self.is_main:
+            self.barrier()
 
     def stop(self) -> None:
         if self.world > 1:

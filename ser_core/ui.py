@@ -100,19 +100,14 @@ def sample_clips() -> list[dict[str, str]]:
 VIDEO_TYPES = ["mp4", "webm", "mov", "mkv", "avi"]
 
 
-def model_class(model_name: str) -> type:
-    from .train import model_class as _model_class
-
-    return _model_class(model_name)
-
-
 def model_sees_faces(model_name: str | None) -> bool:
     """Whether a registered model reads face crops (then pages offer a video)."""
-    from .models.base import MODELS, _import_builtin_models, model_inputs
+    from .models.base import model_class, model_inputs
 
-    if model_name not in MODELS:
-        _import_builtin_models()
-    return model_name in MODELS and "faces" in model_inputs(MODELS[model_name])
+    try:
+        return "faces" in model_inputs(model_class(model_name))
+    except InputError:
+        return False
 
 
 def clip_picker(key: str = "clip", video: bool = False) -> Clip | None:
@@ -290,6 +285,14 @@ def record_caption(record) -> str:
     if record.keep is not None and record.keep_ratio is not None:
         text += f"; keep_ratio {record.keep_ratio:.2f} — dropped keys are hatched"
     return text
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def mel_chunks_for_display(audio):
+    """MESM's 400 ms log-mel chunks [n, 64, 32] for drawing kept points (once per clip)."""
+    from .encoders.spectral import mel_chunks
+
+    return mel_chunks(audio).chunks.numpy()
 
 
 @st.cache_data(show_spinner=False, max_entries=32)

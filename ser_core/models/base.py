@@ -44,6 +44,7 @@ __all__ = [
     "concat_labels",
     "feature_extras",
     "model_axis_labels",
+    "model_class",
     "model_inputs",
     "register_model",
     "to_trace",
@@ -132,13 +133,18 @@ def register_model(name: str) -> Callable[[type], type]:
     return wrap
 
 
-def build_model(name: str, config_dict: dict[str, Any] | None = None) -> torch.nn.Module:
-    """Build a registered model from its config dict (missing settings take defaults)."""
+def model_class(name: str) -> type:
+    """The registered class called ``name`` (the built-in model modules are imported first)."""
     if name not in MODELS:
         _import_builtin_models()
     if name not in MODELS:
         raise InputError(f"Unknown model {name!r}; known models: {sorted(MODELS)}.")
-    cls = MODELS[name]
+    return MODELS[name]
+
+
+def build_model(name: str, config_dict: dict[str, Any] | None = None) -> torch.nn.Module:
+    """Build a registered model from its config dict (missing settings take defaults)."""
+    cls = model_class(name)
     return cls(cls.Config.from_dict(dict(config_dict or {})))
 
 

@@ -259,20 +259,23 @@ def neighbour_table(points: Tensor, S: int, H: int, W: int) -> Tensor:
     return where.index_select(0, (padded[:, None] + offsets).view(-1)).view(P, 9)
 
 
-def _gather_gemm(padded: Tensor, table: Tensor, weight: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
-    """out[p] = Σ_o padded[table[p, o]] · weight[o] (+ bias) (ReLU), for p < P; out[P] = 0.
-
-    The im2col of the active points is gathered and multiplied block by block into a reused
-    cache-sized buffer (never a whole P × 9C tensor)."""
+def _im2col_blocks(padded: Tensor, table: Tensor):
+    """Yield (i, j, cols): the im2col rows [j − i, 9C] of active points i…j − 1, gathered block
+    by block into one reused cache-sized buffer (never a whole P × 9C tensor)."""
     P, C = padded.shape[0] - 1, padded.shape[1]
-    out = padded.new_empty(P + 1, weight.shape[1])
-    out[P] = 0
     step = _block_rows(C)
     buf = padded.new_empty(min(step, max(P, 1)) * 9, C)
     flat = table.reshape(-1)
     for i in range(0, P, step):
         j = min(P, i + step)
-        cols = torch.index_select(padded, 0, flat[9 * i: 9 * j], out=buf[: 9 * (j - i)]).view(j - i, 9 * C)
+        yield i, j, torch.index_select(padded, 0, flat[9 * i: 9 * j], out=buf[: 9 * (j - i)]).view(j - i, 9 * C)
+
+
+def _gather_gemm(padded: Tensor, table: Tensor, weight: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
+    """out[p] = Σ_o padded[table[p, o]] · weight[o] (+ bias) (ReLU), for p < P; out[P] = 0."""
+    out = padded.new_empty(padded.shape[0], weight.shape[1])
+    out[-1] = 0
+    for i, j, cols in _im2col_blocks(padded, table):
         block = out[i:j]
         if bias is None:
             torch.mm(cols, weight, out=block)
@@ -285,14 +288,8 @@ def _gather_gemm(padded: Tensor, table: Tensor, weight: Tensor, bias: Tensor | N
 
 def _gather_weight_grad(padded: Tensor, table: Tensor, grad: Tensor) -> Tensor:
     """Σ_p im2col(x)[p]ᵀ · grad[p], block by block: the gradient of the [9C, C'] weight."""
-    P, C = padded.shape[0] - 1, padded.shape[1]
-    gw = padded.new_zeros(9 * C, grad.shape[1])
-    step = _block_rows(C)
-    buf = padded.new_empty(min(step, max(P, 1)) * 9, C)
-    flat = table.reshape(-1)
-    for i in range(0, P, step):
-        j = min(P, i + step)
-        cols = torch.index_select(padded, 0, flat[9 * i: 9 * j], out=buf[: 9 * (j - i)]).view(j - i, 9 * C)
+    gw = padded.new_zeros(9 * padded.shape[1], grad.shape[1])
+    for i, j, cols in _im2col_blocks(padded, table):
         gw.addmm_(cols.t(), grad[i:j])
     return gw
 
