@@ -133,3 +133,40 @@ with tab_export:
     e3.download_button("Every layer's key scores and keep masks (JSON)",
                        lambda: viz.trace_to_json(analysis.trace, with_weights=False),
                        f"{stem}_trace.json", "application/json", on_click="ignore")
+
+with st.expander("Is this faithful? (deletion test)", expanded=False):
+    st.caption(
+        "If this layer's attention shows what the model relies on, removing the words or speech frames "
+        "it ranks highest should lower the prediction more than removing random ones. The test removes "
+        "the top 10–50 % (as if they were padding) and runs the model again; it does the same for "
+        "Integrated Gradients, gradient × input and attention rollout."
+    )
+    if st.toggle("Run the deletion test", key="analyze_faithful",
+                 help="Re-runs the model about 50 times on the cached features (a few seconds on a long clip)."):
+        try:
+            with st.spinner("Removing words and frames and re-running the model…"):
+                deletion = analysis.deletion_test(layer=layer)
+        except Exception as exc:  # a message, never a traceback
+            ui.show_error(exc)
+        else:
+            st.markdown(deletion.sentence())
+            tested = list(deletion.axes)
+            for column, axis in zip(st.columns(max(len(tested), 1)), tested):
+                curves = {c.ranking: (c.shares, c.probs) for c in deletion.curves if c.axis == axis}
+                unit = {"words": "words", "chunks": "400 ms chunks"}.get(deletion.axes[axis].kind, "speech frames")
+                column.plotly_chart(viz.deletion_curves_figure(curves, deletion.p_orig, deletion.emotion, unit,
+                                                               deletion.aopc(axis)),
+                                    width="stretch", key=f"deletion_{axis}")
+            ig_words = analysis.attribution("integrated_gradients")["words"] if "words" in tested else None
+            if ig_words is not None and len(ig_words) == len(feats.words):
+                st.markdown("**Words by Integrated Gradients** (shade = how much the word raises the "
+                            f"probability of {deletion.emotion}; words that lower it stay pale)")
+                st.html(viz.word_importance_html(feats.words, ig_words))
+            used = ", ".join(f"{a}: `{name}`" for a, name in deletion.attention_layers.items())
+            st.caption(
+                (f"Attention ranking from {used} (kept keys first, then by key score). " if used else
+                 "This model's attention does not rank whole words or frames: no attention line. ")
+                + "AOPC = mean drop of the probability over the five steps (higher = the ranking found "
+                "what the model needs). Removed positions become padding in the model's input batch; "
+                f"{deletion.forward_items} model runs in {deletion.seconds:.1f} s."
+            )

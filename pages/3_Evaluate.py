@@ -10,7 +10,7 @@ from pathlib import Path  # noqa: E402
 
 import streamlit as st  # noqa: E402
 
-from ser_core import jobs, ui, viz  # noqa: E402
+from ser_core import corpus_choice, ui, viz  # noqa: E402
 
 st.set_page_config(page_title="Evaluate · SER attention explorer", page_icon="📊", layout="wide")
 st.title("Evaluate a checkpoint")
@@ -24,8 +24,11 @@ checkpoint = ui.checkpoint_picker()
 
 kind, path = ui.corpus_picker("eval")
 p1, p2, p3 = st.columns(3)
-protocol = p1.selectbox("Protocol", list(jobs.PROTOCOL_TITLES), key="eval_protocol",
-                        format_func=lambda p: f"{p} — {jobs.PROTOCOL_TITLES[p]}")
+protocol = p1.selectbox("Protocol", list(corpus_choice.PROTOCOL_TITLES), key="eval_protocol",
+                        format_func=lambda p: f"{p} — {corpus_choice.PROTOCOL_TITLES[p]}",
+                        help="For a model trained on a mix of corpora: speakers scores one of its corpora "
+                             "on the voices held out from training, all scores a corpus it never "
+                             "trained on (use the test split).")
 fold = int(p2.number_input("Fold", min_value=0, max_value=99, value=0, step=1, key="eval_fold",
                            help="Which fold of the protocol (e.g. the held-out session for loso)."))
 split = p3.selectbox("Split", ["test", "val", "train"], key="eval_split")
@@ -42,9 +45,9 @@ if checkpoint and st.button("Evaluate", type="primary", key="eval_button"):
             bar.progress(0.9 + 0.1 * done / total, text=f"Running the model {done}/{total}")
 
     try:
-        from ser_core.train import evaluate
+        from ser_core.scoring import evaluate
 
-        corpus, root = jobs.resolve_corpus(kind, path)
+        corpus, root = corpus_choice.resolve_corpus(kind, path)
         result = evaluate(checkpoint, corpus, root, protocol=protocol, fold=fold, split=split,
                           progress=False, on_progress=on_progress)
         st.session_state["eval_result"] = {"settings": settings, "result": result}
@@ -61,10 +64,16 @@ if stored is None:
 
 result, shown = stored["result"], stored["settings"]
 labels = result["labels"]
-where = jobs.CORPUS_KINDS[shown["kind"]]["title"] + (f" `{shown['path']}`" if shown["path"] else "")
-part = ("the corpus's own split" if shown["protocol"] == "predefined"
-        else f"fold {shown['fold']} ({result['fold']}) of {jobs.PROTOCOL_TITLES[shown['protocol']]}")
-st.subheader(f"{Path(shown['checkpoint']).name} on the {shown['split']} part of {part}")
+where = corpus_choice.CORPUS_KINDS[shown["kind"]]["title"] + (f" `{shown['path']}`" if shown["path"] else "")
+if shown["protocol"] == "all":
+    heading = "every clip of the corpus (cross-corpus: it never trained on it)"
+else:
+    part = {"predefined": "the corpus's own split",
+            "speakers": "the split by speaker (test voices never heard in training)"}.get(
+        shown["protocol"],
+        f"fold {shown['fold']} ({result['fold']}) of {corpus_choice.PROTOCOL_TITLES[shown['protocol']]}")
+    heading = f"the {shown['split']} part of {part}"
+st.subheader(f"{Path(shown['checkpoint']).name} on {heading}")
 st.caption(f"{where} · {result['n']} utterances"
            + (" · these are the last results; press **Evaluate** to score the settings above"
               if shown != settings else ""))
@@ -78,7 +87,8 @@ left, right = st.columns([3, 2])
 with left:
     view = st.radio("Confusion matrix", ["counts", "row-normalised (% of each true class)"],
                     horizontal=True, key="eval_cm_view")
-    cm_figure = viz.confusion_matrix_figure(result["confusion_matrix"], labels, normalize=view != "counts")
+    cm_figure = viz.confusion_matrix_figure(result["confusion_matrix"], [ui.label_name(lb) for lb in labels],
+                                            normalize=view != "counts")
     st.plotly_chart(cm_figure, width="content", key="eval_cm")
 with right:
     st.markdown("**Per class**")
@@ -93,7 +103,8 @@ wrong = [p for p in result["predictions"] if p["true"] != p["pred"]]
 st.subheader(f"Misclassified utterances ({len(wrong)} of {result['n']})")
 if wrong:
     st.dataframe(
-        [{"id": p["id"], "true": p["true"], "predicted": p["pred"], "confidence": p["confidence"],
+        [{"id": p["id"], "true": ui.label_name(p["true"]), "predicted": ui.label_name(p["pred"]),
+          "confidence": p["confidence"],
           "transcript": p["transcript"] or "", "audio": p["audio"]} for p in wrong],
         hide_index=True, width="stretch", key="eval_wrong",
         column_config={"confidence": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0, format="%.2f")},
@@ -101,7 +112,8 @@ if wrong:
     o1, o2 = st.columns([3, 1])
     choice = o1.selectbox(
         "See where the model looked", range(len(wrong)), key="eval_open_choice",
-        format_func=lambda i: f"{wrong[i]['id']} · true {wrong[i]['true']} → predicted {wrong[i]['pred']}",
+        format_func=lambda i: (f"{wrong[i]['id']} · true {ui.label_name(wrong[i]['true'])} → predicted "
+                               f"{ui.label_name(wrong[i]['pred'])}"),
     )
     o2.write("")  # align the button with the select box
     if o2.button("Open on Analyze", key="eval_open", icon=":material/search:"):

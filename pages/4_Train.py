@@ -15,8 +15,8 @@ from pathlib import Path  # noqa: E402
 import plotly.graph_objects as go  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from ser_core import jobs, ui, viz  # noqa: E402
-from ser_core.checkpoint import list_checkpoints  # noqa: E402
+from ser_core import corpus_choice, corpus_job, jobs, ui, viz  # noqa: E402
+from ser_core.checkpoint import list_all_checkpoints  # noqa: E402
 from ser_core.errors import InputError  # noqa: E402
 from ser_core.models.base import MODELS, _import_builtin_models  # noqa: E402
 from ser_core.train import PRESETS  # noqa: E402
@@ -41,6 +41,40 @@ job = jobs.current_job()
 busy = job is not None and job.active
 st.session_state["train_seen"] = (job.id, job.status) if job else None
 
+# --- the demo corpus, generated in the background when it is missing -----------------------------
+def corpus_generation() -> None:
+    """Progress of the demo corpus being generated (any session started it); redraws the page once
+    it is there, so that Start becomes available."""
+    gen = corpus_job.corpus_job()
+    if gen is None or not gen.active:
+        st.rerun()
+    p = corpus_job.corpus_progress(gen)
+    left = f" · {corpus_job.format_duration(p.remaining)} left" if p.remaining else ""
+    st.progress(p.fraction, text=f"Generating the demo corpus: {p.done}/{p.total} clips{left}")
+
+
+def demo_corpus_panel() -> None:
+    """The demo corpus is not there: a button that generates it in the background (or its progress)."""
+    gen = corpus_job.corpus_job()
+    if gen is not None and gen.out != str(corpus_job.demo_corpus_manifest().parent):
+        gen = None  # a generation of another folder
+    if gen is not None and gen.active:
+        st.fragment(corpus_generation, run_every=2)()
+        return
+    if gen is not None and gen.status == "failed" and gen.message:
+        st.error(gen.message)
+    st.info(f"The demo corpus is {corpus_job.DEMO_CORPUS_UTTERANCES} short synthetic clips of four emotions, "
+            f"made on this server. Generating it takes "
+            f"{corpus_job.format_duration(corpus_job.estimate_corpus_seconds())} in the background; "
+            f"the page stays usable.")
+    if st.button("Generate demo corpus", key="train_generate_corpus", icon=":material/graphic_eq:"):
+        try:
+            corpus_job.start_corpus()
+            st.rerun()
+        except Exception as exc:  # a message, never a traceback
+            ui.show_error(exc)
+
+
 # --- settings ------------------------------------------------------------------------------------
 with st.expander("New training run", expanded=not busy):
     if busy:
@@ -54,7 +88,7 @@ with st.expander("New training run", expanded=not busy):
     init_from = None
     if start != "scratch":
         same = []
-        for path in list_checkpoints(jobs.checkpoints_dir()):
+        for path in list_all_checkpoints():  # trained here, then the shipped ones
             try:
                 if ui.checkpoint_meta(path).get("model") == model:
                     same.append(path)
@@ -64,13 +98,28 @@ with st.expander("New training run", expanded=not busy):
             init_from = str(c2.selectbox("Checkpoint to fine-tune", same, format_func=lambda p: p.name,
                                          key="train_init_from"))
         else:
-            c2.warning(f"No {model} checkpoint in checkpoints/: this run will start from scratch.")
+            c2.warning(f"There is no saved {model} checkpoint yet: this run will start from scratch.")
 
-    kind, corpus_path = ui.corpus_picker("train")
-    c1, c2 = st.columns(2)
-    protocol = c1.selectbox("Protocol", list(jobs.PROTOCOL_TITLES), key="train_protocol",
-                            format_func=lambda p: f"{p} — {jobs.PROTOCOL_TITLES[p]}")
-    fold = int(c2.number_input("Fold", min_value=0, max_value=99, value=0, step=1, key="train_fold"))
+    corpora = ui.corpus_picker("train", mix=True)  # [(kind, path, test only)], the first one first
+    is_mix = len(corpora) > 1
+    no_corpus = any(k == "demo" for k, _, _ in corpora) and not corpus_job.demo_corpus_ready()
+    if no_corpus:
+        demo_corpus_panel()
+    st.caption(corpus_choice.MIX_NOTE)
+    c1, c2, c3 = st.columns([2, 1, 1])
+    protocol = c1.selectbox("Protocol", corpus_choice.TRAIN_PROTOCOLS, key="train_protocol", disabled=is_mix,
+                            format_func=lambda p: f"{p} — {corpus_choice.PROTOCOL_TITLES[p]}",
+                            help="A mix is always split by speaker per corpus.")
+    fold = int(c2.number_input("Fold", min_value=0, max_value=99, value=0, step=1, key="train_fold",
+                               disabled=is_mix))
+    augment = int(c3.number_input("Augmented copies per clip", min_value=0, max_value=4, value=0, step=1,
+                                  key="train_augment", help=corpus_choice.AUGMENT_HELP))
+    augment_corpora = None
+    real = corpus_choice.real_corpora(corpora)
+    if is_mix and augment and real and any(k == "demo" and not t for k, _, t in corpora):
+        if st.checkbox("Augment only the recorded corpora (not the generated demo corpus)", value=True,
+                       key="train_augment_real"):
+            augment_corpora = real
 
     preset = st.radio("Preset", sorted(PRESETS), horizontal=True, key="train_preset", format_func=lambda p: {
         "fast": "fast (AdamW, cosine decay: a usable model in minutes)",
@@ -86,24 +135,34 @@ with st.expander("New training run", expanded=not busy):
     with st.expander("Advanced"):
         a1, a2 = st.columns(2)
         max_utts = int(a1.number_input("Use at most this many utterances (0: all)", 0, 10**7, 0, step=100,
-                                       key="train_max_utts", help="A random subset, for a quick trial run."))
+                                       key="train_max_utts", disabled=is_mix,
+                                       help="A random subset of a single corpus, for a quick trial run "
+                                            "(a mix uses every clip)."))
         seed = int(a2.number_input("Seed", 0, 10**6, 0, key="train_seed"))
         model_args = st.text_input("Model settings (key=value, space-separated)", key="train_model_args",
                                    placeholder="d_model=96 ff_dim=192",
                                    help="Overrides of the model's Config fields, e.g. a smaller d_model.")
     c1, c2 = st.columns([2, 1])
-    name = c1.text_input("Checkpoint name", value=f"my_{model}_{kind}", key="train_name",
-                         help="Saved as checkpoints/<name>.safetensors (letters, digits, - and _).")
+    # the suggested name follows the model (and corpora) until the user types a name of their own
+    suggested = jobs.default_checkpoint_name(model, corpora)
+    if st.session_state.get("train_name") in (None, st.session_state.get("train_name_suggested")):
+        st.session_state["train_name"] = suggested
+    st.session_state["train_name_suggested"] = suggested
+    name = c1.text_input("Checkpoint name", key="train_name",
+                         help="The name the trained model is saved under (letters, digits, - and _); it "
+                              "then appears in every page's model list.")
     overwrite = c2.checkbox("Overwrite an existing checkpoint of that name", key="train_overwrite")
-    if st.button("Start training", type="primary", key="train_start_button", disabled=busy):
+    if st.button("Start training", type="primary", key="train_start_button", disabled=busy or no_corpus,
+                 help="Generate the demo corpus first (above)." if no_corpus else None):
         try:
-            corpus, root = jobs.resolve_corpus(kind, corpus_path)
-            with st.spinner("Checking the corpus and starting the run…"):
+            with st.spinner("Checking the corpora and starting the run…" if is_mix
+                            else "Checking the corpus and starting the run…"):
                 jobs.start_training(
-                    name, model=model, corpus=corpus, root=root, protocol=protocol, fold=fold,
+                    name, model=model, corpora=corpora, protocol="speakers" if is_mix else protocol,
+                    fold=0 if is_mix else fold, augment=augment, augment_corpora=augment_corpora,
                     preset=preset, epochs=epochs, batch_size=batch_size, lr=lr, dropout=dropout,
-                    init_from=init_from, max_utterances=max_utts or None, model_args=model_args,
-                    overwrite=overwrite, seed=seed)
+                    init_from=init_from, max_utterances=None if is_mix else max_utts or None,
+                    model_args=model_args, overwrite=overwrite, seed=seed)
             st.rerun()
         except Exception as exc:  # a message, never a traceback
             ui.show_error(exc)
@@ -165,10 +224,10 @@ def job_panel() -> None:
     progress = jobs.read_events(job)
     s = job.settings
     st.subheader(f"Run `{job.name}`: {job.status}")
-    st.caption(f"{s.get('model')} on {s.get('corpus')} `{s.get('root')}` · {s.get('protocol')} fold {s.get('fold')} · "
+    st.caption(f"{s.get('model')} on {corpus_choice.describe_data(s)} · "
                f"{s.get('preset')} preset · started {_ago(job.started)} ago"
                + (f" · fine-tuned from {Path(s['init_from']).name}" if s.get("init_from") else "")
-               + f" → `checkpoints/{Path(job.out).name}`")
+               + f" → saved as `{Path(job.out).stem}`")
 
     if job.active:
         if progress.phase in ("starting", "features"):
@@ -192,11 +251,11 @@ def job_panel() -> None:
         st.success(
             f"Done. Test WA **{test.get('wa', float('nan')):.3f}**, UA **{test.get('ua', float('nan')):.3f}**, "
             f"macro-F1 {test.get('macro_f1', float('nan')):.3f} on {test.get('n', '?')} utterances. "
-            f"`checkpoints/{Path(job.out).name}` is now selectable on every page (sidebar: Model checkpoint)."
+            f"`{Path(job.out).name}` is now selectable on every page (sidebar: Model checkpoint)."
         )
     elif job.status == "stopped":
         done = max([r["epoch"] for r in progress.history], default=0)
-        saved = f" The best epoch so far is in `checkpoints/{Path(job.out).name}`." if Path(job.out).exists() else ""
+        saved = f" The best epoch so far is saved as `{Path(job.out).name}`." if Path(job.out).exists() else ""
         st.warning(f"Stopped after {progress.steps_done} batches ({done} epoch{'s' * (done != 1)} finished). "
                    f"Resume continues exactly where it stopped.{saved}")
     else:
@@ -215,7 +274,8 @@ def job_panel() -> None:
             right.plotly_chart(validation_figure(progress), width="stretch", key="train_val_chart")
             last = progress.history[-1]
             if last.get("val_confusion") and progress.labels:
-                cm = viz.confusion_matrix_figure(last["val_confusion"], progress.labels)
+                cm = viz.confusion_matrix_figure(last["val_confusion"],
+                                                 [ui.label_name(label) for label in progress.labels])
                 cm.update_layout(title={"text": f"Validation confusion matrix, epoch {last['epoch']}"})
                 st.plotly_chart(cm, width="content", key="train_val_cm")
         else:

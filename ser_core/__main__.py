@@ -19,12 +19,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="SER attention explorer: demo corpus, training, evaluation and analysis.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    from . import corpus, experiments, expressive, train
+    from . import corpus, experiments, expressive, probe, real_voices, train
 
     corpus.add_cli(sub)
     train.add_cli(sub)
     experiments.add_cli(sub)
     expressive.add_cli(sub)
+    probe.add_cli(sub)
+    real_voices.add_cli(sub)
 
     a = sub.add_parser("analyze", help="analyse one clip and print the prediction and trace as JSON")
     a.add_argument("audio", help="audio file (wav, flac, ogg, mp3, m4a, webm)")

@@ -101,7 +101,7 @@ def _too_long(seconds: float, limit: float, at_least: bool = False) -> InputErro
     how = "more than " if at_least else ""
     return InputError(
         f"The recording is {how}{seconds:.1f} s long; the limit is {limit:g} s. "
-        "Trim it or raise SER_MAX_SECONDS."
+        f"Cut it to {limit:g} s or less (for example with Audacity, or by recording again) and try again."
     )
 
 
@@ -136,7 +136,7 @@ def _read_source(source: AudioSource, max_bytes: int | None) -> _Source:
         if size > limit:
             raise InputError(
                 f"The file {path.name!r} is {_fmt_bytes(size)}; the limit is {_fmt_bytes(limit)}. "
-                "Trim or compress it, or raise SER_MAX_BYTES."
+                "Trim it or save it compressed (for example as MP3 or OGG), then try again."
             )
         return _Source(name=path.name, path=path)
 
@@ -151,7 +151,7 @@ def _read_source(source: AudioSource, max_bytes: int | None) -> _Source:
         if isinstance(size, int) and size > limit:
             raise InputError(
                 f"The file {name!r} is {_fmt_bytes(size)}; the limit is {_fmt_bytes(limit)}. "
-                "Trim or compress it, or raise SER_MAX_BYTES."
+                "Trim it or save it compressed (for example as MP3 or OGG), then try again."
             )
         if hasattr(source, "getvalue"):
             data = source.getvalue()
@@ -173,7 +173,7 @@ def _read_source(source: AudioSource, max_bytes: int | None) -> _Source:
     if len(data) > limit:
         raise InputError(
             f"The recording is {_fmt_bytes(len(data))}; the limit is {_fmt_bytes(limit)}. "
-            "Trim or compress it, or raise SER_MAX_BYTES."
+            "Trim it or save it compressed (for example as MP3 or OGG), then try again."
         )
     return _Source(name=name, data=data)
 

@@ -139,14 +139,26 @@ def list_checkpoints(folder: Path | str = CHECKPOINTS_DIR) -> list[Path]:
     return sorted(folder.glob("*.safetensors"), key=lambda p: p.stat().st_mtime, reverse=True)
 
 
+def list_all_checkpoints() -> list[Path]:
+    """Every checkpoint the app can open: the ones trained here (``paths.checkpoints_dir()``,
+    ``SER_CHECKPOINTS_DIR``) newest first, then the shipped ones in the repo's ``checkpoints/``."""
+    from . import paths
+
+    return [p for folder in paths.checkpoint_dirs() for p in list_checkpoints(folder)]
+
+
 def _resolve(path: Path | str) -> Path:
     path = Path(path)
     if not path.exists() and not path.is_absolute():
-        candidate = CHECKPOINTS_DIR / path
-        if candidate.suffix != ".safetensors":
-            candidate = candidate.with_suffix(".safetensors")
-        if candidate.exists():
-            path = candidate
+        from . import paths
+
+        for folder in [*paths.checkpoint_dirs(), CHECKPOINTS_DIR]:  # a bare name: trained ones first
+            candidate = folder / path
+            if candidate.suffix != ".safetensors":
+                candidate = candidate.with_suffix(".safetensors")
+            if candidate.exists():
+                path = candidate
+                break
     if not path.exists():
         raise InputError(f"No checkpoint at {path}.")
     return path

@@ -129,7 +129,8 @@ def _top_p_sweep(rows, checkpoint, corpus, root, protocol, fold, device, log) ->
     from .data import load_corpus
     from .features import FeatureExtractor
     from .model_card import count_flops
-    from .train import _folds, extract_all, predict
+    from .scoring import predict
+    from .train_data import _folds, extract_all
 
     if not Path(checkpoint).exists():
         raise InputError(f"No MESM checkpoint at {checkpoint}: train one or pass --checkpoint.")

@@ -53,7 +53,7 @@ def expressive_region_share(checkpoint: str | Path | None = None, root: str | Pa
     from .data import load_corpus
     from .paths import default_corpus_dir
     from .pipeline import Analyzer
-    from .train import utterance_audio
+    from .train_data import utterance_audio
 
     root = Path(root) if root else default_corpus_dir()
     manifest = root / "manifest.csv" if root.is_dir() else root

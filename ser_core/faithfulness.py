@@ -60,7 +60,7 @@ def faithfulness_report(
     limit: int | None = None,
 ) -> dict[str, Any]:
     from .pipeline import Analyzer
-    from .train import utterance_audio
+    from .train_data import utterance_audio
 
     manifest = Path(root) if root else default_corpus_dir() / "manifest.csv"
     utts = [u for u in load_corpus("manifest", manifest) if u.meta.get("split") == split]

@@ -19,9 +19,18 @@ process was killed before it could write one, from its events and the stop file.
 :func:`read_events` turns the events into a :class:`Progress` (epoch, batch, per-batch losses,
 per-epoch validation rows) for the live curves.
 
-The trained checkpoint is ``checkpoints/<name>.safetensors`` (``paths.CHECKPOINTS_DIR``, read at
-call time so tests can point it elsewhere); ``list_checkpoints`` picks it up on every page. The
-trainer uses the GPU when there is one.
+A run trains on one corpus (with a protocol and fold) or on a mix of several (chosen and checked
+by ``ser_core.corpus_choice``: ``--corpus``/``--root`` repeated, each corpus split by speaker,
+corpora and classes balanced), optionally with augmented copies of every training clip (``--augment``).
+
+The trained checkpoint is ``<name>.safetensors`` in ``paths.checkpoints_dir()`` (``SER_CHECKPOINTS_DIR``,
+default the repo's ``checkpoints/``, read at call time so tests can point it elsewhere); the pickers
+list that folder and the shipped checkpoints (``checkpoint.list_all_checkpoints``). The trainer uses
+the GPU when there is one.
+
+Generating the demo corpus from the app (``ser_core.corpus_job``) uses this module's process and
+file helpers (:func:`_spawn`, :func:`_alive`, :func:`_lock`, :func:`_write_json`), looked up here
+at call time.
 """
 
 from __future__ import annotations
@@ -44,60 +53,13 @@ from pathlib import Path
 from typing import Any
 
 from . import paths
+from .corpus_choice import PROTOCOL_TITLES, _corpus_items, _is_mix, _mix_flags, check_corpora, resolve_corpus
 from .errors import InputError
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 ACTIVE = ("running", "stopping")
 EXIT_STOPPED = 3  # the trainer's exit code after a stop request (resume state saved)
 EXIT_INPUT_ERROR = 2  # bad input; the message is on stderr (in the log)
-
-# What each corpus loader expects (shown by the pages next to the path box).
-CORPUS_KINDS: dict[str, dict[str, str]] = {
-    "demo": {
-        "title": "Demo corpus (generated)", "corpus": "manifest", "example": "",
-        "layout": "the synthetic demo corpus made by `python -m ser_core corpus`"},
-    "manifest": {
-        "title": "Manifest CSV", "corpus": "manifest", "example": "/data/my_corpus/manifest.csv",
-        "layout": "a CSV with at least path,label columns (optional id, transcript, speaker, session, split, "
-                  "start, end, video); audio paths relative to the CSV's folder"},
-    "iemocap": {
-        "title": "IEMOCAP folder", "corpus": "iemocap", "example": "/data/IEMOCAP_full_release",
-        "layout": "IEMOCAP_full_release: Session1..Session5, each with dialog/EmoEvaluation/*.txt and "
-                  "sentences/wav/<dialog>/<utterance>.wav"},
-    "ravdess": {
-        "title": "RAVDESS folder", "corpus": "ravdess", "example": "/data/RAVDESS",
-        "layout": "Actor_01..Actor_24 folders of files named like 03-01-05-01-02-01-12.wav"},
-    "cremad": {
-        "title": "CREMA-D folder", "corpus": "cremad", "example": "/data/CREMA-D",
-        "layout": "an AudioWAV folder of files named like 1001_DFA_ANG_XX.wav"},
-    "meld": {
-        "title": "MELD folder", "corpus": "meld", "example": "/data/MELD.Raw",
-        "layout": "MELD.Raw: train/dev/test_sent_emo.csv beside train_splits/, dev_splits_complete/, "
-                  "output_repeated_splits_test/"},
-}
-
-PROTOCOL_TITLES: dict[str, str] = {
-    "predefined": "the corpus's own train/dev/test split",
-    "loso": "leave one session out (IEMOCAP's 5 folds)",
-    "lospk": "leave one speaker out",
-    "random": "one random stratified hold-out split",
-}
-
-
-def resolve_corpus(kind: str, path: str | None = None) -> tuple[str, str]:
-    """(loader name, root) for a corpus chosen in the app; the demo corpus needs no path."""
-    if kind not in CORPUS_KINDS:
-        raise InputError(f"Unknown corpus kind {kind!r}; choose one of {', '.join(CORPUS_KINDS)}.")
-    if kind == "demo":
-        manifest = paths.default_corpus_dir() / "manifest.csv"
-        if not manifest.exists():
-            raise InputError(f"No demo corpus at {manifest}: generate it with `python -m ser_core corpus`.")
-        return "manifest", str(manifest)
-    path = (path or "").strip()
-    if not path:
-        raise InputError(f"Type the path of the {CORPUS_KINDS[kind]['title']}: "
-                         f"{CORPUS_KINDS[kind]['layout']}.")
-    return CORPUS_KINDS[kind]["corpus"], str(Path(path).expanduser())
 
 
 # --- the job record ----------------------------------------------------------------------------
@@ -181,18 +143,28 @@ def jobs_dir() -> Path:
 
 
 def checkpoints_dir() -> Path:
-    return Path(paths.CHECKPOINTS_DIR)
+    """Where trained checkpoints are written (``SER_CHECKPOINTS_DIR``, default ``checkpoints/``)."""
+    return paths.checkpoints_dir()
 
 
 def checkpoint_path(name: str) -> Path:
-    """``checkpoints/<name>.safetensors`` for a user-given name (letters, digits, - and _)."""
+    """``<name>.safetensors`` in :func:`checkpoints_dir` for a user-given name (letters, digits, - and _)."""
     name = (name or "").strip()
     if name.endswith(".safetensors"):
         name = name[: -len(".safetensors")]
     if not NAME_PATTERN.match(name):
         raise InputError(f"Checkpoint name {name!r}: use 1–64 letters, digits, '-' or '_' (no spaces, "
-                         f"dots or slashes); it becomes checkpoints/<name>.safetensors.")
+                         f"dots or slashes).")
     return checkpoints_dir() / f"{name}.safetensors"
+
+
+def default_checkpoint_name(model: str, corpora: Any = None) -> str:
+    """The name the Train page suggests: ``my_<model>`` on the demo corpus (``my_ilt``), with the
+    recorded corpora it trains on after it otherwise (``my_ilt_ravdess_tess``)."""
+    trained = []
+    if corpora:
+        trained = [k for k, _, test_only in _corpus_items(corpora) if not test_only and k != "demo"]
+    return "_".join([f"my_{model}", *trained])[:64]
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -357,22 +329,42 @@ def current_job_unlocked() -> Job | None:
 
 
 def build_command(
-    out: Path, run_dir: Path, events: Path, stop_file: Path, *, model: str, corpus: str, root: str,
-    protocol: str, fold: int, preset: str, epochs: int | None, batch_size: int | None,
-    lr: float | None, dropout: float | None, init_from: str | None, max_utterances: int | None,
-    model_args: dict[str, Any], device: str | None, seed: int,
+    out: Path, run_dir: Path, events: Path, stop_file: Path, *, model: str, corpus: str = "manifest",
+    root: str | None = None, protocol: str = "predefined", fold: int = 0, preset: str = "fast",
+    epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
+    dropout: float | None = None, init_from: str | None = None, max_utterances: int | None = None,
+    model_args: dict[str, Any] | None = None, device: str | None = None, seed: int = 0,
+    corpora: Any = None, augment: int = 0, augment_corpora: list[str] | None = None,
 ) -> list[str]:
-    """The ``python -m ser_core train`` command line for these settings."""
-    cmd = [sys.executable, "-m", "ser_core", "train", "--model", model, "--corpus", corpus,
-           "--root", root, "--protocol", protocol, "--fold", str(fold), "--preset", preset,
-           "--seed", str(seed), "--out", str(out), "--run-dir", str(run_dir), "--events", str(events),
-           "--stop-file", str(stop_file)]
+    """The ``python -m ser_core train`` command line for these settings.
+
+    ``corpora`` (kinds with their paths, see :func:`check_corpora`) of two or more corpora, or one
+    marked test only, is a mix: ``--corpus K --root R`` repeated in order (the demo corpus takes
+    no root), split by speaker per corpus (no ``--protocol``/``--fold``). One corpus there stands
+    for ``corpus``/``root`` and keeps ``protocol`` and ``fold``. ``augment`` > 0 adds
+    ``--augment N`` (and, for a mix, ``--augment-corpora`` when only some are augmented).
+    """
+    items = _corpus_items(corpora) if corpora else []
+    mix = _is_mix(items) if items else False
+    if items and not mix:
+        corpus, root = resolve_corpus(items[0][0], items[0][1])
+    cmd = [sys.executable, "-m", "ser_core", "train", "--model", model]
+    if mix:
+        cmd += _mix_flags(items)
+    else:
+        cmd += ["--corpus", corpus, "--root", str(root), "--protocol", protocol, "--fold", str(fold)]
+    cmd += ["--preset", preset, "--seed", str(seed), "--out", str(out), "--run-dir", str(run_dir),
+            "--events", str(events), "--stop-file", str(stop_file)]
+    if augment:
+        cmd += ["--augment", str(int(augment))]
+        if mix and augment_corpora:
+            cmd += ["--augment-corpora", ",".join(augment_corpora)]
     for flag, value in (("--epochs", epochs), ("--batch-size", batch_size), ("--lr", lr),
                         ("--dropout", dropout), ("--init-from", init_from),
                         ("--max-utterances", max_utterances), ("--device", device)):
         if value is not None:
             cmd += [flag, str(value)]
-    for key, value in model_args.items():
+    for key, value in (model_args or {}).items():
         cmd += ["--model-arg", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
     return cmd
 
@@ -402,30 +394,73 @@ def start_training(
     batch_size: int | None = None, lr: float | None = None, dropout: float | None = None,
     init_from: str | None = None, max_utterances: int | None = None,
     model_args: str | list[str] | dict[str, Any] | None = None, overwrite: bool = False,
-    device: str | None = None, seed: int = 0, check_data: bool = True,
+    device: str | None = None, seed: int = 0, check_data: bool = True, corpora: Any = None,
+    augment: int = 0, augment_corpora: list[str] | None = None,
 ) -> Job:
     """Check the settings, then start the trainer in the background; refuses while a job runs.
 
-    ``root`` None means the demo corpus. With ``check_data`` the corpus is loaded and split here
-    first, so a wrong folder is reported at once instead of by a failed job.
+    ``root`` None means the demo corpus. ``corpora`` (the app's choice: kinds with their paths,
+    see :func:`check_corpora`) replaces ``corpus``/``root``: one corpus is trained as before, with
+    ``protocol`` and ``fold``; several (or one marked test only) make a mix, split by speaker per
+    corpus and balanced. ``augment`` augmented copies of every training clip (of the kinds in
+    ``augment_corpora`` only, in a mix; None: all). With ``check_data`` the corpus (or the mix,
+    as the trainer will) is loaded and split here first, so a wrong folder is reported at once
+    instead of by a failed job.
     """
     from .models.base import model_class
-    from .train import PRESETS, TrainConfig, load_fold
+    from .train import PRESETS, TrainConfig, corpus_choice, load_fold
 
     _refuse_if_running(current_job())  # at once; checked again below, under the lock
     out = checkpoint_path(name)
     if out.exists() and not overwrite:
-        raise InputError(f"checkpoints/{out.name} already exists; choose another name or tick "
+        raise InputError(f"A checkpoint named {out.stem} already exists; choose another name or tick "
                          f"'overwrite' to replace it.")
+    for folder in paths.checkpoint_dirs():
+        if folder / out.name != out and (folder / out.name).exists():  # a shipped one is never replaced
+            raise InputError(f"{out.stem} is the name of a checkpoint that ships with the project; "
+                             f"choose another name.")
     cls = model_class(model)  # unknown model → InputError listing the known ones
     if preset not in PRESETS:
         raise InputError(f"Unknown preset {preset!r}; choose one of {', '.join(sorted(PRESETS))}.")
-    if root is None:
+    entries = check_corpora(corpora) if corpora else None
+    mix = bool(entries) and _is_mix(_corpus_items(entries))
+    kind = None  # a single corpus's kind, so that the page can name it ("Demo corpus", not "manifest")
+    if entries and not mix:  # one corpus: today's run, with its protocol and fold
+        kind = entries[0]["kind"]
+        corpus, root = resolve_corpus(entries[0]["kind"], entries[0]["root"])
+        entries = None
+    if root is None and not mix:
+        kind = "demo"
         corpus, root = resolve_corpus("demo")
     for label, value, low in (("epochs", epochs, 1), ("batch size", batch_size, 1),
-                              ("max utterances", max_utterances, 2)):
+                              ("max utterances", max_utterances, 2), ("augmented copies", augment, 0)):
         if value is not None and (isinstance(value, bool) or int(value) != value or value < low):
             raise InputError(f"The {label} must be a whole number >= {low}, not {value!r}.")
+    augment = int(augment or 0)
+    if protocol == "all":
+        raise InputError(f"The protocol 'all' ({PROTOCOL_TITLES['all']}) leaves nothing to train on; "
+                         "it is for the Evaluate page. Choose another protocol.")
+    if mix:
+        if protocol not in ("predefined", "speakers"):
+            raise InputError(f"A mix of corpora is always split by speaker per corpus; the protocol "
+                             f"{protocol!r} applies to a single corpus only.")
+        if max_utterances is not None:
+            raise InputError("'Use at most this many utterances' works with a single corpus; a mix "
+                             "uses every clip of its corpora.")
+        trained = [e["kind"] for e in entries if not e["test_only"]]
+        if augment and augment_corpora is not None:
+            augment_corpora = list(dict.fromkeys(str(k).strip().lower() for k in augment_corpora))
+            stray = [k for k in augment_corpora if k not in trained]
+            if stray:
+                raise InputError(f"Only corpora the mix trains on can be augmented ({', '.join(trained)}), "
+                                 f"not {', '.join(stray)}.")
+            if not augment_corpora:
+                raise InputError("Augmented copies were asked for, but no corpus of the mix is chosen "
+                                 "to be augmented.")
+            if set(augment_corpora) == set(trained):
+                augment_corpora = None  # all of them: the trainer's default
+    if not (mix and augment):
+        augment_corpora = None  # one corpus (or no copies): nothing to choose
     for label, value in (("learning rate", lr), ("dropout", dropout)):
         if value is not None and not (0 <= value < (1 if label == "dropout" else 10)):
             raise InputError(f"The {label} {value!r} is out of range.")
@@ -444,8 +479,14 @@ def start_training(
                              f"fine-tuning starts from a checkpoint of the same model.")
         init_from = str(Path(init_from).resolve())
     if check_data:
-        fold_ = load_fold(TrainConfig(model=model, corpus=corpus, root=root, protocol=protocol,
-                                      fold=fold, max_utterances=max_utterances, seed=seed))
+        if mix:  # load and split the mix exactly as the trainer will (the same --corpus/--root lists)
+            names = [("test:" if e["test_only"] else "") + e["kind"] for e in entries]
+            roots = [e["root"] for e in entries if e["kind"] != "demo"]
+            cfg = TrainConfig(model=model, **corpus_choice(names, roots), seed=seed)
+        else:
+            cfg = TrainConfig(model=model, corpus=corpus, root=root, protocol=protocol, fold=fold,
+                              max_utterances=max_utterances, seed=seed)
+        fold_ = load_fold(cfg)
         if not fold_.train or not fold_.val or not fold_.test:
             raise InputError(f"Fold {fold_.name!r} has an empty train, validation or test part.")
 
@@ -454,12 +495,15 @@ def start_training(
         job_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
         folder = jobs_dir() / job_id
         (folder / "run").mkdir(parents=True)
+        if mix:
+            corpus, root, protocol, fold = "mix", "", "speakers", 0
         settings = dict(model=model, corpus=corpus, root=root, protocol=protocol, fold=fold,
                         preset=preset, epochs=epochs, batch_size=batch_size, lr=lr, dropout=dropout,
                         init_from=init_from, max_utterances=max_utterances, model_args=args,
-                        device=device, seed=seed)
+                        device=device, seed=seed, corpora=entries, augment=augment,
+                        augment_corpora=augment_corpora)
         job = Job(id=job_id, name=out.stem, out=str(out), command=[], pid=0, started=time.time(),
-                  settings=settings)
+                  settings={**settings, "kind": kind})
         job.command = build_command(out, job.run_dir, job.events_path, job.stop_path, **settings)
         _spawn(job, job.command)
         _save(job)

@@ -72,6 +72,20 @@ class ModelCard:
     paper_results: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)  # e.g. MFSN's searched alpha
+    # test scores per corpus on held-out speakers (a model trained on a mix), demo corpus included
+    by_corpus: dict[str, dict[str, Any]] = field(default_factory=dict)
+    trained_on: list[str] = field(default_factory=list)  # the corpora of its training data
+
+
+#: What the Models page and model cards say about each real corpus (licence and citation).
+CORPUS_NOTES: dict[str, str] = {
+    "ravdess": "RAVDESS speech, 24 actors (20 here), acted; CC BY-NC-SA 4.0. Livingstone & Russo (2018), "
+               "PLoS ONE 13(5): e0196391",
+    "tess": "TESS, 2 actresses aged 26 and 64, 'Say the word …'; CC BY-NC-ND 4.0. Dupuis & "
+            "Pichora-Fuller (2010), University of Toronto, doi:10.5683/SP2/E8H2MF",
+    "savee": "SAVEE, 4 male actors; research use. Haq & Jackson (2009)",
+    "demo": "this project's synthetic demo corpus (espeak-ng and festival voices), generated locally",
+}
 
 
 def model_summary(model_cls: type) -> str:
@@ -129,7 +143,9 @@ def model_card(checkpoint: str | Path, device: str = "cpu") -> ModelCard:
         flops_10s=count_flops(model, synthetic_clip(model)),
         labels=list(meta["config"]["labels"]),
         config={k: v for k, v in meta["config"].items() if k != "labels"},
-        demo_test=meta.get("metrics", {}).get("test", {}),
+        demo_test=_demo_scores(meta.get("metrics", {}).get("test", {})),
+        by_corpus=meta.get("metrics", {}).get("test", {}).get("by_corpus", {}),
+        trained_on=trained_on(meta),
         paper_results=PAPER_RESULTS.get(name, {}),
         training={k: meta.get("training", {}).get(k) for k in ("preset", "epochs", "hyper", "sizes")}
         | {"epoch_seconds": meta.get("metrics", {}).get("epoch_seconds"),
@@ -141,3 +157,39 @@ def model_card(checkpoint: str | Path, device: str = "cpu") -> ModelCard:
 def model_doc(model_cls: type) -> str:
     """The whole docstring of the model's file (its design, with the paper's equations)."""
     return (importlib.import_module(model_cls.__module__).__doc__ or "").strip()
+
+
+def _demo_scores(test: dict[str, Any]) -> dict[str, Any]:
+    """The demo corpus's test scores: the whole test part, or its share of a mix's."""
+    by = test.get("by_corpus") or {}
+    return by.get("demo", by.get("manifest", {})) if by else test
+
+
+def trained_on(meta: dict[str, Any]) -> list[str]:
+    """The corpora a checkpoint was trained on (a mix's training corpora, or its one corpus)."""
+    training = meta.get("training", {})
+    if training.get("mix"):
+        return [m["name"] for m in training["mix"] if not m.get("test_only")]
+    corpus = training.get("corpus")
+    return ["demo" if corpus == "manifest" and "demo_corpus" in str(training.get("root", "")) else corpus] \
+        if corpus else []
+
+
+REAL_VOICES = "real_voices.json"
+
+
+def real_voices_report(checkpoints_dir: str | Path | None = None) -> dict[str, Any] | None:
+    """The real-voice evaluation shipped beside the checkpoints (probe baseline, cross-corpus runs,
+    what augmentation and mixing bought), or None when there is none. Written by the commands in
+    checkpoints/README.md; read as JSON only."""
+    import json
+
+    from .paths import CHECKPOINTS_DIR
+
+    path = Path(checkpoints_dir or CHECKPOINTS_DIR) / REAL_VOICES
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        return None

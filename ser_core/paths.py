@@ -7,7 +7,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLES_DIR = REPO_ROOT / "samples"
-CHECKPOINTS_DIR = REPO_ROOT / "checkpoints"
+CHECKPOINTS_DIR = REPO_ROOT / "checkpoints"  # the checkpoints shipped with the project
 
 
 def cache_dir() -> Path:
@@ -26,3 +26,27 @@ def cache_dir() -> Path:
 def default_corpus_dir() -> Path:
     """Where ``python -m ser_core corpus`` writes the demo corpus by default."""
     return Path(os.environ.get("SER_CORPUS_DIR") or cache_dir() / "demo_corpus")
+
+
+def checkpoints_dir() -> Path:
+    """Where the app writes the checkpoints it trains: ``SER_CHECKPOINTS_DIR``, else the repo's
+    ``checkpoints/`` (``CHECKPOINTS_DIR``, read at call time so tests can point it elsewhere)."""
+    raw = (os.environ.get("SER_CHECKPOINTS_DIR") or "").strip()
+    return Path(raw).expanduser() if raw else Path(CHECKPOINTS_DIR)
+
+
+def checkpoint_dirs() -> list[Path]:
+    """The folders the checkpoint pickers list: trained checkpoints first, then the shipped ones
+    (one folder when ``SER_CHECKPOINTS_DIR`` is not set or is the repo's ``checkpoints/``)."""
+    folders: list[Path] = []
+    for folder in (checkpoints_dir(), Path(CHECKPOINTS_DIR)):
+        if not any(_same(folder, seen) for seen in folders):
+            folders.append(folder)
+    return folders
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return a == b

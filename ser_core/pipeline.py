@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .asr import require_asr_words, require_speech
 from .audio import load_audio
 from .checkpoint import load_checkpoint
 from .errors import InputError
@@ -44,6 +45,7 @@ class Analysis:
     top_p: float | None
     timings: dict[str, float] = field(default_factory=dict)
     analyzer: "Analyzer | None" = field(default=None, repr=False, compare=False)
+    options: dict[str, Any] = field(default_factory=dict)  # other model options (MESM's modalities)
 
     @property
     def predicted(self) -> str:
@@ -60,6 +62,35 @@ class Analysis:
         if self.analyzer is None:
             raise RuntimeError("this Analysis is detached from its Analyzer")
         return self.analyzer.run_model(self.features, keep_ratio=keep_ratio, top_p=top_p, **options)
+
+    def attribution(self, method: str = "integrated_gradients", **kwargs: Any) -> dict[str, np.ndarray | None]:
+        """One score per word and per speech frame for the predicted class's probability:
+        ``{"words": array[n_words] or None, "frames": array[n_frames] or None}`` on the trace's
+        word and frame axes (``ser_core.attribution``). method: "integrated_gradients" (baseline:
+        all zeros), "input_x_gradient" or "rollout". Cached per utterance and setting."""
+        return self.attribution_details(method, **kwargs).as_dict()
+
+    def attribution_details(self, method: str = "integrated_gradients", **kwargs: Any):
+        """The full :class:`ser_core.attribution.Attribution` (IG's completeness delta, timing)."""
+        return self._attached().attribute(self, method, **kwargs)
+
+    def attribution_axes(self) -> dict[str, AxisLabels | None]:
+        """The AxisLabels that ``attribution()``'s "words" / "frames" scores index."""
+        from .attribution import attribution_axes
+
+        return attribution_axes(self._attached().model, self.features)
+
+    def deletion_test(self, layer: str | None = None, **kwargs: Any):
+        """Faithfulness: remove the top 10…50 % of words / frames by the attention of ``layer``
+        (default: the page's word and waveform records), by each attribution and at random; the
+        predicted class's probability after each removal, and AOPC (``ser_core.deletion``).
+        Cached per utterance, setting and layer."""
+        return self._attached().deletion_test(self, layer=layer, **kwargs)
+
+    def _attached(self) -> "Analyzer":
+        if self.analyzer is None:
+            raise RuntimeError("this Analysis is detached from its Analyzer")
+        return self.analyzer
 
     def to_dict(self, with_weights: bool = False) -> dict[str, Any]:
         return {
@@ -104,6 +135,9 @@ class Analyzer:
         # The feature-extraction module's output per utterance (it does not depend on k/p):
         # a keep_ratio change re-runs only the key-sparse part of the model.
         self._extracted: OrderedDict[str, Any] = OrderedDict()
+        # Attributions and deletion tests per (utterance, setting, ...): computed once each.
+        self._explanations: OrderedDict[tuple, Any] = OrderedDict()
+        self._explanations_lock = threading.Lock()
 
     @property
     def uses_video(self) -> bool:
@@ -132,16 +166,24 @@ class Analyzer:
         ``video`` (path, bytes, file-like) is used by models that see faces (``uses_video``);
         others ignore it. Raises InputError (a message for the user) on bad input, e.g. a
         video in which no face is found.
+
+        Before the model runs, the clip must hold at least ``asr.MIN_SPEECH_SECONDS`` of speech
+        and, when its words come from Whisper (no typed transcript), at least one word Whisper
+        is reasonably sure of (``asr.MIN_WORD_PROBABILITY``); otherwise InputError says so
+        instead of giving a prediction. Feature extraction for training does not check this.
         """
         t0 = time.perf_counter()
         samples = audio if isinstance(audio, np.ndarray) else load_audio(audio)
         t1 = time.perf_counter()
         if transcript is not None and not transcript.strip():
             transcript = None
+        require_speech(samples)  # before ASR and the encoders: cheap, and they would be wasted
         feats = self.extractor.extract(
             samples, transcript=transcript, video=video if self.uses_video else None,
             extras=feature_extras(self.model),
         )
+        if feats.transcript_source == "asr":  # a typed transcript: the user told us the words
+            require_asr_words(feats.words)
         t2 = time.perf_counter()
         result = self.run_model(feats, keep_ratio=keep_ratio, top_p=top_p)
         result.timings.update({"decode": t1 - t0, "features": t2 - t1, "total": time.perf_counter() - t0})
@@ -177,7 +219,72 @@ class Analyzer:
             top_p=top_p,
             timings={"model": time.perf_counter() - t0},
             analyzer=self,
+            options=dict(options),
         )
+
+    # --- attributions and the deletion test (ser_core.attribution, ser_core.deletion) ---------
+
+    def _setting(self, analysis: Analysis) -> dict[str, Any]:
+        return {"keep_ratio": analysis.keep_ratio, "top_p": analysis.top_p, "options": dict(analysis.options)}
+
+    def _cached(self, key: tuple, compute):
+        with self._explanations_lock:
+            if key in self._explanations:
+                self._explanations.move_to_end(key)
+                return self._explanations[key]
+        value = compute()
+        with self._explanations_lock:
+            self._explanations[key] = value
+            while len(self._explanations) > 64:
+                self._explanations.popitem(last=False)
+        return value
+
+    def attribute(self, analysis: Analysis, method: str = "integrated_gradients",
+                  n_steps: int | None = None, internal_batch_size: int | None = None):
+        """The Attribution of ``analysis``'s prediction (cached per utterance, setting, method)."""
+        from .attribution import METHODS, compute_attribution, setting_key
+
+        if method not in METHODS:
+            raise InputError(f"Unknown attribution method {method!r}; use one of {list(METHODS)}.")
+        setting = self._setting(analysis)
+        steps = int(n_steps) if n_steps else None  # None: the model family's default
+        key = ("attribution", analysis.features.key, setting_key(**setting), method,
+               steps if method == "integrated_gradients" else None)
+        target = int(np.argmax(analysis.probs))
+
+        def compute():
+            with self._lock:
+                return compute_attribution(
+                    self.model, analysis.features, analysis.trace, target, self.labels[target], method,
+                    setting, n_steps=steps, internal_batch_size=internal_batch_size, device=self.device)
+
+        return self._cached(key, compute)
+
+    def deletion_test(self, analysis: Analysis, layer: str | None = None,
+                      rankings: tuple[str, ...] | None = None, steps: tuple[float, ...] | None = None,
+                      seed: int = 0, n_steps: int | None = None):
+        """The DeletionResult of ``analysis`` (cached per utterance, setting, layer, rankings)."""
+        from .attribution import setting_key
+        from .deletion import DEFAULT_RANKINGS, STEPS, run_deletion_test
+
+        rankings = tuple(rankings or DEFAULT_RANKINGS)
+        steps = tuple(steps or STEPS)
+        setting = self._setting(analysis)
+        key = ("deletion", analysis.features.key, setting_key(**setting), layer, rankings, steps, seed, n_steps)
+        target = int(np.argmax(analysis.probs))
+
+        def compute():
+            attributions = {r: self.attribute(analysis, r, n_steps=n_steps)
+                            for r in rankings if r in ("integrated_gradients", "input_x_gradient", "rollout")}
+            # removals already run on this utterance at this setting (e.g. for another layer)
+            known = self._cached(("deletion rows", analysis.features.key, setting_key(**setting)), dict)
+            with self._lock:
+                return run_deletion_test(
+                    self.model, analysis.features, analysis.trace, target, self.labels[target],
+                    float(analysis.probs[target]), attributions, setting, layer=layer, rankings=rankings,
+                    steps=steps, seed=seed, device=self.device, known=known)
+
+        return self._cached(key, compute)
 
 
 __all__ = ["Analyzer", "Analysis", "DEFAULT_CHECKPOINT", "InputError"]

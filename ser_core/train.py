@@ -1,9 +1,10 @@
-"""Training and evaluation on cached features (``python -m ser_core train|evaluate``).
+"""Training on cached features (``python -m ser_core train|evaluate``).
 
-    corpus loader → protocol fold (train / val carved from train / test)
+    corpus loader → protocol fold (train / val carved from train / test)     train_data.py
       → FeatureExtractor.extract per utterance (disk cache: a second run encodes nothing)
       → model epochs (the model is chosen on validation UA, never on test)
       → checkpoint (safetensors + JSON meta, atomic) + metrics.jsonl + resume state
+      → test scores, per corpus for a mix                                      scoring.py
 
 Hyperparameter presets live in ``PRESETS``: "paper" is the KS-Transformer paper's setting
 (sec. 3.2: SGD, lr 5e-4 halved every 30 epochs, dropout 0.5, batch 32); "fast" reaches a
@@ -14,15 +15,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import random
 import tempfile
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,15 +31,14 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import metrics
-from .audio import load_audio
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import load_corpus
-from .data.base import Utterance
-from .data import protocols
+from .data.mix import balance_weights, corpus_specs
 from .errors import InputError
-from .features import EXTRAS, FeatureExtractor, Features, atomic_write
+from .features import FeatureExtractor, atomic_write
 from .models import build_model
-from .models.base import collate_batch, feature_extras, model_class, model_inputs
+from .models.base import collate_batch, model_class
+from .scoring import evaluate, predict, score_parts
+from .train_data import crop_features, extract_all, load_fold, with_augmented_copies
 
 PRESETS: dict[str, dict[str, Any]] = {
     # KS-Transformer paper, sec. 3.2 (momentum is not stated; 0.9 is the usual SGD setting).
@@ -76,6 +76,14 @@ class TrainConfig:
     init_from: str | None = None  # fine-tune: start from this checkpoint's weights
     state_every: int = 20  # write the resume state every this many batches (and at each epoch end)
     calibration_batches: int = 16  # training batches that re-estimate batch-norm statistics per epoch
+    # several corpora in one run (data/mix.py): [{"name", "root", "test_only"}]; replaces corpus/root
+    mix: list[dict[str, Any]] | None = None
+    classes: list[str] | None = None  # the label set of a mix (default: ang, hap, neu, sad)
+    balance: bool = True  # a mix samples every corpus, and every class in it, equally often
+    augment_copies: int = 0  # augmented copies of every training utterance (augment.py), cached
+    augment_seed: int = 0
+    augment_corpora: list[str] | None = None  # corpora whose training utterances are augmented (None: all)
+    epoch_items: int | None = None  # a balanced mix draws this many items per epoch (default: all of them)
 
     def hyper(self) -> dict[str, Any]:
         h = dict(PRESETS[self.preset])
@@ -83,129 +91,6 @@ class TrainConfig:
             if getattr(self, key) is not None:
                 h[key] = getattr(self, key)
         return h
-
-
-# --- data --------------------------------------------------------------------------------------
-def load_fold(cfg: TrainConfig) -> protocols.Fold:
-    utts = load_corpus(cfg.corpus, cfg.root)
-    if cfg.max_utterances:
-        rng = random.Random(cfg.seed)
-        utts = list(utts)
-        rng.shuffle(utts)
-        utts = utts[: cfg.max_utterances]
-    folds = list(_folds(cfg.protocol, utts, cfg.seed))
-    if not folds:
-        raise InputError(f"protocol {cfg.protocol!r} gave no folds for this corpus")
-    if cfg.fold >= len(folds):
-        raise InputError(f"fold {cfg.fold} does not exist: protocol gives {len(folds)} folds")
-    return folds[cfg.fold]
-
-
-def _folds(protocol: str, utts: list[Utterance], seed: int) -> Iterable[protocols.Fold]:
-    if protocol == "predefined":
-        return protocols.predefined_split(utts)
-    if protocol in ("loso", "leave-one-session-out"):
-        return protocols.leave_one_session_out(utts)
-    if protocol in ("lospk", "leave-one-speaker-out"):
-        return protocols.leave_one_speaker_out(utts)
-    if protocol in ("random", "stratified"):
-        return protocols.stratified_split(utts, seed=seed)
-    raise InputError(f"unknown protocol {protocol!r}")
-
-
-def utterance_audio(utt: Utterance) -> np.ndarray:
-    if utt.start is not None and utt.end is not None and utt.audio.suffix.lower() not in (".wav", ".flac"):
-        from .audio import load_audio_segment
-
-        return load_audio_segment(utt.audio, utt.start, utt.end)
-    return load_audio(utt.audio)
-
-
-def extract_all(
-    utts: list[Utterance], extractor: FeatureExtractor, desc: str = "features", progress: bool = True,
-    model=None,
-) -> list[Features]:
-    """Features for every utterance (disk-cached: a second call decodes and encodes nothing).
-
-    Only what the model reads (its ``inputs``) is kept in memory, speech states as float16. A
-    corpus video in which no face is found is used without faces (with a warning), as an
-    utterance without video is.
-    """
-    inputs = model_inputs(model) if model is not None else ("speech", "text")
-    extras = feature_extras(model) if model is not None else ()
-    out, faceless = [], []
-    for utt in tqdm(utts, desc=desc, disable=not progress, leave=False):
-        audio = utterance_audio(utt)
-        video = utt.video if "faces" in extras else None
-        try:
-            feats = extractor.extract(audio, transcript=utt.transcript, video=video, extras=extras)
-        except InputError:
-            if video is None:
-                raise
-            faceless.append(utt.id)
-            feats = extractor.extract(audio, transcript=utt.transcript, extras=extras)
-        out.append(_compact(feats, inputs))
-    if faceless:
-        warnings.warn(f"{len(faceless)} videos had no detectable face and were used without faces "
-                      f"(e.g. {faceless[:3]})", stacklevel=2)
-    return out
-
-
-def _compact(feats: Features, inputs: tuple[str, ...] = ("speech", "text")) -> Features:
-    empty = np.zeros((0, 0, 0), np.float16)
-    return Features(
-        key=feats.key,
-        audio=feats.audio.astype(np.float32) if "audio" in inputs else np.zeros(0, np.float32),
-        words=feats.words,
-        speech=feats.speech.astype(np.float16) if "speech" in inputs else empty,
-        frame_times=feats.frame_times,
-        text=feats.text.astype(np.float16) if "text" in inputs else np.zeros((len(feats.words), 0), np.float16),
-        transcript_source=feats.transcript_source,
-        extra={k: feats.extra[k] for i in inputs for k in EXTRAS.get(i, ()) if k in feats.extra},
-    )
-
-
-def crop_features(feats: Features, max_seconds: float) -> Features:
-    """The first ``max_seconds`` of an utterance (training caps long items, as the paper does)."""
-    keep_frames = int((feats.frame_times < max_seconds).sum())
-    words = [w for w in feats.words if w.start < max_seconds]
-    if keep_frames == len(feats.frame_times) and len(words) == len(feats.words) and \
-            len(feats.audio) <= max_seconds * 16000:
-        return feats
-    extra = dict(feats.extra)
-    if "sec_times" in extra:
-        keep = extra["sec_times"] < max_seconds
-        extra["sec_levels"], extra["sec_times"] = extra["sec_levels"][:, keep], extra["sec_times"][keep]
-    if "face_times" in extra:
-        keep = extra["face_times"] < max_seconds
-        for k in ("faces", "face_times", "face_boxes"):
-            if k in extra:
-                extra[k] = extra[k][keep]
-    return Features(
-        key=feats.key, audio=feats.audio[: int(max_seconds * 16000)], words=words,
-        speech=feats.speech[:, :keep_frames] if feats.speech.ndim == 3 else feats.speech,
-        frame_times=feats.frame_times[:keep_frames],
-        text=feats.text[: len(words)], transcript_source=feats.transcript_source, extra=extra,
-    )
-
-
-# --- evaluation --------------------------------------------------------------------------------
-@torch.no_grad()
-def predict(model, feats: list[Features], device, batch_size: int = 32, keep_ratio=None,
-            top_p=None, progress=None) -> np.ndarray:
-    """Class probabilities [N, C] for a list of features (``progress(done, total)`` if given)."""
-    model.eval()
-    probs = []
-    for i in range(0, len(feats), batch_size):
-        batch = collate_batch(model, feats[i : i + batch_size], device)
-        probs.append(model(batch, keep_ratio=keep_ratio, top_p=top_p).probs.float().cpu())
-        if progress is not None:
-            progress(min(i + batch_size, len(feats)), len(feats))
-    return torch.cat(probs).numpy() if probs else np.zeros((0, 0))
-
-
-def score(labels: list[str], y_true: list[str], probs: np.ndarray) -> dict[str, Any]:
-    return metrics.summary(y_true, [labels[i] for i in probs.argmax(1)])
 
 
 # --- training ----------------------------------------------------------------------------------
@@ -241,6 +126,7 @@ def train(cfg: TrainConfig, progress: bool = True, log=print, on_event=None, sho
 
     fold = load_fold(cfg)
     labels = sorted({u.label for u in fold.train})
+    train_utts = with_augmented_copies(fold.train, cfg.augment_copies, cfg.augment_seed, cfg.augment_corpora)
     model_cls = model_class(cfg.model)
     extractor = FeatureExtractor(cfg.speech_encoder, cfg.text_encoder, device=device,
                                  sec_encoder=cfg.sec_encoder)
@@ -253,14 +139,16 @@ def train(cfg: TrainConfig, progress: bool = True, log=print, on_event=None, sho
     t0 = time.perf_counter()
     emit({"event": "features", "n": len(fold.train) + len(fold.val) + len(fold.test)})
     with dist.main_first():  # rank 0 fills the disk cache, the others then read it
-        train_f = extract_all(fold.train, extractor, "train features", progress, model)
+        train_f = extract_all(train_utts, extractor, "train features", progress, model)
         val_f = extract_all(fold.val, extractor, "val features", progress, model)
         test_f = extract_all(fold.test, extractor, "test features", progress, model)
     if cfg.max_seconds:
         train_f = [crop_features(f, cfg.max_seconds) for f in train_f]
     feature_time = time.perf_counter() - t0
     index = {l: i for i, l in enumerate(labels)}
-    y_train = torch.tensor([index[u.label] for u in fold.train])
+    y_train = torch.tensor([index[u.label] for u in train_utts])
+    # a mix draws each epoch's items by balance_weights (with replacement), else a permutation
+    sample_weights = torch.tensor(balance_weights(train_utts)) if cfg.mix and cfg.balance else None
 
     if cfg.init_from:
         _init_from(model, cfg.init_from, device, log)
@@ -320,7 +208,7 @@ def train(cfg: TrainConfig, progress: bool = True, log=print, on_event=None, sho
             state["arch_optimizer"] = arch_opt.state_dict()
         _atomic_torch_save(state_path, state)
 
-    n = len(train_f)
+    n = len(train_f) if sample_weights is None else (cfg.epoch_items or len(train_f))
     bs = hyper["batch_size"]
     n_batches = (n + bs - 1) // bs
     emit({"event": "start", "epochs": hyper["epochs"], "batches": n_batches, "history": history,
@@ -329,7 +217,9 @@ def train(cfg: TrainConfig, progress: bool = True, log=print, on_event=None, sho
         epoch = pos["epoch"]
         trained.train()
         t_epoch = time.perf_counter()
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
+        generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        order = (torch.multinomial(sample_weights, n, replacement=True, generator=generator)
+                 if sample_weights is not None else torch.randperm(n, generator=generator))
         batches = range(pos["batch"], n_batches)
         for b in tqdm(batches, desc=f"epoch {epoch + 1}", disable=not progress, leave=False):
             if should_stop is not None and should_stop():
@@ -367,8 +257,10 @@ def train(cfg: TrainConfig, progress: bool = True, log=print, on_event=None, sho
                                "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t_epoch}
         if dist.is_main:
             val_probs = predict(model, val_f, device)
-            val = score(labels, [u.label for u in fold.val], val_probs)
+            val = score_parts(labels, fold.val, val_probs)
             row.update({"val_wa": val["wa"], "val_ua": val["ua"], "val_macro_f1": val["macro_f1"]})
+            if "by_corpus" in val:
+                row["val_ua_by_corpus"] = {c: v["ua"] for c, v in val["by_corpus"].items()}
             if val["ua"] > best["val_ua"]:
                 best = {"val_ua": val["ua"], "val_wa": val["wa"], "epoch": epoch + 1}
                 save_checkpoint(out, model, {**meta, "metrics": {"val": val, "epoch": epoch + 1}})
@@ -391,12 +283,12 @@ def train(cfg: TrainConfig, progress: bool = True, log=print, on_event=None, sho
     best_model, best_meta = load_checkpoint(out, device=device)
     if hasattr(best_model, "choose_on_validation"):  # e.g. MFSN's Choice Cell level
         chosen = best_model.choose_on_validation(
-            lambda: score(labels, [u.label for u in fold.val], predict(best_model, val_f, device))["ua"])
+            lambda: score_parts(labels, fold.val, predict(best_model, val_f, device))["ua"])
         best_meta["config"] = best_model.config.to_dict()
         best_meta["chosen_on_validation"] = chosen
         log(json.dumps({"chosen_on_validation": chosen}))
     test_probs = predict(best_model, test_f, device)
-    test = score(labels, [u.label for u in fold.test], test_probs)
+    test = score_parts(labels, fold.test, test_probs)
     best_meta["metrics"] = {**best_meta.get("metrics", {}), "test": test,
                             "feature_seconds": feature_time,
                             "epoch_seconds": [round(r["seconds"], 2) for r in history]}
@@ -485,49 +377,6 @@ class _Distributed:
             tdist.destroy_process_group()
 
 
-def evaluate(checkpoint: str, corpus: str, root: str, protocol: str = "predefined", fold: int = 0,
-             split: str = "test", device: str | None = None, progress: bool = True,
-             keep_ratio: float | None = None, top_p: float | None = None,
-             on_progress=None) -> dict[str, Any]:
-    """Score a checkpoint on a corpus fold: WA, UA, macro-F1, per-class table, confusion matrix,
-    predictions. ``on_progress(stage, done, total)`` reports feature extraction and scoring."""
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, meta = load_checkpoint(checkpoint, device=dev)
-    labels = list(meta["config"]["labels"])
-    folds = list(_folds(protocol, load_corpus(corpus, root), 0))
-    if not folds:
-        raise InputError(f"Protocol {protocol!r} gave no folds for this corpus.")
-    if not 0 <= fold < len(folds):
-        raise InputError(f"Fold {fold} does not exist: protocol {protocol!r} gives {len(folds)} folds.")
-    utts = [u for u in getattr(folds[fold], split) if u.label in labels]
-    if not utts:
-        raise InputError(f"The {split} part of fold {folds[fold].name!r} has no utterance with a label "
-                         f"this model knows ({', '.join(labels)}).")
-    enc = meta.get("encoders", {})
-    extractor = FeatureExtractor(enc.get("speech", "whisper:tiny.en"), enc.get("text", "minilm"), device=dev,
-                                 sec_encoder=enc.get("sec"))
-    feats = []
-    for i, utt in enumerate(utts):
-        feats += extract_all([utt], extractor, f"{split} features", False, model)
-        if on_progress is not None:
-            on_progress("features", i + 1, len(utts))
-    probs = predict(model, feats, dev, keep_ratio=keep_ratio, top_p=top_p,
-                    progress=None if on_progress is None else (lambda d, t: on_progress("model", d, t)))
-    y_true = [u.label for u in utts]
-    y_pred = [labels[i] for i in probs.argmax(1)]
-    result = score(labels, y_true, probs)
-    result["labels"] = labels
-    result["fold"] = folds[fold].name
-    result["confusion_matrix"] = metrics.confusion_matrix(y_true, y_pred, labels=labels).tolist()
-    result["per_class"] = metrics.classification_report_table(y_true, y_pred, labels=labels)
-    result["predictions"] = [
-        {"id": u.id, "true": t, "pred": p, "confidence": float(pr.max()), "audio": str(u.audio),
-         "transcript": u.transcript, "video": None if u.video is None else str(u.video)}
-        for u, t, p, pr in zip(utts, y_true, y_pred, probs)
-    ]
-    return result
-
-
 # --- RNG and state helpers ---------------------------------------------------------------------
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -563,9 +412,23 @@ def add_cli(subparsers) -> None:
     p = subparsers.add_parser("train", help="train a model on a corpus (features cached)",
                               description="Train a model; the epoch is chosen on validation UA.")
     p.add_argument("--model", default="ks_transformer")
-    p.add_argument("--corpus", default="manifest", help="iemocap | ravdess | cremad | meld | manifest")
-    p.add_argument("--root", default=None, help="corpus folder or manifest CSV (default: the demo corpus)")
-    p.add_argument("--protocol", default="predefined", help="predefined | loso | lospk | random")
+    p.add_argument("--corpus", action="append", default=[],
+                   help="iemocap | ravdess | tess | savee | cremad | meld | manifest | demo; repeat it to "
+                        "train on a mix (each corpus split by speaker, classes balanced); test:NAME scores "
+                        "a corpus without training on it (default: the demo corpus)")
+    p.add_argument("--root", action="append", default=[],
+                   help="each corpus's folder (or manifest CSV), in the order of --corpus; demo needs none")
+    p.add_argument("--protocol", default="predefined",
+                   help="one corpus: predefined | loso | lospk | random | speakers (a mix always uses speakers)")
+    p.add_argument("--classes", help="a mix's labels, comma-separated (default ang,hap,neu,sad)")
+    p.add_argument("--no-balance", action="store_true", help="a mix: do not balance corpora and classes")
+    p.add_argument("--augment", type=int, default=0, metavar="N",
+                   help="add N augmented copies of each training utterance (noise, room, microphone, "
+                        "speed, pitch; reproducible from --augment-seed)")
+    p.add_argument("--augment-seed", type=int, default=0)
+    p.add_argument("--augment-corpora", help="comma-separated corpora to augment (default: all)")
+    p.add_argument("--epoch-items", type=int, help="a mix: items drawn per epoch (default: as many as "
+                                                   "there are training items)")
     p.add_argument("--fold", type=int, default=0)
     p.add_argument("--preset", default="fast", choices=sorted(PRESETS))
     p.add_argument("--epochs", type=int)
@@ -592,9 +455,10 @@ def add_cli(subparsers) -> None:
 
     e = subparsers.add_parser("evaluate", help="score a checkpoint on a corpus (WA, UA, confusion matrix)")
     e.add_argument("checkpoint")
-    e.add_argument("--corpus", default="manifest")
+    e.add_argument("--corpus", default="manifest", help="a corpus name (demo needs no --root)")
     e.add_argument("--root", default=None)
-    e.add_argument("--protocol", default="predefined")
+    e.add_argument("--protocol", default="predefined",
+                   help="predefined | loso | lospk | random | speakers (a mix's split) | all (cross-corpus)")
     e.add_argument("--fold", type=int, default=0)
     e.add_argument("--split", default="test", choices=["train", "val", "test"])
     e.add_argument("--keep-ratio", type=float)
@@ -625,9 +489,33 @@ def _parse_model_args(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def corpus_choice(corpora: list[str], roots: list[str]) -> dict[str, Any]:
+    """TrainConfig fields for the ``--corpus/--root`` lists (shared by the CLI and the Train page):
+    one corpus keeps its protocol; several (or one marked test:) become a mix."""
+    corpora = [c for c in corpora if c] or ["demo"]
+    if len(corpora) == 1 and not corpora[0].lower().startswith("test:"):
+        name = corpora[0].lower()
+        if name == "demo":
+            from .data.mix import demo_manifest
+
+            return {"corpus": "manifest", "root": str(demo_manifest())}
+        if not roots:
+            raise InputError(f"The corpus {name} needs a folder: give --root.")
+        return {"corpus": name, "root": roots[0]}
+    specs = corpus_specs(corpora, roots)
+    return {"corpus": "mix", "root": "", "mix": [dataclasses.asdict(s) for s in specs]}
+
+
 def _train_cli(args: argparse.Namespace) -> int:
+    choice = corpus_choice(args.corpus, args.root)
+    if args.protocol != "predefined" and "mix" in choice:
+        raise InputError("A mix of corpora is always split by speaker per corpus; leave out --protocol.")
     cfg = TrainConfig(
-        model=args.model, corpus=args.corpus, root=_default_root(args), protocol=args.protocol,
+        **choice, protocol=args.protocol,
+        classes=args.classes.split(",") if args.classes else None, balance=not args.no_balance,
+        augment_copies=args.augment, augment_seed=args.augment_seed,
+        augment_corpora=args.augment_corpora.split(",") if args.augment_corpora else None,
+        epoch_items=args.epoch_items, model=args.model,
         fold=args.fold, preset=args.preset, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, dropout=args.dropout, seed=args.seed, out=args.out, run_dir=args.run_dir,
         resume=args.resume, max_utterances=args.max_utterances, device=args.device,
@@ -657,6 +545,10 @@ def _train_cli(args: argparse.Namespace) -> int:
 
 
 def _evaluate_cli(args: argparse.Namespace) -> int:
+    if args.corpus == "demo":
+        from .data.mix import demo_manifest
+
+        args.corpus, args.root = "manifest", str(demo_manifest())
     result = evaluate(args.checkpoint, args.corpus, _default_root(args), args.protocol, args.fold,
                       args.split, args.device, keep_ratio=args.keep_ratio, top_p=args.top_p)
     print(json.dumps({k: v for k, v in result.items() if k != "predictions"}, indent=2))

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from .checkpoint import list_checkpoints, read_meta
+from .checkpoint import list_all_checkpoints, read_meta
 from .errors import InputError
-from .paths import CHECKPOINTS_DIR, SAMPLES_DIR
+from .paths import SAMPLES_DIR
 
 log = logging.getLogger("ser_core.ui")
 
@@ -53,9 +53,10 @@ def checkpoint_meta(path: str) -> dict:
 
 def checkpoint_picker(models: tuple[str, ...] | None = None,
                       default: str = "ks_transformer_demo.safetensors") -> str | None:
-    """Sidebar: choose a checkpoint from checkpoints/ (only of ``models`` when given; ``default``
-    first selected when present); shows model, device and test scores."""
-    paths = list_checkpoints(CHECKPOINTS_DIR)
+    """Sidebar: choose a checkpoint (trained here first, then the shipped ones; only of
+    ``models`` when given; ``default`` first selected when present); shows what it recognises,
+    where it runs and how it does on voices it never heard."""
+    paths = list_all_checkpoints()
     if models:
         def model_of(path):
             try:
@@ -65,27 +66,34 @@ def checkpoint_picker(models: tuple[str, ...] | None = None,
 
         paths = [p for p in paths if model_of(p) in models]
     if not paths:
-        what = f"{' or '.join(models)} checkpoint" if models else "checkpoint"
-        st.sidebar.error(f"No {what} in checkpoints/. Train one with `python -m ser_core train`.")
+        what = f"{' or '.join(models)} model" if models else "model"
+        st.sidebar.error(f"No trained {what} was found. A teacher can train one on the Train page.")
         return None
-    names = [p.name for p in paths]
+    by_name = {}
+    for p in paths:  # a trained model of the same name as a shipped one is listed first and wins
+        by_name.setdefault(p.name, p)
+    names = list(by_name)
     default = names.index(default) if default in names else 0
     chosen = st.sidebar.selectbox("Model checkpoint", names, index=default,
                                   key="checkpoint" if not models else f"checkpoint_{'_'.join(models)}")
     try:
-        meta = checkpoint_meta(CHECKPOINTS_DIR / chosen)
+        meta = checkpoint_meta(by_name[chosen])
     except InputError as exc:
         st.sidebar.error(str(exc))
         return None
     test = meta.get("metrics", {}).get("test", {})
+    by = test.get("by_corpus") or {}
     import torch
 
     device = "GPU (" + torch.cuda.get_device_name(0) + ")" if torch.cuda.is_available() else "CPU"
+    scores = (" · ".join(f"{k.upper() if k != 'demo' else 'synthetic'} voices {100 * v['ua']:.0f} %"
+                         for k, v in by.items() if "ua" in v) if by
+              else (f"demo-corpus test voices {100 * test['ua']:.0f} %" if test.get("ua") is not None else ""))
     st.sidebar.caption(
-        f"**{meta.get('model')}** · classes {', '.join(meta['config']['labels'])} · runs on {device}"
-        + (f" · demo-corpus test WA {test['wa']:.2f} / UA {test['ua']:.2f}" if test else "")
+        f"**{meta.get('model')}** · emotions: {', '.join(label_name(l) for l in meta['config']['labels'])} "
+        f"· runs on {device}" + (f" · right on unseen speakers (mean over emotions): {scores}" if scores else "")
     )
-    return str(CHECKPOINTS_DIR / chosen)
+    return str(by_name[chosen])
 
 
 def sample_clips() -> list[dict[str, str]]:
@@ -346,25 +354,131 @@ def faithfulness_note(checkpoint: str | None) -> str | None:
     )
 
 
-def corpus_picker(key: str):
+def corpus_picker(key: str, mix: bool = False):
     """Corpus kind + path widgets (demo corpus, a corpus folder or a manifest CSV); returns
     (kind, path or None). Each kind says what layout it expects; a missing demo corpus names
-    the command that makes it."""
-    from . import jobs
+    the command that makes it.
+
+    With ``mix`` (the Train page) more corpora can be added to the first one, each with its own
+    path box and a "test only" tick (cross-corpus: scored, never trained on); it then returns a
+    list of (kind, path or None, test_only), the first corpus first."""
+    from . import corpus_choice
     from .paths import default_corpus_dir
 
+    def title(kind: str) -> str:
+        return corpus_choice.CORPUS_KINDS[kind]["title"]
+
+    def where(kind: str, box, path_key: str, label: str) -> str | None:
+        layout = corpus_choice.CORPUS_KINDS[kind]["layout"]
+        if kind == "demo":
+            manifest = default_corpus_dir() / "manifest.csv"
+            if manifest.exists():
+                box.caption(f"`{manifest}`")
+            else:
+                box.warning(f"No demo corpus at `{manifest}`: generate it with `python -m ser_core corpus`.")
+            return None
+        path = box.text_input(label, key=path_key, help=f"Expected: {layout}.",
+                              placeholder=corpus_choice.CORPUS_KINDS[kind]["example"])
+        box.caption(f"Expected: {layout}.")
+        return path
+
     c1, c2 = st.columns([1, 2])
-    kind = c1.selectbox("Corpus", list(jobs.CORPUS_KINDS), key=f"{key}_corpus_kind",
-                        format_func=lambda k: jobs.CORPUS_KINDS[k]["title"])
-    layout = jobs.CORPUS_KINDS[kind]["layout"]
-    if kind == "demo":
-        manifest = default_corpus_dir() / "manifest.csv"
-        if manifest.exists():
-            c2.caption(f"`{manifest}`")
-        else:
-            c2.warning(f"No demo corpus at `{manifest}`: generate it with `python -m ser_core corpus`.")
-        return kind, None
-    path = c2.text_input("Path on this machine", key=f"{key}_corpus_path", help=f"Expected: {layout}.",
-                         placeholder=jobs.CORPUS_KINDS[kind]["example"])
-    c2.caption(f"Expected: {layout}.")
-    return kind, path
+    kind = c1.selectbox("Corpus", list(corpus_choice.CORPUS_KINDS), key=f"{key}_corpus_kind", format_func=title)
+    path = where(kind, c2, f"{key}_corpus_path", "Path on this machine")
+    if not mix:
+        return kind, path
+    chosen = [(kind, path, False)]
+    more = st.multiselect("Mix in more corpora (optional)", list(corpus_choice.CORPUS_KINDS), key=f"{key}_mix_kinds",
+                          format_func=title, placeholder="none: train on the corpus above only",
+                          help=corpus_choice.MIX_NOTE)
+    for extra in more:
+        if extra == kind:
+            st.caption(f"The {title(extra)} is already the first corpus.")
+            continue
+        c1, c2 = st.columns([1, 2])
+        c1.markdown(f"**{title(extra)}**")
+        test_only = c1.checkbox("Test only (cross-corpus)", key=f"{key}_test_only_{extra}",
+                                help="Scored at the end, never trained on: how the model does on a "
+                                     "corpus it never heard.")
+        chosen.append((extra, where(extra, c2, f"{key}_corpus_path_{extra}", f"Path of the {title(extra)}"),
+                       test_only))
+    return chosen
+
+
+def real_voices_section(cards) -> None:
+    """The Models page's "real voices" tables: held-out speakers per corpus beside the linear
+    probe, cross-corpus runs, what augmentation and mixing bought, and the corpora's licences."""
+    import pandas as pd
+
+    from .model_card import CORPUS_NOTES, real_voices_report
+
+    report = real_voices_report()
+    st.subheader("On real voices it never heard")
+    if report is None:
+        st.caption("No real-voice evaluation ships with these checkpoints.")
+        return
+
+    def pct(x):
+        return "–" if x is None else f"{100 * x:.1f}"
+
+    corpora = report.get("corpora", [])
+    st.markdown(
+        "Real acted speech, scored on **speakers held out of training** (each corpus split by "
+        "speaker). The **linear probe** is the baseline to beat: a logistic regression on the same "
+        "frozen Whisper states, averaged over time, trained on the same data."
+    )
+    rows = [{"model": c.name, **{f"{k.upper()} UA %": pct(c.by_corpus.get(k, {}).get("ua")) for k in corpora},
+             **{f"{k.upper()} WA %": pct(c.by_corpus.get(k, {}).get("wa")) for k in corpora}} for c in cards]
+    probe = report.get("probe", {}).get("by_corpus", {})
+    rows.append({"model": "linear probe (baseline)",
+                 **{f"{k.upper()} UA %": pct(probe.get(k, {}).get("ua")) for k in corpora},
+                 **{f"{k.upper()} WA %": pct(probe.get(k, {}).get("wa")) for k in corpora}})
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    cross = report.get("cross_corpus", [])
+    if cross:
+        st.markdown("**A corpus the model never trained on** (every one of its clips is test data):")
+        st.dataframe(pd.DataFrame([{
+            "tested on": r["test"].upper(), "trained on": ", ".join(r["trained_on"]),
+            "KS-Transformer UA %": pct(r["model"].get("ua")), "KS-Transformer WA %": pct(r["model"].get("wa")),
+            "linear probe UA %": pct(r["probe"].get("ua")), "linear probe WA %": pct(r["probe"].get("wa")),
+        } for r in cross]), hide_index=True, width="stretch")
+    ablation = report.get("ablation", [])
+    if ablation:
+        st.markdown("**What augmentation and mixing bought** (KS-Transformer, same held-out speakers):")
+        st.dataframe(pd.DataFrame([{"training data": r["setting"],
+                                    **{f"{k.upper()} UA %": pct(r["by_corpus"].get(k, {}).get("ua"))
+                                       for k in corpora + ["demo"]}} for r in ablation]),
+                     hide_index=True, width="stretch")
+    st.caption("Data: " + "; ".join(CORPUS_NOTES[k] for k in corpora + ["demo"] if k in CORPUS_NOTES)
+               + ". The real corpora are non-commercial research licences: they are not part of this "
+                 "project, and the models trained on them are for research and teaching.")
+
+
+def training_summary(checkpoint: str | None) -> str | None:
+    """In plain words: what the checkpoint was trained on and how it does on voices it never heard
+    (read from its meta, so it always matches the file)."""
+    from .model_card import CORPUS_NOTES, trained_on
+
+    if not checkpoint:
+        return None
+    try:
+        meta = checkpoint_meta(checkpoint)
+    except InputError:
+        return None
+    corpora = trained_on(meta)
+    names = {"ravdess": "RAVDESS (real actors)", "tess": "TESS (two real actresses)",
+             "savee": "SAVEE (real actors)", "demo": "the synthetic demo corpus"}
+    test = meta.get("metrics", {}).get("test", {})
+    by = test.get("by_corpus") or ({"demo": test} if test else {})
+    scores = [f"{100 * v['ua']:.0f} % on {k.upper() if k != 'demo' else 'synthetic'} voices"
+              for k, v in by.items() if "ua" in v]
+    if not corpora:
+        return None
+    text = "This model was trained on " + ", ".join(names.get(c, c) for c in corpora) + "."
+    if scores:
+        text += (" On speakers it never heard it gets the emotion right " + ", ".join(scores)
+                 + " of the time on average over the four emotions (guessing would give 25 %).")
+    if any(c in CORPUS_NOTES and c != "demo" for c in corpora):
+        text += (" Real actors exaggerate emotions; on everyday speech, other microphones and rooms "
+                 "expect it to be right less often.")
+    return text

@@ -18,6 +18,13 @@ def repo_root() -> Path:
     return REPO
 
 
+@pytest.fixture(autouse=True)
+def _trained_checkpoints_elsewhere(tmp_path_factory, monkeypatch):
+    """Checkpoints the app trains go to a temporary folder, never into the repository's
+    checkpoints/ (SER_CHECKPOINTS_DIR; a test may point it at its own folder)."""
+    monkeypatch.setenv("SER_CHECKPOINTS_DIR", str(tmp_path_factory.mktemp("trained_checkpoints")))
+
+
 # A tiny generated corpus (16 train / 4 val / 4 test utterances) with its own feature cache,
 # made once per test module that asks for it.
 @pytest.fixture(scope="module")

@@ -1,8 +1,8 @@
 """The Train page in a real browser: start a short run, watch the loss curve grow, stop it.
 
 Screenshots go to ``$SER_SCREENSHOTS`` (default: a pytest tmp dir) so a person can look at them.
-The server's checkpoints folder is the repository's (it cannot be redirected), so the run has a
-unique name and its files are removed afterwards.
+The server writes trained checkpoints to ``SER_CHECKPOINTS_DIR``, here a temporary folder: nothing
+is written into the repository's ``checkpoints/``.
 """
 
 from __future__ import annotations
@@ -56,10 +56,11 @@ def _fill(page, label: str, value: str) -> None:
 
 def test_train_page_live_loss_curve_and_stop(cache, corpus, tmp_path):
     name = f"browser_test_{os.getpid()}_{int(time.time())}"
-    written = [REPO / "checkpoints" / f"{name}.{ext}" for ext in ("safetensors", "json")]
+    trained = tmp_path / "trained"
     shots = _shots(tmp_path)
     try:
-        with streamlit_server(env={"SER_CACHE_DIR": str(cache)}) as (url, _, _), \
+        with streamlit_server(env={"SER_CACHE_DIR": str(cache), "SER_CHECKPOINTS_DIR": str(trained)}) \
+                as (url, _, _), \
                 playwright.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS)
             page = browser.new_page(viewport={"width": 1400, "height": 1800})
@@ -103,8 +104,7 @@ def test_train_page_live_loss_curve_and_stop(cache, corpus, tmp_path):
             browser.close()
     finally:
         _stop_any_job()  # the run is detached from the server: it would outlive it
-        for path in written:
-            path.unlink(missing_ok=True)
+    assert not list((REPO / "checkpoints").glob(f"{name}.*"))  # written to SER_CHECKPOINTS_DIR only
 
 
 def _stop_any_job() -> None:

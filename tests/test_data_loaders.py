@@ -7,8 +7,20 @@ from pathlib import Path
 
 import pytest
 
-from fixtures.corpora import build_cremad, build_iemocap, build_manifest, build_meld, build_ravdess, write_wav
-from ser_core.data import CORPORA, Utterance, cremad, iemocap, load_corpus, manifest, meld, ravdess
+import soundfile as sf
+
+from fixtures.corpora import (
+    TESS_TOP,
+    build_cremad,
+    build_iemocap,
+    build_manifest,
+    build_meld,
+    build_ravdess,
+    build_savee,
+    build_tess,
+    write_wav,
+)
+from ser_core.data import CORPORA, Utterance, cremad, iemocap, load_corpus, manifest, meld, ravdess, savee, tess
 from ser_core.errors import InputError
 
 
@@ -118,6 +130,20 @@ def test_ravdess(tmp_path):
     assert utts["03-01-01-01-01-01-01"].transcript == "Kids are talking by the door"
 
 
+def test_ravdess_flac(tmp_path):
+    utts = by_id(ravdess.load(build_ravdess(tmp_path, suffix=".flac")))
+    assert utts.keys() == by_id(ravdess.load(build_ravdess(tmp_path / "wav"))).keys()
+    angry = utts["03-01-05-02-02-01-01"]
+    assert angry.audio == tmp_path / "Audio_Speech_Actors_01-24/Actor_01/03-01-05-02-02-01-01.flac"
+    assert sf.info(angry.audio).format == "FLAC"
+    assert (angry.label, angry.speaker, angry.transcript) == ("ang", "Actor_01", "Dogs are sitting by the door")
+    assert angry.video == tmp_path / "Video_Speech_Actor_01/Actor_01/01-01-05-02-02-01-01.mp4"
+    assert utts["03-01-08-02-01-02-02"].audio.suffix == ".flac"
+    assert utts["03-01-07-01-02-02-01"].audio.suffix == ".mp4"  # AV-only recording: still its mp4
+    song = ravdess.load(tmp_path, vocal_channel="song")
+    assert [(u.id, u.audio.suffix) for u in song] == [("03-02-04-01-01-01-01", ".flac")]
+
+
 def test_ravdess_song_channel(tmp_path):
     build_ravdess(tmp_path)
     song = ravdess.load(tmp_path, vocal_channel="song")
@@ -164,6 +190,125 @@ def test_cremad_bad_root(tmp_path):
     (tmp_path / "something.wav").write_bytes(b"")
     with pytest.raises(InputError, match="no AudioWAV folder"):
         cremad.load(tmp_path)
+
+
+# --------------------------------------------------------------------------------------- TESS
+TESS_IDS = {
+    "OAF_back_ang": "ang", "OAF_bath_ang": "ang", "YAF_back_ang": "ang",
+    "OAF_back_sur": "sur", "OAF_chalk_sur": "sur", "YAF_back_sur": "sur",
+    "OAF_bean_fea": "fea", "YAF_bean_dis": "dis",
+    "YAF_date_neu": "neu", "YAF_back_neu": "neu",
+    "OAF_youth_hap": "hap", "OAF_back_sad": "sad",
+}
+
+
+def test_tess(tmp_path):
+    build_tess(tmp_path)
+    with pytest.warns(UserWarning, match=r"TESS: skipped 1 utterance.*YAF_back_angry \(1\)\.wav"):
+        utts = by_id(tess.load(tmp_path))
+    assert {k: u.label for k, u in utts.items()} == TESS_IDS
+    top = tmp_path / TESS_TOP
+    back = utts["OAF_back_ang"]
+    assert back.audio == top / "OAF_angry" / "OAF_back_angry.wav"
+    assert back.transcript == "Say the word back"
+    assert (back.speaker, back.session, back.start, back.end, back.video) == ("OAF", "OAF", None, None, None)
+    assert back.meta["gender"] == "female" and back.meta["word"] == "back"
+    assert {u.speaker for u in utts.values()} == {"OAF", "YAF"}
+    assert all(u.speaker == u.session == u.id[:3] for u in utts.values())
+    assert all(u.transcript == f"Say the word {u.meta['word']}" for u in utts.values())
+    # pleasant surprise: "ps" in file names, folders spelled two ways
+    assert utts["YAF_back_sur"].audio == top / "YAF_pleasant_surprised" / "YAF_back_ps.wav"
+    assert utts["OAF_chalk_sur"].audio.parent.name == "OAF_Pleasant_surprise"
+    # mixed-case names: the word is lower-cased, the emotion read regardless of case
+    bath = utts["OAF_bath_ang"]
+    assert bath.audio.name == "OAF_Bath_angry.wav" and bath.transcript == "Say the word bath"
+    date = utts["YAF_date_neu"]
+    assert date.audio.name == "YAF_date_Neutral.wav" and date.label == "neu" and date.transcript == "Say the word date"
+    assert utts["OAF_bean_fea"].audio.parent.name == "OAF_Fear"
+
+
+def test_tess_inner_folder_and_dispatch(tmp_path):
+    build_tess(tmp_path)
+    with pytest.warns(UserWarning, match="skipped 1"):
+        outer = tess.load(tmp_path)
+    with pytest.warns(UserWarning, match="skipped 1"):
+        inner = tess.load(tmp_path / TESS_TOP)
+    with pytest.warns(UserWarning, match="skipped 1"):
+        dispatched = load_corpus("TESS", tmp_path / TESS_TOP)
+    assert inner == outer == dispatched and len(inner) == len(TESS_IDS)
+
+
+def test_tess_bad_roots(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        tess.load(tmp_path / "nowhere")
+    with pytest.raises(InputError, match="TESS: no usable utterances.*TESS layout"):
+        tess.load(tmp_path)
+    write_wav(tmp_path / "OAF_angry" / "back.wav")
+    with pytest.warns(UserWarning, match="skipped 1"):
+        with pytest.raises(InputError, match="OAF_back_angry.wav"):
+            tess.load(tmp_path)
+
+
+# -------------------------------------------------------------------------------------- SAVEE
+SAVEE_IDS = {
+    "DC_a01": "ang", "DC_sa01": "sad", "DC_su15": "sur", "DC_n30": "neu",
+    "JE_d02": "dis", "JE_sa03": "sad",
+    "JK_f05": "fea", "JK_su01": "sur",
+    "KL_h10": "hap", "KL_n01": "neu",
+}
+
+
+@pytest.mark.parametrize("layout, stray", [("nested", r"x01\.wav"), ("flat", r"XY_a01\.wav")])
+def test_savee(tmp_path, layout, stray):
+    build_savee(tmp_path, layout=layout)
+    with pytest.warns(UserWarning, match=rf"SAVEE: skipped 1 utterance.*{stray}"):
+        utts = by_id(savee.load(tmp_path))
+    assert {k: u.label for k, u in utts.items()} == SAVEE_IDS
+    assert {u.speaker for u in utts.values()} == {"DC", "JE", "JK", "KL"}
+    assert all(u.session == u.speaker == u.id[:2] for u in utts.values())
+    assert all(u.transcript is None and u.meta["gender"] == "male" for u in utts.values())
+    sad, sur = utts["DC_sa01"], utts["JK_su01"]
+    assert (sad.meta["emotion_code"], sur.meta["emotion_code"]) == ("sa", "su")
+    if layout == "nested":
+        assert sad.audio == tmp_path / "AudioData" / "DC" / "sa01.wav"
+        assert sur.audio == tmp_path / "AudioData" / "JK" / "su01.wav"
+    else:
+        assert sad.audio == tmp_path / "ALL" / "DC_sa01.wav"
+        assert sur.audio == tmp_path / "ALL" / "JK_su01.wav"
+    assert (sad.start, sad.end, sad.video) == (None, None, None)
+
+
+def test_savee_inner_folders_and_dispatch(tmp_path):
+    build_savee(tmp_path / "n", layout="nested")
+    build_savee(tmp_path / "f", layout="flat")
+    with pytest.warns(UserWarning):
+        flat = savee.load(tmp_path / "f" / "ALL")  # the folder of files itself
+    with pytest.warns(UserWarning):
+        nested = load_corpus("SAVEE", tmp_path / "n" / "AudioData")
+    assert [(u.id, u.label, u.speaker) for u in flat] == [(u.id, u.label, u.speaker) for u in nested]
+    one = savee.load(tmp_path / "n" / "AudioData" / "KL")  # one speaker's folder
+    assert sorted(u.id for u in one) == ["KL_h10", "KL_n01"]
+
+
+def test_savee_both_layouts_under_one_root_keep_one_copy(tmp_path):
+    build_savee(tmp_path, layout="nested")
+    build_savee(tmp_path, layout="flat")
+    with pytest.warns(UserWarning) as record:
+        utts = by_id(savee.load(tmp_path))
+    assert set(utts) == set(SAVEE_IDS)
+    assert any("skipped 10 utterance(s): same recording" in str(w.message) for w in record)
+
+
+def test_savee_bad_roots(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        savee.load(tmp_path / "nowhere")
+    with pytest.raises(InputError, match="SAVEE: no usable utterances.*SAVEE layout"):
+        savee.load(tmp_path)
+    write_wav(tmp_path / "AudioData" / "XX" / "a01.wav")  # not a SAVEE speaker
+    write_wav(tmp_path / "AudioData" / "DC" / "a1.wav")  # one digit
+    with pytest.warns(UserWarning, match="skipped 2"):
+        with pytest.raises(InputError, match="DC_a01.wav"):
+            savee.load(tmp_path)
 
 
 # --------------------------------------------------------------------------------------- MELD
@@ -278,12 +423,18 @@ def test_manifest_bad_paths(tmp_path):
 
 # ------------------------------------------------------------------------- dispatch and record
 def test_load_corpus_dispatch(tmp_path):
-    assert CORPORA == ("iemocap", "ravdess", "cremad", "meld", "manifest")
+    assert CORPORA == ("iemocap", "ravdess", "cremad", "meld", "tess", "savee", "manifest")
     build_ravdess(tmp_path / "r")
     assert load_corpus("RAVDESS", tmp_path / "r") == ravdess.load(tmp_path / "r")
     top = build_cremad(tmp_path / "c")
     with pytest.warns(UserWarning):
         assert len(load_corpus("CREMA-D", top)) == 5
+    build_tess(tmp_path / "t")
+    with pytest.warns(UserWarning):
+        assert load_corpus("tess", tmp_path / "t") == tess.load(tmp_path / "t")
+    build_savee(tmp_path / "s", layout="flat")
+    with pytest.warns(UserWarning):
+        assert [u.id for u in load_corpus("savee", tmp_path / "s")] == sorted(SAVEE_IDS)
     with pytest.raises(InputError, match="Unknown corpus 'timit'"):
         load_corpus("timit", tmp_path)
     with pytest.raises(InputError, match="unknown option.*clases"):

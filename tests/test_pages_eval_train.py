@@ -1,7 +1,8 @@
 """Background training jobs (ser_core.jobs) and the Evaluate and Train pages (streamlit.testing).
 
 Real subprocesses train a tiny KS-Transformer on the 24-utterance generated corpus; checkpoints
-go to a temporary folder (``paths.CHECKPOINTS_DIR`` and ``ui.CHECKPOINTS_DIR`` are pointed there).
+go to a temporary folder (``SER_CHECKPOINTS_DIR`` and ``paths.CHECKPOINTS_DIR``
+are pointed there), never into the repository.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from ser_core import jobs
+from ser_core import corpus_choice, jobs
 from ser_core.checkpoint import list_checkpoints, read_meta
 from ser_core.errors import InputError
 
@@ -53,7 +54,7 @@ def checkpoints(tmp_path, monkeypatch):
     folder.mkdir()
     shutil.copy(CHECKPOINT, folder / CHECKPOINT.name)
     monkeypatch.setattr(ser_core.paths, "CHECKPOINTS_DIR", folder)
-    monkeypatch.setattr(ser_core.ui, "CHECKPOINTS_DIR", folder)
+    monkeypatch.setenv("SER_CHECKPOINTS_DIR", str(folder))
     yield folder
     job = jobs.current_job()  # never leave a run going
     if job is not None and job.active:
@@ -120,6 +121,39 @@ def test_job_runs_in_background_stops_with_code_3_and_resumes_to_the_end(cache, 
         jobs.resume()
 
 
+def test_a_trained_checkpoint_goes_to_SER_CHECKPOINTS_DIR_and_the_pickers_list_both_folders(
+        cache, corpus, tmp_path, monkeypatch):
+    from ser_core import paths
+    from ser_core.checkpoint import list_all_checkpoints
+
+    shipped = REPO / "checkpoints"
+    before = sorted(p.name for p in shipped.iterdir())
+    trained = tmp_path / "trained"
+    monkeypatch.setenv("SER_CHECKPOINTS_DIR", str(trained))
+    assert paths.CHECKPOINTS_DIR == shipped and paths.checkpoint_dirs() == [trained, shipped]
+    with pytest.raises(InputError, match="ships with the project"):  # a shipped checkpoint is never shadowed
+        jobs.start_training(CHECKPOINT.stem, root=str(corpus), **SMALL_RUN)
+    job = jobs.start_training("written_elsewhere", root=str(corpus), **{**SMALL_RUN, "epochs": 1})
+    try:
+        done = jobs.wait(job, timeout=240)
+    finally:
+        if jobs.current_job().active:
+            jobs.request_stop()
+            jobs.wait(job, timeout=120)
+    assert (done.status, done.message) == ("finished", None)
+    assert Path(done.out) == trained / "written_elsewhere.safetensors" and Path(done.out).exists()
+    assert sorted(p.name for p in shipped.iterdir()) == before  # nothing written into the repository
+    listed = list_all_checkpoints()
+    assert listed[0] == Path(done.out) and CHECKPOINT in listed  # trained first, then the shipped ones
+
+    at = AppTest.from_file(str(REPO / "pages/4_Train.py"), default_timeout=TIMEOUT).run()
+    at.radio(key="train_start").set_value("a checkpoint (fine-tune)").run()
+    assert not at.exception, at.exception
+    assert {"written_elsewhere.safetensors", CHECKPOINT.name} <= set(at.selectbox(key="train_init_from").options)
+    assert "Run `written_elsewhere`: finished" in _subheads(at)
+    assert any("saved as `written_elsewhere`" in c.value for c in at.caption)
+
+
 def test_settings_are_checked_before_anything_starts(cache, corpus, checkpoints, monkeypatch):
     before = jobs.current_job()
     cases = [
@@ -142,9 +176,9 @@ def test_settings_are_checked_before_anything_starts(cache, corpus, checkpoints,
     assert jobs.parse_model_args("d_model=32, variant=full\nheads=2") == {"d_model": 32, "variant": "full", "heads": 2}
     monkeypatch.setenv("SER_CORPUS_DIR", str(corpus.parent / "nowhere"))
     with pytest.raises(InputError, match="python -m ser_core corpus"):
-        jobs.resolve_corpus("demo")
+        corpus_choice.resolve_corpus("demo")
     with pytest.raises(InputError, match="Type the path of the RAVDESS folder"):
-        jobs.resolve_corpus("ravdess", "  ")
+        corpus_choice.resolve_corpus("ravdess", "  ")
 
 
 def test_bad_input_fails_with_the_trainers_message_and_stop_while_loading_ends_at_once(
@@ -184,7 +218,7 @@ def _array(value) -> np.ndarray:
 def test_evaluate_page_shows_the_numbers_evaluate_computes(cache, corpus, checkpoints, monkeypatch):
     import streamlit as st
 
-    from ser_core.train import evaluate
+    from ser_core.scoring import evaluate
 
     requests = []  # what the page asked Analyze to open, seen as it switches (Analyze takes it)
     switch_page = st.switch_page
@@ -271,6 +305,25 @@ def test_evaluate_page_explains_a_folder_that_is_not_a_corpus(cache, corpus, che
     assert any("python -m ser_core corpus" in w.value for w in at.warning)
 
 
+def test_evaluate_page_scores_the_held_out_speakers_of_a_mix(cache, corpus, checkpoints):
+    from ser_core.scoring import evaluate
+
+    at = _evaluate_page()
+    assert {"speakers", "all"} <= {o.split(" — ")[0] for o in at.selectbox(key="eval_protocol").options}
+    at.selectbox(key="eval_corpus_kind").set_value("manifest").run()
+    at.text_input(key="eval_corpus_path").set_value(str(corpus)).run()
+    at.selectbox(key="eval_protocol").set_value("speakers").run()
+    at.button(key="eval_button").click().run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    # the demo corpus keeps its own split in a mix: the same 4 test clips (features already cached)
+    expected = evaluate(str(checkpoints / CHECKPOINT.name), "manifest", str(corpus), protocol="speakers",
+                        progress=False)
+    assert {m.label: m.value for m in at.metric}["UA"] == f"{expected['ua']:.3f}"
+    assert at.subheader[0].value == (f"{CHECKPOINT.name} on the test part of the split by speaker "
+                                     "(test voices never heard in training)")
+
+
 def _subheads(at: AppTest) -> list[str]:
     return [s.value for s in at.subheader]
 
@@ -291,6 +344,8 @@ def test_train_page_starts_a_run_every_session_sees_and_stops_it(cache, corpus, 
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
     assert "Run `page_run`: running" in _subheads(at)
+    assert any(c.value.startswith(f"ks_transformer on Manifest CSV `{corpus}` · its own train/validation/test "
+                                  "split · fast preset") for c in at.caption), [c.value for c in at.caption]
 
     other = AppTest.from_file(str(REPO / "pages/4_Train.py"), default_timeout=TIMEOUT).run()  # a second browser
     assert "Run `page_run`: running" in _subheads(other)

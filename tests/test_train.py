@@ -76,7 +76,7 @@ def test_two_epoch_training_writes_checkpoint_metrics_and_resumes(cache, corpus,
     model, _ = load_checkpoint(out)
     assert not model.training
 
-    from ser_core.train import evaluate
+    from ser_core.scoring import evaluate
 
     result = evaluate(str(out), "manifest", str(corpus), progress=False)
     cm = np.array(result["confusion_matrix"])

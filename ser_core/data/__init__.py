@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
-from ser_core.data import cremad, iemocap, manifest, meld, ravdess
+from ser_core.data import cremad, iemocap, manifest, meld, ravdess, savee, tess
 from ser_core.data.base import LABEL_NAMES, LABELS, Utterance, label_counts
 from ser_core.data.protocols import (
     PROTOCOLS,
@@ -27,6 +27,8 @@ _LOADERS = {
     "ravdess": ravdess.load,
     "cremad": cremad.load,
     "meld": meld.load,
+    "tess": tess.load,
+    "savee": savee.load,
     "manifest": manifest.load,
 }
 

@@ -4,7 +4,7 @@ Assumed layout (the Zenodo zips unpacked; ``root`` holds the ``Actor_XX`` folder
 one level down, e.g. ``Audio_Speech_Actors_01-24/Actor_01`` beside ``Video_Speech_Actor_01/Actor_01``)::
 
     Actor_01/ ... Actor_24/
-      03-01-05-01-02-01-12.wav    audio-only (modality 03)
+      03-01-05-01-02-01-12.wav    audio-only (modality 03; .flac is read the same way)
       01-01-05-01-02-01-12.mp4    full audio-video (modality 01, optional)
       02-01-05-01-02-01-12.mp4    video-only (modality 02, optional)
 
@@ -15,7 +15,7 @@ vocal channel (01 speech, 02 song) - emotion (01 neutral, 02 calm, 03 happy, 04 
 actor (01..24; odd male, even female).
 
 One utterance per recording: its id is the audio-only name ``03-…`` (whatever file it came
-from). ``audio`` is the 03 wav; where only the full-AV mp4 exists, that mp4 (its audio track).
+from). ``audio`` is the 03 wav (or flac); where only the full-AV mp4 exists, that mp4 (its audio track).
 ``video`` is the full-AV mp4 if present, else the video-only one, else None. ``speaker`` and
 ``session`` are both ``Actor_XX`` (leave-one-speaker-out is the usual protocol).
 """
@@ -54,6 +54,7 @@ _NAME = re.compile(
     r"^(?P<modality>0[123])-(?P<channel>0[12])-(?P<emotion>0[1-8])-(?P<intensity>0[12])-"
     r"(?P<statement>0[12])-(?P<repetition>0[12])-(?P<actor>\d\d)$"
 )
+AUDIO_SUFFIXES = (".wav", ".flac")
 _ACTOR_DIR = re.compile(r"^Actor_\d\d$")
 
 
@@ -81,14 +82,14 @@ def load(root: str | Path, vocal_channel: str = "speech") -> list[Utterance]:
     files: dict[str, dict[str, Path]] = {}
     for actor_dir in actor_dirs:
         for path in actor_dir.iterdir():
-            if is_hidden(path) or path.suffix.lower() not in (".wav", ".mp4"):
+            if is_hidden(path) or path.suffix.lower() not in AUDIO_SUFFIXES + (".mp4",):
                 continue
             match = _NAME.match(path.stem)
             if not match or match["channel"] not in channels:
                 continue
             modality = match["modality"]
-            if (modality == "03") != (path.suffix.lower() == ".wav"):
-                continue  # 03 is audio-only wav; 01/02 are mp4
+            if (modality == "03") != (path.suffix.lower() in AUDIO_SUFFIXES):
+                continue  # 03 is audio-only wav/flac; 01/02 are mp4
             files.setdefault(path.stem[3:], {})[modality] = path
 
     utterances = []

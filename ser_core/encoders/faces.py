@@ -206,7 +206,7 @@ def _sample(cap: cv2.VideoCapture, what: str, fps: float, size: int, max_frames:
     if duration is not None and duration > limit_s:
         raise InputError(
             f"{what} is {duration:.1f} s long; the limit is {limit_s:g} s. "
-            "Trim it or raise SER_MAX_SECONDS."
+            "Cut it to a shorter clip and try again."
         )
     rate = min(fps, native_fps) if native_ok else fps
     if duration is not None and duration * rate > max_frames:
@@ -225,7 +225,7 @@ def _sample(cap: cv2.VideoCapture, what: str, fps: float, size: int, max_frames:
         t = index / native_fps if native_ok else cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
         if t > limit_s:  # the header understated the length
             raise InputError(
-                f"{what} is longer than {limit_s:g} s, the limit. Trim it or raise SER_MAX_SECONDS."
+                f"{what} is longer than {limit_s:g} s, the limit. Cut it to a shorter clip and try again."
             )
         if time.monotonic() > deadline:
             raise InputError(f"{what} took too long to read; use a shorter video.")

@@ -1,0 +1,197 @@
+"""Which corpora the app offers, and how a chosen set becomes trainer arguments.
+
+:data:`CORPUS_KINDS` is what the Train and Evaluate pages list (each kind's loader, an example path
+and the folder layout it expects), :data:`PROTOCOL_TITLES` the splits they offer. A choice is one
+corpus or a mix of several (some marked test only): :func:`check_corpora` checks it,
+:func:`resolve_corpus` turns one kind and path into the loader name and root, ``_mix_flags`` a mix
+into the trainer's repeated ``--corpus``/``--root`` flags, and :func:`describe_data` says in words
+what a run trains on. The training job (``ser_core.jobs``) builds its command from these.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from . import paths
+from .errors import InputError
+
+
+# What each corpus loader expects (shown by the pages next to the path box).
+CORPUS_KINDS: dict[str, dict[str, str]] = {
+    "demo": {
+        "title": "Demo corpus (generated)", "corpus": "manifest", "example": "",
+        "layout": "the synthetic demo corpus made by `python -m ser_core corpus`"},
+    "manifest": {
+        "title": "Manifest CSV", "corpus": "manifest", "example": "/data/my_corpus/manifest.csv",
+        "layout": "a CSV with at least path,label columns (optional id, transcript, speaker, session, split, "
+                  "start, end, video); audio paths relative to the CSV's folder"},
+    "iemocap": {
+        "title": "IEMOCAP folder", "corpus": "iemocap", "example": "/data/IEMOCAP_full_release",
+        "layout": "IEMOCAP_full_release: Session1..Session5, each with dialog/EmoEvaluation/*.txt and "
+                  "sentences/wav/<dialog>/<utterance>.wav"},
+    "ravdess": {
+        "title": "RAVDESS folder", "corpus": "ravdess", "example": "/data/RAVDESS",
+        "layout": "Actor_01..Actor_24 folders of files named like 03-01-05-01-02-01-12.wav (or .flac)"},
+    "tess": {
+        "title": "TESS folder", "corpus": "tess", "example": "/data/TESS",
+        "layout": "one folder per speaker and emotion, like OAF_angry and YAF_sad, holding files named like "
+                  "OAF_back_angry.wav (or any folder above them)"},
+    "savee": {
+        "title": "SAVEE folder", "corpus": "savee", "example": "/data/SAVEE",
+        "layout": "an AudioData folder with one folder per speaker (DC, JE, JK, KL) of files named like "
+                  "a01.wav, or one folder of files named like DC_a01.wav"},
+    "cremad": {
+        "title": "CREMA-D folder", "corpus": "cremad", "example": "/data/CREMA-D",
+        "layout": "an AudioWAV folder of files named like 1001_DFA_ANG_XX.wav"},
+    "meld": {
+        "title": "MELD folder", "corpus": "meld", "example": "/data/MELD.Raw",
+        "layout": "MELD.Raw: train/dev/test_sent_emo.csv beside train_splits/, dev_splits_complete/, "
+                  "output_repeated_splits_test/"},
+}
+
+PROTOCOL_TITLES: dict[str, str] = {
+    "predefined": "the corpus's own train/dev/test split",
+    "loso": "leave one session out (IEMOCAP's 5 folds)",
+    "lospk": "leave one speaker out",
+    "random": "one random stratified hold-out split",
+    "speakers": "each speaker's clips in one part only: test voices never heard in training",
+    "all": "every clip is test data: a corpus the model never trained on",
+}
+#: protocols a model can be trained with ("all" leaves nothing to train on: it is for Evaluate)
+TRAIN_PROTOCOLS: tuple[str, ...] = tuple(p for p in PROTOCOL_TITLES if p != "all")
+
+MIX_NOTE = ("Several corpora make a mix: each corpus is split by speaker on its own (its test voices "
+            "are never heard in training), the labels are mapped to anger, happiness, neutral and "
+            "sadness, and every corpus, and every class in it, gets the same share of training. "
+            "The protocol and fold apply to a single corpus only.")
+AUGMENT_HELP = ("Each copy adds every training clip again with random background noise, room echo, a "
+                "phone or laptop microphone sound and a speed or pitch change; 0 trains on the "
+                "recordings only.")
+
+
+def resolve_corpus(kind: str, path: str | None = None) -> tuple[str, str]:
+    """(loader name, root) for a corpus chosen in the app; the demo corpus needs no path."""
+    if kind not in CORPUS_KINDS:
+        raise InputError(f"Unknown corpus kind {kind!r}; choose one of {', '.join(CORPUS_KINDS)}.")
+    if kind == "demo":
+        manifest = paths.default_corpus_dir() / "manifest.csv"
+        if not manifest.exists():
+            raise InputError("The demo corpus has not been generated yet: press **Generate demo corpus** "
+                             "on the Train page (a few minutes), or run `python -m ser_core corpus`.")
+        return "manifest", str(manifest)
+    path = (path or "").strip()
+    if not path:
+        raise InputError(f"Type the path of the {CORPUS_KINDS[kind]['title']}: "
+                         f"{CORPUS_KINDS[kind]['layout']}.")
+    return CORPUS_KINDS[kind]["corpus"], str(Path(path).expanduser())
+
+
+def _corpus_items(corpora: Any) -> list[tuple[str, str | None, bool]]:
+    """(kind, path, test only) for each corpus chosen in the app. An item is a kind (``"test:"`` in
+    front: scored, never trained on), a (kind, path) or (kind, path, test_only) pair, or a dict
+    with kind, path (or root) and test_only."""
+    if isinstance(corpora, (str, dict)):
+        corpora = [corpora]
+    items = []
+    for item in corpora:
+        if isinstance(item, str):
+            kind, path, test_only = item, None, False
+        elif isinstance(item, dict):
+            kind, path = item.get("kind"), item.get("path", item.get("root"))
+            test_only = bool(item.get("test_only", False))
+        else:
+            kind, path, test_only = (list(item) + [None, False])[:3]
+            test_only = bool(test_only)
+        kind = str(kind or "").strip().lower()
+        if kind.startswith("test:"):
+            kind, test_only = kind[len("test:"):], True
+        if kind not in CORPUS_KINDS:
+            raise InputError(f"Unknown corpus kind {kind!r}; choose one of {', '.join(CORPUS_KINDS)}.")
+        items.append((kind, None if path is None else str(path), test_only))
+    if not items:
+        raise InputError("Choose at least one corpus.")
+    return items
+
+
+def _is_mix(items: list[tuple[str, str | None, bool]]) -> bool:
+    return len(items) > 1 or any(test_only for _, _, test_only in items)
+
+
+def check_corpora(corpora: Any) -> list[dict[str, Any]]:
+    """The app's chosen corpora as ``[{"kind", "root", "test_only"}]`` (the demo corpus's root is
+    None: the trainer finds it), each checked: a known kind, a path for every kind but the demo
+    corpus, the demo corpus generated, no kind twice, at least one corpus to train on."""
+    entries = []
+    for kind, path, test_only in _corpus_items(corpora):
+        root = None
+        if kind == "demo":
+            resolve_corpus("demo")  # generated?
+        else:
+            _, root = resolve_corpus(kind, path)  # a missing path → "Type the path of the … folder"
+        entries.append({"kind": kind, "root": root, "test_only": test_only})
+    kinds = [e["kind"] for e in entries]
+    for kind in dict.fromkeys(k for k in kinds if kinds.count(k) > 1):
+        raise InputError(f"The {CORPUS_KINDS[kind]['title']} is chosen twice: a mix takes each corpus once.")
+    if all(e["test_only"] for e in entries):
+        raise InputError("Every corpus is marked test only: train on at least one of them.")
+    return entries
+
+
+def real_corpora(corpora: Any) -> list[str]:
+    """The kinds of the recorded (not generated) corpora a mix trains on: what to augment when
+    the generated demo corpus should stay as it is."""
+    return [kind for kind, _, test_only in _corpus_items(corpora) if kind != "demo" and not test_only]
+
+
+def _mix_flags(entries: list[tuple[str, str | None, bool]]) -> list[str]:
+    """``--corpus K1 --root R1 --corpus demo --corpus test:K3 --root R3`` (demo takes no root)."""
+    cmd: list[str] = []
+    for kind, root, test_only in entries:
+        cmd += ["--corpus", ("test:" if test_only else "") + kind]
+        if kind != "demo":
+            if not (root or "").strip():
+                resolve_corpus(kind, root)  # raises: "Type the path of the … folder"
+            cmd += ["--root", str(root)]
+    return cmd
+
+
+def describe_data(settings: dict[str, Any]) -> str:
+    """What a run trains on, for a person: the corpus (or the mix), the split and augmentation."""
+    entries = settings.get("corpora")
+    if entries:
+        parts = []
+        for kind, root, test_only in _corpus_items(entries):
+            title = CORPUS_KINDS[kind]["title"]
+            parts.append(("test only: " if test_only else "") + (f"{title} `{root}`" if root else title))
+        text = "a mix of " + " + ".join(parts) + " · split by speaker per corpus, corpora and classes balanced"
+    else:
+        kind = _single_kind(settings)
+        if kind == "demo":
+            where = CORPUS_KINDS["demo"]["title"]
+        else:
+            where = f"{CORPUS_KINDS[kind]['title'] if kind else settings.get('corpus')} `{settings.get('root')}`"
+        protocol = settings.get("protocol")
+        split = ("its own train/validation/test split" if protocol == "predefined"
+                 else f"{protocol} fold {settings.get('fold')}")
+        text = f"{where} · {split}"
+    copies = int(settings.get("augment") or 0)
+    if copies:
+        which = settings.get("augment_corpora")
+        text += (f" · {copies} augmented cop{'y' if copies == 1 else 'ies'} per clip"
+                 + (f" ({', '.join(which)} only)" if which else ""))
+    return text
+
+
+def _single_kind(settings: dict[str, Any]) -> str | None:
+    """The corpus kind of a one-corpus run (``settings["kind"]``; older records: the demo corpus when
+    its root is the generated manifest, else the kind whose loader it used)."""
+    kind = settings.get("kind")
+    if kind in CORPUS_KINDS:
+        return kind
+    corpus, root = settings.get("corpus"), str(settings.get("root") or "")
+    if corpus == "manifest" and root:
+        demo = paths.default_corpus_dir() / "manifest.csv"
+        if Path(root) == demo:
+            return "demo"
+    return next((k for k, v in CORPUS_KINDS.items() if k != "demo" and v["corpus"] == corpus), None)

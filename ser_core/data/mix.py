@@ -1,0 +1,169 @@
+"""Several corpora in one run: one label set, a speaker-independent split per corpus, balance.
+
+    python -m ser_core train --corpus ravdess --root A --corpus tess --root B --corpus demo ...
+
+Each corpus is split on its own, so that the voices in a corpus's test part are never heard in
+training (the ``speakers`` protocol below):
+
+* a corpus with its own split (the demo corpus, MELD, a manifest with a split column) keeps it;
+* a corpus with three or more speakers holds out whole speakers: about 20 % of them for test,
+  then about 15 % of the rest for validation (scikit-learn's StratifiedGroupKFold, by label);
+* a corpus with two speakers (TESS) tests on one of them and validates on a stratified 15 % of the
+  other's utterances (there is no third voice to hold out).
+
+Labels are mapped onto one set (``DEFAULT_CLASSES``: anger, happiness, neutral, sadness); the
+utterances with other labels are left out. A corpus named ``test:NAME`` goes to the test part
+whole: that is a cross-corpus run (train without it, score on every one of its utterances).
+
+Ids get the corpus's name in front (``tess/OAF_back_ang``) and ``meta["corpus"]`` says where an
+utterance came from, which the trainer uses to report every figure per corpus and to balance
+(:func:`balance_weights`): each corpus gets the same share of an epoch and, inside a corpus, each
+class the same share, so 400 real clips are not drowned by 1 400 synthetic ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ser_core.data import protocols
+from ser_core.data.base import Utterance
+from ser_core.errors import InputError
+
+DEFAULT_CLASSES: tuple[str, ...] = ("ang", "hap", "neu", "sad")
+#: corpora that need no --root (they live in the project's cache)
+ROOTLESS = ("demo",)
+
+
+@dataclass(frozen=True)
+class CorpusSpec:
+    """One corpus of a mix: its loader name, its folder, and whether it is only for testing."""
+
+    name: str
+    root: str
+    test_only: bool = False
+
+    @property
+    def label(self) -> str:
+        return ("test:" if self.test_only else "") + self.name
+
+    def describe(self) -> str:
+        return f"{self.name} ({'test only' if self.test_only else 'train/val/test'})"
+
+
+def corpus_specs(corpora: Sequence[str], roots: Sequence[str | None]) -> list[CorpusSpec]:
+    """Pair ``--corpus`` names with ``--root`` folders in order; ``demo`` takes no root.
+
+    ``test:NAME`` marks a corpus used for testing only (a cross-corpus run).
+    """
+    roots = [r for r in roots if r]
+    specs, i = [], 0
+    for raw in corpora:
+        name = str(raw).strip().lower()
+        test_only = name.startswith("test:")
+        name = name.split(":", 1)[1] if test_only else name
+        if name in ROOTLESS:
+            root = demo_manifest()
+        else:
+            if i >= len(roots):
+                raise InputError(f"The corpus {name} needs a folder: give one --root for each corpus "
+                                 "other than the demo corpus, in the same order.")
+            root, i = roots[i], i + 1
+        specs.append(CorpusSpec(name, str(root), test_only))
+    if i < len(roots):
+        raise InputError(f"{len(roots) - i} --root folder(s) have no --corpus to go with them.")
+    if not any(not s.test_only for s in specs):
+        raise InputError("Every corpus is marked test-only: at least one must be trained on.")
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise InputError("A corpus is named twice in the mix.")
+    return specs
+
+
+def demo_manifest() -> Path:
+    from ser_core.paths import default_corpus_dir
+
+    manifest = default_corpus_dir() / "manifest.csv"
+    if not manifest.exists():
+        raise InputError("The demo corpus has not been generated yet: run `python -m ser_core corpus` "
+                         "(or press Generate on the Train page) first.")
+    return manifest
+
+
+def load_spec(spec: CorpusSpec) -> list[Utterance]:
+    from ser_core.data import load_corpus
+
+    return load_corpus("manifest" if spec.name == "demo" else spec.name, spec.root)
+
+
+def speaker_split(utts: Sequence[Utterance], seed: int = 0, test_size: float = 0.2,
+                  val_size: float = 0.15) -> protocols.Fold:
+    """The ``speakers`` protocol: test voices never heard in training (see the module docstring)."""
+    utts = list(utts)
+    if not utts:
+        raise InputError("No utterances to split.")
+    if all(_has_split(u) for u in utts):
+        return protocols.predefined_split(utts, seed=seed)[0]
+    speakers = sorted({u.speaker for u in utts})
+    if len(speakers) >= 3:
+        rest, test = protocols.hold_out(utts, test_size, seed, group_by_speaker=True)
+        train, val = protocols.hold_out(rest, val_size, seed, group_by_speaker=True)
+        return protocols.Fold(f"speakers-{seed}", train, val, test)
+    if len(speakers) == 2:
+        held = speakers[seed % 2]
+        rest = [u for u in utts if u.speaker != held]
+        train, val = protocols.hold_out(rest, val_size, seed)
+        return protocols.Fold(f"speaker-{held}", train, val, tuple(u for u in utts if u.speaker == held))
+    raise InputError(f"Only one speaker ({speakers[0]}): a speaker-independent split needs two or more.")
+
+
+def _has_split(utt: Utterance) -> bool:
+    try:
+        protocols.split_of(utt)
+        return True
+    except InputError:
+        return False
+
+
+def tag(utt: Utterance, corpus: str) -> Utterance:
+    """``utt`` with its corpus in front of the id and in ``meta["corpus"]``."""
+    return dataclasses.replace(utt, id=f"{corpus}/{utt.id}", meta={**utt.meta, "corpus": corpus})
+
+
+def mixed_fold(specs: Sequence[CorpusSpec], classes: Sequence[str] = DEFAULT_CLASSES,
+               seed: int = 0) -> protocols.Fold:
+    """One fold over every corpus of the mix (each split on its own, then joined)."""
+    keep = set(classes)
+    parts: dict[str, list[Utterance]] = {"train": [], "val": [], "test": []}
+    for spec in specs:
+        utts = [tag(u, spec.name) for u in load_spec(spec) if u.label in keep]
+        if not utts:
+            raise InputError(f"{spec.name}: no utterance has one of the labels {', '.join(classes)}.")
+        if spec.test_only:
+            parts["test"] += utts
+            continue
+        fold = speaker_split(utts, seed)
+        for part in parts:
+            parts[part] += getattr(fold, part)
+    name = "+".join(s.label for s in specs)
+    return protocols.Fold(name, tuple(parts["train"]), tuple(parts["val"]), tuple(parts["test"]))
+
+
+def corpus_of(utt: Utterance) -> str:
+    return str(utt.meta.get("corpus", "corpus"))
+
+
+def balance_weights(utts: Sequence[Utterance]) -> np.ndarray:
+    """Sampling weights that give every corpus the same share and, inside it, every class."""
+    cells: dict[tuple[str, str], int] = {}
+    for u in utts:
+        cells[(corpus_of(u), u.label)] = cells.get((corpus_of(u), u.label), 0) + 1
+    corpora = {c for c, _ in cells}
+    classes_in = {c: sum(1 for cc, _ in cells if cc == c) for c in corpora}
+    w = np.array([1.0 / (len(corpora) * classes_in[corpus_of(u)] * cells[(corpus_of(u), u.label)])
+                  for u in utts])
+    return w / w.sum()

@@ -1,0 +1,169 @@
+"""What the trainer feeds a model: a corpus fold, waveforms (augmented copies included), cached
+features, cropped to the training length.
+
+    load_fold(cfg) → Fold(train, val, test)      one corpus and its protocol, or a mix (data/mix.py)
+    with_augmented_copies(train, n, seed)        + n augmented copies per utterance (augment.py)
+    extract_all(utts, extractor, model=…)       → Features, disk-cached, compacted to what the model reads
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import random
+import warnings
+from typing import TYPE_CHECKING, Iterable
+
+import numpy as np
+from tqdm import tqdm
+
+from .audio import load_audio
+from .data import load_corpus, protocols
+from .data.base import Utterance
+from .data.mix import DEFAULT_CLASSES, CorpusSpec, corpus_of, mixed_fold, speaker_split
+from .errors import InputError
+from .features import EXTRAS, FeatureExtractor, Features
+from .models.base import feature_extras, model_inputs
+
+if TYPE_CHECKING:
+    from .train import TrainConfig
+
+def load_fold(cfg: TrainConfig) -> protocols.Fold:
+    if cfg.mix:
+        return mixed_fold([CorpusSpec(**spec) for spec in cfg.mix],
+                          tuple(cfg.classes or DEFAULT_CLASSES), cfg.seed)
+    utts = load_corpus(cfg.corpus, cfg.root)
+    if cfg.max_utterances:
+        rng = random.Random(cfg.seed)
+        utts = list(utts)
+        rng.shuffle(utts)
+        utts = utts[: cfg.max_utterances]
+    folds = list(_folds(cfg.protocol, utts, cfg.seed))
+    if not folds:
+        raise InputError(f"protocol {cfg.protocol!r} gave no folds for this corpus")
+    if cfg.fold >= len(folds):
+        raise InputError(f"fold {cfg.fold} does not exist: protocol gives {len(folds)} folds")
+    return folds[cfg.fold]
+
+
+def _folds(protocol: str, utts: list[Utterance], seed: int) -> Iterable[protocols.Fold]:
+    if protocol == "predefined":
+        return protocols.predefined_split(utts)
+    if protocol in ("loso", "leave-one-session-out"):
+        return protocols.leave_one_session_out(utts)
+    if protocol in ("lospk", "leave-one-speaker-out"):
+        return protocols.leave_one_speaker_out(utts)
+    if protocol in ("random", "stratified"):
+        return protocols.stratified_split(utts, seed=seed)
+    if protocol == "speakers":  # the per-corpus speaker-independent split a mix uses
+        return [speaker_split(utts, seed)]
+    if protocol == "all":  # every utterance is test data (a corpus never trained on)
+        return [protocols.Fold("all", (), (), tuple(utts))]
+    raise InputError(f"unknown protocol {protocol!r}")
+
+
+def utterance_audio(utt: Utterance) -> np.ndarray:
+    """The utterance's 16 kHz samples; an augmented copy (``meta["augment"]``) is augmented here,
+    before the encoders, so its features are cached under their own content hash."""
+    if utt.start is not None and utt.end is not None and utt.audio.suffix.lower() not in (".wav", ".flac"):
+        from .audio import load_audio_segment
+
+        audio = load_audio_segment(utt.audio, utt.start, utt.end)
+    else:
+        audio = load_audio(utt.audio)
+    if "augment" in utt.meta:
+        from .augment import AugmentConfig, augment_waveform
+
+        spec = utt.meta["augment"]
+        audio = augment_waveform(audio, spec["seed"], AugmentConfig.from_dict(spec.get("config", {})))
+    return audio
+
+
+def copy_seed(seed: int, utterance_id: str, copy: int) -> int:
+    """A stable 31-bit seed for one augmented copy (hashlib: Python's hash() changes per process)."""
+    digest = hashlib.sha256(f"{seed}|{utterance_id}|{copy}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def with_augmented_copies(utts: Iterable[Utterance], copies: int, seed: int,
+                          corpora: list[str] | None = None) -> list[Utterance]:
+    """``utts`` followed by ``copies`` augmented copies of each (of the named corpora only), each
+    seeded from (seed, utterance id, copy) so a rerun makes the same waveforms."""
+    utts = list(utts)
+    extra = []
+    for copy in range(copies):
+        for utt in utts:
+            if corpora is not None and corpus_of(utt) not in corpora:
+                continue
+            extra.append(dataclasses.replace(
+                utt, id=f"{utt.id}#aug{copy}",
+                meta={**utt.meta, "augment": {"seed": copy_seed(seed, utt.id, copy)}}))
+    return utts + extra
+
+
+def extract_all(
+    utts: list[Utterance], extractor: FeatureExtractor, desc: str = "features", progress: bool = True,
+    model=None,
+) -> list[Features]:
+    """Features for every utterance (disk-cached: a second call decodes and encodes nothing).
+
+    Only what the model reads (its ``inputs``) is kept in memory, speech states as float16. A
+    corpus video in which no face is found is used without faces (with a warning), as an
+    utterance without video is.
+    """
+    inputs = model_inputs(model) if model is not None else ("speech", "text")
+    extras = feature_extras(model) if model is not None else ()
+    out, faceless = [], []
+    for utt in tqdm(utts, desc=desc, disable=not progress, leave=False):
+        audio = utterance_audio(utt)
+        video = utt.video if "faces" in extras else None
+        try:
+            feats = extractor.extract(audio, transcript=utt.transcript, video=video, extras=extras)
+        except InputError:
+            if video is None:
+                raise
+            faceless.append(utt.id)
+            feats = extractor.extract(audio, transcript=utt.transcript, extras=extras)
+        out.append(_compact(feats, inputs))
+    if faceless:
+        warnings.warn(f"{len(faceless)} videos had no detectable face and were used without faces "
+                      f"(e.g. {faceless[:3]})", stacklevel=2)
+    return out
+
+
+def _compact(feats: Features, inputs: tuple[str, ...] = ("speech", "text")) -> Features:
+    empty = np.zeros((0, 0, 0), np.float16)
+    return Features(
+        key=feats.key,
+        audio=feats.audio.astype(np.float32) if "audio" in inputs else np.zeros(0, np.float32),
+        words=feats.words,
+        speech=feats.speech.astype(np.float16) if "speech" in inputs else empty,
+        frame_times=feats.frame_times,
+        text=feats.text.astype(np.float16) if "text" in inputs else np.zeros((len(feats.words), 0), np.float16),
+        transcript_source=feats.transcript_source,
+        extra={k: feats.extra[k] for i in inputs for k in EXTRAS.get(i, ()) if k in feats.extra},
+    )
+
+
+def crop_features(feats: Features, max_seconds: float) -> Features:
+    """The first ``max_seconds`` of an utterance (training caps long items, as the paper does)."""
+    keep_frames = int((feats.frame_times < max_seconds).sum())
+    words = [w for w in feats.words if w.start < max_seconds]
+    if keep_frames == len(feats.frame_times) and len(words) == len(feats.words) and \
+            len(feats.audio) <= max_seconds * 16000:
+        return feats
+    extra = dict(feats.extra)
+    if "sec_times" in extra:
+        keep = extra["sec_times"] < max_seconds
+        extra["sec_levels"], extra["sec_times"] = extra["sec_levels"][:, keep], extra["sec_times"][keep]
+    if "face_times" in extra:
+        keep = extra["face_times"] < max_seconds
+        for k in ("faces", "face_times", "face_boxes"):
+            if k in extra:
+                extra[k] = extra[k][keep]
+    return Features(
+        key=feats.key, audio=feats.audio[: int(max_seconds * 16000)], words=words,
+        speech=feats.speech[:, :keep_frames] if feats.speech.ndim == 3 else feats.speech,
+        frame_times=feats.frame_times[:keep_frames],
+        text=feats.text[: len(words)], transcript_source=feats.transcript_source, extra=extra,
+    )

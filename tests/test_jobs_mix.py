@@ -1,0 +1,238 @@
+"""Training on a mix of corpora from the app (ser_core.jobs, the Train and Evaluate pages): the
+command line the job runs, the checks made before anything starts, and the widgets.
+
+No training process is started here: ``jobs._spawn`` is replaced by one that records the command.
+Corpora are miniature real-layout folders (tests/fixtures/corpora.py) and a small demo-like
+manifest under tmp_path; jobs live in this module's own cache folder, checkpoints in tmp_path.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from fixtures.corpora import build_manifest, build_ravdess, build_tess
+from ser_core import corpus_choice, jobs
+from ser_core.errors import InputError
+
+REPO = Path(__file__).resolve().parent.parent
+TIMEOUT = 120
+FILES = [Path("/o.safetensors"), Path("/run"), Path("/events.jsonl"), Path("/stop")]
+
+
+@pytest.fixture
+def demo(tmp_path, monkeypatch):
+    """A demo corpus (its own train/dev/test split, the four classes) where the app looks for it."""
+    rows = [{"path": f"wav/{split}_{label}_{i}.wav", "label": label, "speaker": f"s{n}", "split": split}
+            for n, split in enumerate(("train", "dev", "test")) for label in ("ang", "hap", "neu", "sad")
+            for i in range(2)]
+    manifest = build_manifest(tmp_path / "demo_corpus", rows)
+    monkeypatch.setenv("SER_CORPUS_DIR", str(manifest.parent))
+    return manifest
+
+
+@pytest.fixture
+def tess(tmp_path):
+    return build_tess(tmp_path / "tess")
+
+
+@pytest.fixture
+def checkpoints(tmp_path, monkeypatch):
+    import ser_core.paths
+    import ser_core.ui
+
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    monkeypatch.setattr(ser_core.paths, "CHECKPOINTS_DIR", folder)
+    monkeypatch.setenv("SER_CHECKPOINTS_DIR", str(folder))
+    return folder
+
+
+@pytest.fixture
+def spawned(cache, monkeypatch):
+    """Record the commands start_training would run; the job is marked finished at once."""
+    commands = []
+
+    def fake_spawn(job, command):
+        commands.append(command)
+        job.pid, job.status, job.exit_code = 0, "finished", 0
+
+    monkeypatch.setattr(jobs, "_spawn", fake_spawn)
+    return commands
+
+
+def _corpus_flags(cmd: list[str]) -> list[tuple[str, str]]:
+    return [(flag, cmd[i + 1]) for i, flag in enumerate(cmd) if flag in ("--corpus", "--root")]
+
+
+def _parse(cmd: list[str]) -> argparse.Namespace:
+    from ser_core.train import add_cli
+
+    parser = argparse.ArgumentParser()
+    add_cli(parser.add_subparsers())
+    assert cmd[1:4] == ["-m", "ser_core", "train"]
+    return parser.parse_args(cmd[3:])
+
+
+# --- ser_core.jobs -------------------------------------------------------------------------------
+def test_build_command_for_a_mix_repeats_corpus_and_root_in_order_and_adds_augment():
+    cmd = jobs.build_command(
+        *FILES, model="ks_transformer", corpora=[("ravdess", "/A"), ("tess", "/B"), ("demo", None),
+                                                 {"kind": "savee", "path": "/C", "test_only": True}],
+        augment=2, augment_corpora=["ravdess", "tess"])
+    assert _corpus_flags(cmd) == [("--corpus", "ravdess"), ("--root", "/A"), ("--corpus", "tess"),
+                                  ("--root", "/B"), ("--corpus", "demo"), ("--corpus", "test:savee"),
+                                  ("--root", "/C")]
+    assert "--protocol" not in cmd and "--fold" not in cmd  # a mix is always split by speaker
+    args = _parse(cmd)  # the trainer's own parser pairs them back
+    assert (args.corpus, args.root) == (["ravdess", "tess", "demo", "test:savee"], ["/A", "/B", "/C"])
+    assert (args.augment, args.augment_corpora, args.out) == (2, "ravdess,tess", "/o.safetensors")
+
+    # one corpus keeps today's command: its loader, its protocol and fold
+    one = jobs.build_command(*FILES, model="ks_transformer", corpora=[("tess", "/B")], protocol="speakers",
+                             fold=0, augment=1)
+    args = _parse(one)
+    assert (args.corpus, args.root, args.protocol, args.fold, args.augment) == (["tess"], ["/B"], "speakers", 0, 1)
+    assert "--augment-corpora" not in one
+    plain = jobs.build_command(*FILES, model="ks_transformer", corpus="manifest", root="/m.csv",
+                               protocol="predefined", fold=0, preset="fast", epochs=None, batch_size=None,
+                               lr=None, dropout=None, init_from=None, max_utterances=None, model_args={},
+                               device=None, seed=0)
+    assert "--augment" not in plain and _corpus_flags(plain) == [("--corpus", "manifest"), ("--root", "/m.csv")]
+    with pytest.raises(InputError, match="Type the path of the TESS folder"):
+        jobs.build_command(*FILES, model="ks_transformer", corpora=[("ravdess", "/A"), ("tess", " ")])
+
+
+def test_start_training_refuses_a_bad_mix_with_a_plain_message(cache, checkpoints, demo, tess, spawned):
+    before = jobs.current_job()
+    good = [("tess", str(tess)), ("demo", None)]
+    cases = [
+        (dict(corpora=[("tess", str(tess)), ("savee", "  ")]), "Type the path of the SAVEE folder"),
+        (dict(corpora=[("tess", str(tess)), ("ravdess", None)]), "Type the path of the RAVDESS folder"),
+        (dict(corpora=[("tess", str(tess)), ("nosuch", "/x")]), "Unknown corpus kind"),
+        (dict(corpora=[("tess", str(tess)), ("tess", str(tess))]), "chosen twice"),
+        (dict(corpora=[("test:tess", str(tess)), ("demo", None, True)]), "Every corpus is marked test only"),
+        (dict(corpora=good, augment=-1), "augmented copies"),
+        (dict(corpora=good, augment=1.5), "augmented copies"),
+        (dict(corpora=good, protocol="loso"), "always split by speaker"),
+        (dict(corpora=good, max_utterances=10), "single corpus"),
+        (dict(corpora=good, augment=1, augment_corpora=["savee"]), "Only corpora the mix trains on"),
+        (dict(corpora=[("tess", str(tess))], protocol="all"), "nothing to train on"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(InputError, match=message):
+            jobs.start_training("mix_run", **kwargs)
+    # the data check loads the mix as the trainer does: this RAVDESS has one usable speaker
+    ravdess = build_ravdess(tess.parent / "ravdess", suffix=".flac")
+    with pytest.raises(InputError, match="Only one speaker"):
+        jobs.start_training("mix_run", corpora=[("ravdess", str(ravdess)), ("tess", str(tess))])
+    demo.rename(demo.with_name("gone.csv"))
+    with pytest.raises(InputError, match="python -m ser_core corpus"):
+        jobs.start_training("mix_run", corpora=good)
+    assert spawned == [] and jobs.current_job() == before  # nothing was started
+
+
+def test_start_training_checks_the_mix_the_way_the_trainer_loads_it(cache, checkpoints, demo, tess, spawned,
+                                                                      monkeypatch):
+    import ser_core.train as train
+
+    seen = []
+    load_fold = train.load_fold
+
+    def spy(cfg):
+        seen.append(cfg)
+        return load_fold(cfg)
+
+    monkeypatch.setattr(train, "load_fold", spy)
+    job = jobs.start_training("mix_run", corpora=[("tess", str(tess)), ("demo", None), ("test:ravdess", "/R")],
+                              augment=2, augment_corpora=["tess"], check_data=False)
+    assert seen == []
+    assert _corpus_flags(spawned[-1]) == [("--corpus", "tess"), ("--root", str(tess)), ("--corpus", "demo"),
+                                          ("--corpus", "test:ravdess"), ("--root", "/R")]
+    job = jobs.start_training("mix_run2", corpora=[("tess", str(tess)), ("demo", None)], augment=2,
+                              augment_corpora=["tess"], seed=1)
+    args = _parse(spawned[-1])
+    (cfg,) = seen
+    # what the job will run gives the config the check used
+    assert cfg.mix == train.corpus_choice(args.corpus, args.root)["mix"] and cfg.seed == args.seed == 1
+    assert [(m["name"], m["test_only"]) for m in cfg.mix] == [("tess", False), ("demo", False)]
+    assert (args.augment, args.augment_corpora) == (2, "tess")
+    s = job.settings
+    assert (s["corpus"], s["protocol"], s["augment"], s["augment_corpora"]) == ("mix", "speakers", 2, ["tess"])
+    assert s["corpora"] == [{"kind": "tess", "root": str(tess), "test_only": False},
+                            {"kind": "demo", "root": None, "test_only": False}]
+    assert jobs.current_job().settings == s  # as every session reads it back
+    assert corpus_choice.describe_data(s) == (f"a mix of TESS folder `{tess}` + Demo corpus (generated) · split by "
+                                     "speaker per corpus, corpora and classes balanced · 2 augmented "
+                                     "copies per clip (tess only)")
+    # augmenting every corpus of the mix is the trainer's default: no --augment-corpora
+    jobs.start_training("mix_run3", corpora=[("tess", str(tess)), ("demo", None)], augment=1,
+                        augment_corpora=["demo", "tess"], check_data=False)
+    assert "--augment-corpora" not in spawned[-1] and "--augment" in spawned[-1]
+    # one corpus in the list: the old single-corpus run, its protocol kept
+    job = jobs.start_training("one_run", corpora=[("demo", None)], protocol="random", augment=1)
+    assert (job.settings["corpus"], job.settings["root"], job.settings["protocol"]) == ("manifest", str(demo), "random")
+    assert job.settings["corpora"] is None and seen[-1].mix is None and seen[-1].protocol == "random"
+    assert _parse(spawned[-1]).protocol == "random"
+    assert job.settings["kind"] == "demo"  # named as the demo corpus, not as its manifest
+    assert (corpus_choice.describe_data(job.settings)
+            == "Demo corpus (generated) · random fold 0 · 1 augmented copy per clip")
+    assert corpus_choice.real_corpora([("tess", "/T"), ("demo", None), ("test:savee", "/S")]) == ["tess"]
+
+
+# --- pages ---------------------------------------------------------------------------------------
+def test_train_page_picks_a_mix_with_augmentation_and_shows_it(cache, checkpoints, demo, tess, spawned):
+    at = AppTest.from_file(str(REPO / "pages/4_Train.py"), default_timeout=TIMEOUT).run()
+    assert not at.exception, at.exception
+    assert corpus_choice.MIX_NOTE in [c.value for c in at.caption]
+    augment = at.number_input(key="train_augment")
+    assert (augment.label, augment.value, augment.min, augment.max) == ("Augmented copies per clip", 0, 0, 4)
+    assert augment.help == corpus_choice.AUGMENT_HELP
+    protocol = at.selectbox(key="train_protocol")
+    assert "speakers" in protocol.options[-1] and not any(o.startswith("all") for o in protocol.options)
+    assert not protocol.disabled
+    kinds = at.selectbox(key="train_corpus_kind")
+    assert {"TESS folder", "SAVEE folder"} <= set(kinds.options)
+
+    kinds.set_value("tess").run()
+    at.text_input(key="train_corpus_path").set_value(str(tess))
+    at.multiselect(key="train_mix_kinds").set_value(["demo", "savee"]).run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="train_protocol").disabled and at.number_input(key="train_fold").disabled
+    assert at.text_input(key="train_corpus_path_savee").label == "Path of the SAVEE folder"
+    assert at.checkbox(key="train_test_only_savee").value is False
+    assert "train_corpus_path_demo" not in [t.key for t in at.text_input]  # the demo corpus needs no path
+    at.number_input(key="train_augment").set_value(2).run()
+    assert at.checkbox(key="train_augment_real").value is True  # the demo corpus is left as generated
+
+    at.text_input(key="train_name").set_value("page_mix")
+    at.button(key="train_start_button").click().run()  # SAVEE's path is empty
+    assert not at.exception, at.exception
+    layout = corpus_choice.CORPUS_KINDS["savee"]["layout"]
+    assert [e.value for e in at.error] == [f"Type the path of the SAVEE folder: {layout}."]
+    assert spawned == []
+
+    at.multiselect(key="train_mix_kinds").set_value(["demo"]).run()
+    at.button(key="train_start_button").click().run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    args = _parse(spawned[-1])
+    assert (args.corpus, args.root, args.augment, args.augment_corpora) == (["tess", "demo"], [str(tess)], 2, "tess")
+    assert "Run `page_mix`: finished" in [s.value for s in at.subheader]
+    mix = f"ks_transformer on a mix of TESS folder `{tess}` + Demo corpus (generated) · split by speaker per corpus"
+    assert any(c.value.startswith(mix) and "2 augmented copies per clip (tess only)" in c.value
+               for c in at.caption), [c.value for c in at.caption]
+
+
+def test_evaluate_page_offers_the_mix_protocols_and_the_new_corpora(cache, checkpoints):
+    at = AppTest.from_file(str(REPO / "pages/3_Evaluate.py"), default_timeout=TIMEOUT).run()
+    assert not at.exception, at.exception
+    protocols = at.selectbox(key="eval_protocol").options
+    assert any(o.startswith("speakers — ") for o in protocols) and any(o.startswith("all — ") for o in protocols)
+    kinds = at.selectbox(key="eval_corpus_kind")
+    assert {"TESS folder", "SAVEE folder"} <= set(kinds.options)
+    kinds.set_value("savee").run()
+    assert corpus_choice.CORPUS_KINDS["savee"]["layout"] in at.text_input(key="eval_corpus_path").help

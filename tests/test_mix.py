@@ -1,0 +1,156 @@
+"""Several corpora in one run (ser_core/data/mix.py): pairing of --corpus/--root, the per-corpus
+speaker-independent split, balancing, cross-corpus (test-only) corpora, and a 2-epoch training
+smoke test on a mix of a TESS-layout corpus and the demo corpus with augmented copies."""
+
+from __future__ import annotations
+
+import collections
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fixtures.corpora import build_ravdess, build_tess
+from ser_core.data import ravdess, tess
+from ser_core.data.base import Utterance
+from ser_core.data.mix import CorpusSpec, balance_weights, corpus_specs, mixed_fold, speaker_split, tag
+from ser_core.errors import InputError
+
+
+def _utts(corpus: str, speakers: int, per_label: int = 3, labels=("ang", "hap", "neu", "sad")):
+    return [tag(Utterance(f"{s}-{l}-{i}", Path(f"/x/{s}{l}{i}.wav"), None, l, f"spk{s}", f"spk{s}"), corpus)
+            for s in range(speakers) for l in labels for i in range(per_label)]
+
+
+def test_corpus_specs_pair_roots_in_order_and_demo_takes_none(tmp_path, monkeypatch):
+    monkeypatch.setenv("SER_CORPUS_DIR", str(tmp_path))
+    (tmp_path / "manifest.csv").write_text("path,label\n")
+    specs = corpus_specs(["ravdess", "demo", "test:TESS"], ["/a", "/b"])
+    assert [(s.name, s.root, s.test_only) for s in specs] == [
+        ("ravdess", "/a", False), ("demo", str(tmp_path / "manifest.csv"), False), ("tess", "/b", True)]
+    with pytest.raises(InputError, match="needs a folder"):
+        corpus_specs(["ravdess", "tess"], ["/a"])
+    with pytest.raises(InputError, match="no --corpus"):
+        corpus_specs(["ravdess"], ["/a", "/b"])
+    with pytest.raises(InputError, match="test-only"):
+        corpus_specs(["test:ravdess"], ["/a"])
+    with pytest.raises(InputError, match="twice"):
+        corpus_specs(["ravdess", "ravdess"], ["/a", "/b"])
+
+
+def test_demo_corpus_missing_says_how_to_make_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("SER_CORPUS_DIR", str(tmp_path / "none"))
+    with pytest.raises(InputError, match="Generate"):
+        corpus_specs(["demo"], [])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_speaker_split_never_shares_a_voice_between_train_and_test(seed):
+    utts = _utts("c", speakers=10)
+    fold = speaker_split(utts, seed)
+    spk = {part: {u.speaker for u in getattr(fold, part)} for part in ("train", "val", "test")}
+    assert spk["train"] and spk["val"] and spk["test"]
+    assert not spk["train"] & spk["test"] and not spk["val"] & spk["test"] and not spk["train"] & spk["val"]
+    assert len(fold.train) + len(fold.val) + len(fold.test) == len(utts)
+    assert speaker_split(utts, seed) == fold  # deterministic
+
+
+def test_two_speakers_test_on_one_validate_on_the_other():
+    utts = _utts("tess", speakers=2, per_label=10)
+    fold = speaker_split(utts, 0)
+    assert {u.speaker for u in fold.test} == {"spk0"}
+    assert {u.speaker for u in fold.train} == {u.speaker for u in fold.val} == {"spk1"}
+    assert {u.label for u in fold.val} == {"ang", "hap", "neu", "sad"}  # stratified by label
+    assert {u.speaker for u in speaker_split(utts, 1).test} == {"spk1"}
+    with pytest.raises(InputError, match="one speaker"):
+        speaker_split(_utts("x", speakers=1), 0)
+
+
+def test_balance_weights_give_each_corpus_and_class_an_equal_share():
+    utts = _utts("big", speakers=8, per_label=5) + _utts("small", speakers=2, per_label=1, labels=("ang", "sad"))
+    utts += _utts("small2", speakers=1, per_label=7, labels=("ang",))[:3]
+    w = balance_weights(utts)
+    assert w.sum() == pytest.approx(1.0)
+    share = collections.defaultdict(float)
+    for u, wi in zip(utts, w):
+        share[(u.meta["corpus"], u.label)] += wi
+    for corpus in ("big", "small", "small2"):
+        assert sum(v for (c, _), v in share.items() if c == corpus) == pytest.approx(1 / 3)
+    assert share[("big", "ang")] == pytest.approx(share[("big", "neu")]) == pytest.approx(1 / 12)
+    assert share[("small", "sad")] == pytest.approx(1 / 6)
+
+
+def test_mixed_fold_maps_labels_tags_corpora_and_keeps_test_only_corpora_whole(tmp_path):
+    rav, tes = build_ravdess(tmp_path / "rav", suffix=".flac"), build_tess(tmp_path / "tess")
+    n_rav = sum(u.label in ("ang", "hap", "neu", "sad") for u in ravdess.load(rav))
+    fold = mixed_fold([CorpusSpec("tess", str(tes)), CorpusSpec("ravdess", str(rav), test_only=True)])
+    everything = fold.train + fold.val + fold.test
+    assert {u.label for u in everything} <= {"ang", "hap", "neu", "sad"}  # calm, surprise... left out
+    assert all(u.id.startswith(u.meta["corpus"] + "/") for u in everything)
+    assert 0 < sum(u.meta["corpus"] == "ravdess" for u in fold.test) == n_rav
+    assert not any(u.meta["corpus"] == "ravdess" for u in fold.train + fold.val)
+    assert len({u.id for u in everything}) == len(everything)
+    tess_ids = {u.id for u in tess.load(tes)}
+    assert {u.id.split("/", 1)[1] for u in everything if u.meta["corpus"] == "tess"} <= tess_ids
+
+
+def test_corpus_choice_one_corpus_keeps_its_protocol_several_make_a_mix(tmp_path):
+    from ser_core.train import corpus_choice
+
+    assert corpus_choice(["ravdess"], ["/r"]) == {"corpus": "ravdess", "root": "/r"}
+    mix = corpus_choice(["ravdess", "test:tess"], ["/r", "/t"])
+    assert mix["corpus"] == "mix" and [m["name"] for m in mix["mix"]] == ["ravdess", "tess"]
+    assert mix["mix"][1]["test_only"] is True
+
+
+# --- a real (tiny) mixed training run ---------------------------------------------------------
+WORDS = ["back", "bath", "bean", "beg", "boat", "bone", "book", "bought", "burn", "cab", "calm", "came"]
+TESS_EMOTION = {"ang": "angry", "hap": "happy", "neu": "neutral", "sad": "sad"}
+
+
+def _tess_from(corpus_manifest: Path, root: Path) -> Path:
+    """A TESS-layout corpus (two speakers) whose clips are the tiny demo corpus's synthetic speech."""
+    rows = list(csv.DictReader(open(corpus_manifest)))[:12]
+    for i, row in enumerate(rows):
+        speaker = "OAF" if i % 2 else "YAF"
+        emotion = TESS_EMOTION[row["label"]]
+        dest = root / f"{speaker}_{emotion}" / f"{speaker}_{WORDS[i]}_{emotion}.wav"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(corpus_manifest.parent / row["path"], dest)
+    return root
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
+def test_two_epoch_training_on_a_mix_with_augmented_copies(cache, corpus, tmp_path):
+    from ser_core.train import TrainConfig, train
+
+    tes = _tess_from(corpus, tmp_path / "tess")
+    out = tmp_path / "mix.safetensors"
+    cfg = TrainConfig(corpus="mix", mix=[{"name": "tess", "root": str(tes)}, {"name": "demo", "root": str(corpus)}],
+                      out=str(out), epochs=2, batch_size=8, augment_copies=1, augment_corpora=["tess"],
+                      model_args={"d_model": 32, "ff_dim": 64, "feature_layers": 1, "ccab_layers": 1,
+                                  "fusion_layers": 1}, device="cpu")
+    meta = train(cfg, progress=False, log=lambda *_: None)
+    sizes = meta["training"]["sizes"]
+    n_tess_train = sizes["train"] - 16  # the tiny demo corpus has 16 training utterances
+    assert n_tess_train > 0 and n_tess_train % 2 == 0  # every TESS training clip plus one augmented copy
+    test = meta["metrics"]["test"]
+    assert set(test["by_corpus"]) == {"tess", "demo"}
+    assert test["ua"] == pytest.approx(np.mean([v["ua"] for v in test["by_corpus"].values()]))
+    assert sum(test["predicted_share"].values()) == pytest.approx(1.0)
+    rows = [json.loads(l) for l in (tmp_path / "mix.run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and set(rows[0]["val_ua_by_corpus"]) == {"tess", "demo"}
+    # augmented clips were encoded from different waveforms: more feature files than clips
+    n_files = len(list((cache / "features").rglob("*.safetensors")))
+    assert n_files >= sizes["train"] + sizes["val"] + sizes["test"]
+    # the real-voice report: the checkpoint's per-corpus scores with the probe fitted on the same mix
+    from ser_core.real_voices import build_report
+
+    report = build_report(str(out), cross=[], ablation=[], log=lambda *_: None)
+    assert report["corpora"] == ["tess"] and report["trained_on"] == ["tess", "demo"]
+    assert set(report["probe"]["by_corpus"]) == {"tess", "demo"}
+    assert 0 <= report["probe"]["by_corpus"]["tess"]["ua"] <= 1
+    assert report["by_corpus"]["tess"]["n"] == test["by_corpus"]["tess"]["n"]
