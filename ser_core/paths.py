@@ -29,10 +29,11 @@ def default_corpus_dir() -> Path:
 
 
 def checkpoints_dir() -> Path:
-    """Where the app writes the checkpoints it trains: ``SER_CHECKPOINTS_DIR``, else the repo's
-    ``checkpoints/`` (``CHECKPOINTS_DIR``, read at call time so tests can point it elsewhere)."""
+    """Where the app writes the checkpoints it trains: ``SER_CHECKPOINTS_DIR``, else a folder of
+    their own in the user cache, so the shipped ones in the repo's ``checkpoints/``
+    (``CHECKPOINTS_DIR``) are never replaced and the working tree stays clean."""
     raw = (os.environ.get("SER_CHECKPOINTS_DIR") or "").strip()
-    return Path(raw).expanduser() if raw else Path(CHECKPOINTS_DIR)
+    return Path(raw).expanduser() if raw else cache_dir() / "checkpoints"
 
 
 def checkpoint_dirs() -> list[Path]:

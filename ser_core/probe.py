@@ -31,15 +31,17 @@ def pooled_levels(speech: np.ndarray) -> np.ndarray:
 
 
 def run_probe(specs: list[CorpusSpec], classes=DEFAULT_CLASSES, seed: int = 0,
-              speech_encoder: str = "whisper:tiny.en", progress: bool = True) -> dict[str, Any]:
-    """Fit the probe on the mix's training part; returns the chosen level/C and val/test scores."""
+              speech_encoder: str = "whisper:tiny.en", progress: bool = True, augment_copies: int = 0,
+              augment_seed: int = 0, augment_corpora: list[str] | None = None) -> dict[str, Any]:
+    """Fit the probe on the mix's training part (plus augmented copies, as the trainer makes them,
+    when asked); returns the chosen level/C and val/test scores."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     from .features import FeatureExtractor
     from .scoring import score_parts
-    from .train_data import extract_all
+    from .train_data import extract_all, with_augmented_copies
 
     fold = mixed_fold(specs, tuple(classes), seed)
     labels = sorted({u.label for u in fold.train})
@@ -47,6 +49,8 @@ def run_probe(specs: list[CorpusSpec], classes=DEFAULT_CLASSES, seed: int = 0,
     parts = {}
     for name in ("train", "val", "test"):
         utts = list(getattr(fold, name))
+        if name == "train":
+            utts = with_augmented_copies(utts, augment_copies, augment_seed, augment_corpora)
         feats = extract_all(utts, extractor, f"{name} features", progress)
         parts[name] = (utts, np.stack([pooled_levels(f.speech) for f in feats]) if feats else None)
     y_train = np.array([labels.index(u.label) for u in parts["train"][0]])
@@ -82,6 +86,8 @@ def add_cli(subparsers) -> None:
     p.add_argument("--root", action="append", default=[], help="as for train, in the order of --corpus")
     p.add_argument("--classes", help="comma-separated labels (default ang,hap,neu,sad)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--augment", type=int, default=0, metavar="N", help="as for train: N augmented copies")
+    p.add_argument("--augment-corpora", help="as for train (default: all)")
     p.add_argument("--out", help="write the result as JSON here")
     p.set_defaults(func=_cli)
 
@@ -90,7 +96,9 @@ def _cli(args: argparse.Namespace) -> int:
     from .data.mix import corpus_specs
 
     specs = corpus_specs(args.corpus or ["demo"], args.root)
-    result = run_probe(specs, tuple(args.classes.split(",")) if args.classes else DEFAULT_CLASSES, args.seed)
+    result = run_probe(specs, tuple(args.classes.split(",")) if args.classes else DEFAULT_CLASSES, args.seed,
+                       augment_copies=args.augment,
+                       augment_corpora=args.augment_corpora.split(",") if args.augment_corpora else None)
     text = json.dumps({k: v for k, v in result.items() if k != "search"}, indent=2)
     print(text)
     if args.out:

@@ -97,6 +97,31 @@ def test_mixed_fold_maps_labels_tags_corpora_and_keeps_test_only_corpora_whole(t
     assert {u.id.split("/", 1)[1] for u in everything if u.meta["corpus"] == "tess"} <= tess_ids
 
 
+def test_evaluate_speakers_protocol_gives_back_the_mix_held_out_speakers(tmp_path):
+    """``evaluate --protocol speakers`` must score exactly the voices the mix held out of training."""
+    from ser_core.data import load_corpus
+    from ser_core.train_data import _folds
+
+    tes = build_tess(tmp_path / "tess")
+    classes = ("ang", "hap", "neu", "sad")
+    mixed = mixed_fold([CorpusSpec("tess", str(tes))], classes, seed=1)
+    alone = _folds("speakers", [u for u in load_corpus("tess", tes) if u.label in classes], 1)[0]
+    assert [u.id.split("/", 1)[1] for u in mixed.test] == [u.id for u in alone.test]
+    assert {u.speaker for u in alone.test}.isdisjoint({u.speaker for u in alone.train})
+    everything = _folds("all", list(load_corpus("tess", tes)), 0)[0]
+    assert not everything.train and not everything.val and len(everything.test) == len(load_corpus("tess", tes))
+
+
+def test_probe_pools_mean_and_spread_of_each_level():
+    from ser_core.probe import pooled_levels
+
+    speech = np.stack([np.tile(np.array([[0.0, 2.0]]), (4, 1)), np.array([[0, 0], [2, 2], [0, 0], [2, 2.0]])])
+    pooled = pooled_levels(speech)  # [levels, 2·D]
+    assert pooled.shape == (2, 4)
+    np.testing.assert_allclose(pooled[0], [0, 2, 0, 0])
+    np.testing.assert_allclose(pooled[1], [1, 1, 1, 1])
+
+
 def test_corpus_choice_one_corpus_keeps_its_protocol_several_make_a_mix(tmp_path):
     from ser_core.train import corpus_choice
 
