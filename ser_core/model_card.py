@@ -144,7 +144,7 @@ def model_card(checkpoint: str | Path, device: str = "cpu") -> ModelCard:
         labels=list(meta["config"]["labels"]),
         config={k: v for k, v in meta["config"].items() if k != "labels"},
         demo_test=_demo_scores(meta.get("metrics", {}).get("test", {})),
-        by_corpus=meta.get("metrics", {}).get("test", {}).get("by_corpus", {}),
+        by_corpus=held_out_scores(meta),
         trained_on=trained_on(meta),
         paper_results=PAPER_RESULTS.get(name, {}),
         training={k: meta.get("training", {}).get(k) for k in ("preset", "epochs", "hyper", "sizes")}
@@ -163,6 +163,16 @@ def _demo_scores(test: dict[str, Any]) -> dict[str, Any]:
     """The demo corpus's test scores: the whole test part, or its share of a mix's."""
     by = test.get("by_corpus") or {}
     return by.get("demo", by.get("manifest", {})) if by else test
+
+
+def held_out_scores(meta: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Test scores per corpus on speakers never heard in training: a mix's own test parts, plus
+    corpora the checkpoint was scored on afterwards (``evaluate --protocol speakers --write``)."""
+    metrics = meta.get("metrics", {})
+    test = metrics.get("test", {})
+    own = test.get("by_corpus") or ({trained_on(meta)[0]: test} if test.get("ua") is not None and
+                                   len(trained_on(meta)) == 1 else {})
+    return {**metrics.get("held_out_speakers", {}), **own}
 
 
 def trained_on(meta: dict[str, Any]) -> list[str]:

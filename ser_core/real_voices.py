@@ -10,7 +10,9 @@ training data of each run, so every model figure has its baseline beside it:
 
 * ``probe``: the probe on the shipped model's mix, per corpus, on the same held-out speakers;
 * ``cross_corpus``: runs trained without a corpus and tested on all of it (``test:NAME``);
-* ``ablation``: what augmentation and mixing bought (the same held-out speakers).
+* ``ablation``: what augmentation and mixing bought (the same held-out speakers): model runs given
+  with ``--ablation``, and ``probe_ablation``, the probe with and without augmentation and the demo
+  corpus.
 
 The Models page reads the file; nothing in it is typed by hand.
 """
@@ -69,6 +71,22 @@ def build_report(model: str, cross: list[str], ablation: list[tuple[str, str]], 
             report["cross_corpus"].append({
                 "test": spec.name, "trained_on": trained_on(m), "checkpoint": Path(path).name,
                 "model": _compact(tests[spec.name]), "probe": _compact(ptests[spec.name])})
+    # what augmentation and mixing buy, measured with the probe on the same held-out speakers
+    training_aug = {"augment_copies": training.get("augment_copies", 0),
+                    "augment_seed": training.get("augment_seed", 0),
+                    "augment_corpora": training.get("augment_corpora")}
+    real_only = [s for s in _specs(meta) if s.name != "demo"]
+    report["probe_ablation"] = [{"setting": "probe: real corpora + demo corpus", "by_corpus":
+                                 report["probe"]["by_corpus"]}]
+    for setting, specs, kw in (("probe: real corpora + demo corpus, augmented as the model", _specs(meta),
+                                training_aug),
+                               ("probe: real corpora only", real_only, {})):
+        if not specs or (kw and not kw["augment_copies"]):
+            continue
+        log(setting)
+        p = run_probe(specs, seed=training.get("seed", 0), progress=False, **probe_kw, **kw)
+        report["probe_ablation"].append({"setting": setting, "by_corpus": {
+            k: _compact(v) for k, v in (p["test"].get("by_corpus") or {specs[0].name: p["test"]}).items()}})
     report["ablation"] = [{"setting": "shipped: real corpora + demo corpus, augmented",
                            "by_corpus": report["by_corpus"]}]
     for setting, path in ablation:

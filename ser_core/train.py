@@ -464,6 +464,8 @@ def add_cli(subparsers) -> None:
     e.add_argument("--keep-ratio", type=float)
     e.add_argument("--top-p", type=float)
     e.add_argument("--device")
+    e.add_argument("--write", action="store_true",
+                   help="with --protocol speakers: store the scores in the checkpoint (the Models page shows them)")
     e.set_defaults(func=_evaluate_cli)
 
 
@@ -552,4 +554,16 @@ def _evaluate_cli(args: argparse.Namespace) -> int:
     result = evaluate(args.checkpoint, args.corpus, _default_root(args), args.protocol, args.fold,
                       args.split, args.device, keep_ratio=args.keep_ratio, top_p=args.top_p)
     print(json.dumps({k: v for k, v in result.items() if k != "predictions"}, indent=2))
+    if args.write:
+        if args.protocol != "speakers":
+            raise InputError("--write stores held-out-speaker scores: use it with --protocol speakers.")
+        from .checkpoint import read_meta, update_meta
+
+        metrics_ = read_meta(args.checkpoint).get("metrics", {})
+        held = dict(metrics_.get("held_out_speakers", {}))
+        name = "demo" if args.corpus == "manifest" else args.corpus
+        held[name] = {k: result[k] for k in ("wa", "ua", "macro_f1", "n", "fold")}
+        held[name]["predicted_share"] = {label: sum(p["pred"] == label for p in result["predictions"]) / result["n"]
+                                         for label in result["labels"]}
+        update_meta(args.checkpoint, {"metrics": {**metrics_, "held_out_speakers": held}})
     return 0
