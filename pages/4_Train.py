@@ -15,7 +15,7 @@ from pathlib import Path  # noqa: E402
 import plotly.graph_objects as go  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from ser_core import corpus_choice, corpus_job, jobs, ui, viz  # noqa: E402
+from ser_core import corpus_choice, corpus_job, job_progress, jobs, ui, viz  # noqa: E402
 from ser_core.checkpoint import list_all_checkpoints  # noqa: E402
 from ser_core.errors import InputError  # noqa: E402
 from ser_core.models.base import MODELS, _import_builtin_models  # noqa: E402
@@ -169,7 +169,7 @@ with st.expander("New training run", expanded=not busy):
 
 
 # --- figures -------------------------------------------------------------------------------------
-def loss_figure(progress: jobs.Progress) -> go.Figure:
+def loss_figure(progress: job_progress.Progress) -> go.Figure:
     """Cross-entropy per training batch (x in epochs) and each finished epoch's mean."""
     fig = go.Figure()
     xs = [x for x, _ in progress.losses]
@@ -189,7 +189,7 @@ def loss_figure(progress: jobs.Progress) -> go.Figure:
     return fig
 
 
-def validation_figure(progress: jobs.Progress) -> go.Figure:
+def validation_figure(progress: job_progress.Progress) -> go.Figure:
     """Validation UA, WA and macro-F1 after each epoch; the saved (best-UA) epochs are marked."""
     rows = progress.history
     fig = go.Figure()
@@ -221,7 +221,7 @@ def job_panel() -> None:
         return
     if st.session_state.get("train_seen") != (job.id, job.status):
         st.rerun()  # started, stopped or ended elsewhere: redraw the whole page (settings' state too)
-    progress = jobs.read_events(job)
+    progress = job_progress.read_events(job)
     s = job.settings
     st.subheader(f"Run `{job.name}`: {job.status}")
     st.caption(f"{s.get('model')} on {corpus_choice.describe_data(s)} · "

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from ser_core import corpus_choice, jobs
+from ser_core import corpus_choice, job_progress, jobs
 from ser_core.checkpoint import list_checkpoints, read_meta
 from ser_core.errors import InputError
 
@@ -91,12 +91,12 @@ def test_job_runs_in_background_stops_with_code_3_and_resumes_to_the_end(cache, 
     # another process (another server, a refreshed browser) sees the same job from the files
     assert _status_in_another_process(cache) == f"{job.id} running"
 
-    _wait_for(lambda: jobs.read_events(jobs.current_job()).losses, what="the first batch")
+    _wait_for(lambda: job_progress.read_events(jobs.current_job()).losses, what="the first batch")
     assert jobs.request_stop().status == "stopping"
     stopped = jobs.wait(job, timeout=120)
     assert (stopped.status, stopped.exit_code) == ("stopped", 3)
     assert _status_in_another_process(cache) == f"{job.id} stopped"
-    progress = jobs.read_events(stopped)
+    progress = job_progress.read_events(stopped)
     assert progress.phase == "stopped" and progress.epochs == 2 and progress.batches == 4
     assert 1 <= progress.steps_done < 8 and stopped.resumable
     assert (stopped.run_dir / "state.pt").exists()
@@ -105,7 +105,7 @@ def test_job_runs_in_background_stops_with_code_3_and_resumes_to_the_end(cache, 
     assert jobs.current_job().status == "running"
     done = jobs.wait(job, timeout=180)
     assert (done.status, done.exit_code, done.message) == ("finished", 0, None)
-    progress = jobs.read_events(done)
+    progress = job_progress.read_events(done)
     assert progress.phase == "done" and progress.fraction == 1.0
     assert [r["epoch"] for r in progress.history] == [1, 2]
     # every batch once, in order, across the stop: the resumed run continued where it stopped

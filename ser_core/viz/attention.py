@@ -1,0 +1,263 @@
+"""Attention views: the attention map heatmap, key-score bars and nucleus (MESM) keep masks.
+
+Large maps
+    A map with more than :data:`~ser_core.viz.palette.MAX_CELLS_PER_AXIS` positions on an axis is
+    max-pooled over blocks (the title says so), so a 1500×1500 frame map stays responsive in the
+    browser; max-pooling keeps every peak visible.
+
+Key-sparse records (KS-Transformer) hatch their dropped key columns; nucleus records grey out the
+dropped points of the map, and :func:`nucleus_overlay_figure` tints the kept points of a mask
+over the spectrogram chunk or face crop it was taken from.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+
+import numpy as np
+import plotly.graph_objects as go
+
+from ser_core.errors import InputError
+from ser_core.trace import AttentionRecord
+
+from .palette import (
+    ACCENT_COLOR, ATTENTION_COLORSCALE, DROPPED_COLOR, KEPT_COLOR, MAX_CELLS_PER_AXIS,
+)
+from .records import (
+    Head, _any_pool_1d, _axis, _axis_layout, _head_index, _head_label, head_key_scores,
+    head_keep, head_weights, max_pool_2d, top_k_threshold,
+)
+
+def attention_heatmap(
+    record: AttentionRecord, head: Head = "mean", max_cells: int = MAX_CELLS_PER_AXIS
+) -> go.Figure:
+    """Heatmap of one attention map: queries down, keys across; dropped keys hatched grey.
+
+    Word axes are categorical (words as ticks), frame axes are time in seconds. Above
+    ``max_cells`` positions on an axis the map is max-pooled over blocks (said in the title).
+    """
+    z = head_weights(record, head)
+    h = _head_index(record, head)
+    if max_cells < 2:
+        raise InputError("The heatmap size cap must be at least 2 cells per axis.")
+    tq, tk = z.shape
+    bq, bk = math.ceil(tq / max_cells), math.ceil(tk / max_cells)
+    keep = head_keep(record, head)
+    if bq > 1 or bk > 1:
+        z = max_pool_2d(z, bq, bk)
+    qa = _axis(record.query_labels, "query", bq)
+    ka = _axis(record.key_labels, "key", bk)
+
+    title = f"{record.name} ({record.kind}): {_head_label(h, record.heads)}"
+    notes = []
+    if bq > 1 or bk > 1:
+        notes.append(f"max-pooled over {bq}×{bk} blocks ({tq}×{tk} → {z.shape[0]}×{z.shape[1]})")
+    if record.keep_ratio is not None:
+        notes.append(f"keep_ratio {record.keep_ratio:.2f}")
+    if record.top_p is not None:
+        notes.append(f"top_p {record.top_p:.2f}")
+
+    heat = go.Heatmap(
+        z=z,
+        x=ka.positions,
+        y=qa.positions,
+        colorscale=ATTENTION_COLORSCALE,
+        zmin=0.0,
+        zmax=float(z.max()) if z.max() > 0 else 1.0,
+        colorbar={"title": {"text": "max weight" if (bq > 1 or bk > 1) else "weight"}},
+        name="attention",
+    )
+    weight_fmt = "%{z:.4f}"
+    if qa.is_time and ka.is_time:
+        q_span = "%{y:.3f} s" if bq == 1 else "≈%{y:.3f} s"
+        k_span = "%{x:.3f} s" if bk == 1 else "≈%{x:.3f} s"
+        heat.hovertemplate = f"query {q_span}<br>key {k_span}<br>weight {weight_fmt}<extra></extra>"
+    else:
+        text = np.char.add(
+            np.char.add(np.char.add("query: ", qa.hover.astype(str))[:, None], "<br>key: "),
+            ka.hover.astype(str)[None, :],
+        )
+        heat.text = text
+        heat.hovertemplate = f"%{{text}}<br>weight {weight_fmt}<extra></extra>"
+    fig = go.Figure(heat)
+
+    if keep is not None and keep.over == "columns":
+        dropped = ~(_any_pool_1d(keep.mask, bk) if bk > 1 else keep.mask)
+        if dropped.any():
+            fig.add_trace(
+                go.Bar(
+                    x=ka.positions[dropped],
+                    y=np.full(int(dropped.sum()), qa.hi - qa.lo),
+                    base=qa.lo,
+                    width=ka.widths[dropped],
+                    marker={
+                        "color": "rgba(187,187,187,0.55)",
+                        "pattern": {"shape": "/", "fgcolor": "white", "size": 6},
+                        "line": {"width": 0},
+                    },
+                    name="dropped key (weights set to 0)",
+                    hoverinfo="skip",
+                    showlegend=True,
+                )
+            )
+        notes.append(f"{int(keep.mask.sum())} of {tk} keys kept")
+        if h is None and record.heads > 1:
+            notes.append("hatched = dropped by every head")
+    elif keep is not None:  # nucleus: kept points of the map
+        cells = keep.mask.astype(np.float64)
+        if bq > 1 or bk > 1:
+            cells = max_pool_2d(cells, bq, bk)
+        overlay = np.where(cells > 0, np.nan, 1.0)
+        if np.isfinite(overlay).any():
+            fig.add_trace(
+                go.Heatmap(
+                    z=overlay,
+                    x=ka.positions,
+                    y=qa.positions,
+                    colorscale=[[0, DROPPED_COLOR], [1, DROPPED_COLOR]],
+                    showscale=False,
+                    opacity=0.8,
+                    hoverinfo="skip",
+                    name="dropped point",
+                )
+            )
+        notes.append(f"grey = dropped points ({int(keep.mask.sum())} of {keep.mask.size} kept)")
+    elif record.keep is not None:
+        notes.append(f"keep mask of shape {np.shape(record.keep)} does not index this map")
+
+    if notes:
+        title += "<br><sup>" + " · ".join(notes) + "</sup>"
+    fig.update_layout(
+        title={"text": title},
+        xaxis=_axis_layout(ka),
+        yaxis=_axis_layout(qa, reversed_=True),
+        barmode="overlay",
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 1, "xanchor": "right"},
+        height=max(420, min(800, 24 * len(qa.names) + 200)) if not qa.is_time else 600,
+        margin={"t": 110},
+    )
+    return fig
+
+
+def key_importance_figure(record: AttentionRecord, head: Head = 0) -> go.Figure:
+    """Bars of key scores over keys, kept vs dropped in two colours, top-k threshold as a line."""
+    scores, kept = head_key_scores(record, head)
+    h = _head_index(record, head)
+    axis = _axis(record.key_labels, "key")
+    length = scores.shape[0]
+
+    threshold: float | None = None
+    if kept is not None and kept.any() and (h is not None or record.heads == 1):
+        # Key-sparse keeps every key whose score ≥ the n-th largest, so the lowest kept
+        # score is the top-k threshold (ties included).
+        threshold = float(scores[kept].min())
+    elif kept is None and record.keep_ratio is not None and record.keep_ratio < 1:
+        threshold, _ = top_k_threshold(scores, record.keep_ratio)
+        kept = scores >= threshold
+
+    fig = go.Figure()
+    groups = [("kept", kept, KEPT_COLOR), ("dropped", ~kept, DROPPED_COLOR)] if kept is not None \
+        else [("key", np.ones(length, bool), KEPT_COLOR)]
+    for name, sel, color in groups:
+        if not sel.any():
+            continue
+        fig.add_trace(
+            go.Bar(
+                x=axis.positions[sel],
+                y=scores[sel],
+                width=axis.widths[sel] * (1.0 if axis.is_time else 0.8),
+                marker={"color": color, "line": {"width": 0}},
+                name=f"{name} key",
+                text=axis.hover[sel],
+                hovertemplate="%{text}<br>score %{y:.4f}<extra>" + name + "</extra>",
+                textposition="none",
+            )
+        )
+    if threshold is not None:
+        fig.add_hline(
+            y=threshold,
+            line={"color": ACCENT_COLOR, "dash": "dash", "width": 2},
+            annotation_text=f"top-k threshold {threshold:.3g}",
+            annotation_position="top left",
+        )
+    title = f"{record.name}: key scores (Σ over queries), {_head_label(h, record.heads)}"
+    sub = []
+    if record.keep_ratio is not None:
+        sub.append(f"keep_ratio {record.keep_ratio:.2f}")
+    if kept is not None:
+        sub.append(f"{int(kept.sum())} kept / {length}")
+    if h is None and record.heads > 1 and kept is not None:
+        sub.append("kept = kept by any head; thresholds differ per head")
+    if sub:
+        title += "<br><sup>" + " · ".join(sub) + "</sup>"
+    fig.update_layout(
+        title={"text": title},
+        xaxis=_axis_layout(axis),
+        yaxis={"title": {"text": "key score"}},
+        barmode="overlay",
+        bargap=0.1,
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 1, "xanchor": "right"},
+        margin={"t": 100},
+    )
+    return fig
+
+
+def nucleus_overlay_figure(
+    image: np.ndarray, keep_mask: np.ndarray, weights: np.ndarray | None = None,
+    title: str = "Kept points (nucleus)",
+) -> go.Figure:
+    """A spectrogram chunk or face crop with the kept points of a nucleus mask overlaid.
+
+    ``keep_mask`` is [H, W] like the image or a coarser grid [h, w] of patches laid evenly
+    over it; kept cells are tinted (by ``weights`` when given), dropped cells stay plain.
+    """
+    img = np.asarray(image)
+    mask = np.asarray(keep_mask, dtype=bool)
+    if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (3, 4)) or img.size == 0:
+        raise InputError("The image must be [H, W] (spectrogram / grey) or [H, W, 3] (colour).")
+    if mask.ndim != 2 or mask.size == 0:
+        raise InputError("The keep mask must be a 2-D grid of kept points.")
+    height, width = img.shape[:2]
+    gh, gw = mask.shape
+    if gh > height or gw > width:
+        raise InputError(f"The keep mask {mask.shape} is finer than the image {img.shape[:2]}.")
+    if weights is not None:
+        weights = np.asarray(weights, dtype=np.float64)
+        if weights.shape != mask.shape:
+            raise InputError(f"Weights {weights.shape} must match the keep mask {mask.shape}.")
+
+    if img.ndim == 3:
+        rgb = img[..., :3]
+        if rgb.dtype.kind == "f" and rgb.max() <= 1.0:
+            rgb = rgb * 255
+        base = go.Image(z=np.clip(rgb, 0, 255).astype(np.uint8), hoverinfo="skip")
+    else:
+        base = go.Heatmap(z=img.astype(np.float64), colorscale="Greys", reversescale=True,
+                          showscale=False, hoverinfo="skip", name="image")
+    fig = go.Figure(base)
+    # grid centres in image pixel coordinates
+    xs = (np.arange(gw) + 0.5) * width / gw - 0.5
+    ys = (np.arange(gh) + 0.5) * height / gh - 0.5
+    value = weights if weights is not None else np.ones(mask.shape)
+    overlay = np.where(mask, value, np.nan)
+    fig.add_trace(
+        go.Heatmap(
+            z=overlay, x=xs, y=ys, colorscale="Viridis" if weights is not None
+            else [[0, KEPT_COLOR], [1, KEPT_COLOR]],
+            opacity=0.5, showscale=weights is not None,
+            colorbar={"title": {"text": "weight"}},
+            hovertemplate="row %{y:.0f}, col %{x:.0f}<br>value %{z:.4f}<extra>kept</extra>",
+            name="kept point",
+        )
+    )
+    fig.update_layout(
+        title={"text": f"{html.escape(title)}<br><sup>{int(mask.sum())} of {mask.size} "
+                       "points kept (tinted)</sup>"},
+        xaxis={"title": {"text": "column"}, "range": [-0.5, width - 0.5], "showgrid": False},
+        yaxis={"title": {"text": "row"}, "range": [height - 0.5, -0.5], "showgrid": False,
+               "scaleanchor": "x"},
+        height=520,
+        width=int(min(1100, max(420, 400 * width / height + 200))),
+    )
+    return fig

@@ -1,0 +1,264 @@
+"""Audio and transcript views: waveform and log-mel spectrogram with kept frames and words at
+their times, and the transcript shaded by key score (HTML)."""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+
+from ser_core.asr import Word
+from ser_core.errors import InputError
+from ser_core.trace import AttentionRecord
+
+from .palette import KEPT_COLOR, MAX_SPECTROGRAM_FRAMES, MAX_WAVEFORM_POINTS, SPECTROGRAM_COLORSCALE
+from .records import Head, _check_record, _times, head_key_scores
+
+def kept_intervals(record: AttentionRecord, head: Head = "mean") -> list[tuple[float, float]]:
+    """Time spans [start, end] of the kept keys of an audio-key record (contiguous keys merged).
+
+    For ``head='mean'`` a frame counts as kept if at least one head keeps it.
+    """
+    _check_record(record)
+    times = _times(record.key_labels)
+    if times is None:
+        raise InputError(
+            f"Record {record.name!r} has no times on its key axis ({record.key_labels.kind}), "
+            "so its kept keys cannot be placed on the audio."
+        )
+    _, kept = head_key_scores(record, head)
+    start, end = times
+    if kept is None:
+        kept = np.ones(len(start), dtype=bool)
+    spans: list[tuple[float, float]] = []
+    for i in np.flatnonzero(kept):
+        if spans and start[i] <= spans[-1][1] + 1e-6:
+            spans[-1] = (spans[-1][0], max(spans[-1][1], float(end[i])))
+        else:
+            spans.append((float(start[i]), float(end[i])))
+    return spans
+
+
+def _words_list(words: Sequence[Word] | None) -> list[Word]:
+    if words is None:
+        return []
+    out = []
+    for w in words:
+        if not isinstance(w, Word):
+            raise InputError("Words must come from the transcript aligner (text with times).")
+        out.append(w)
+    return out
+
+
+def _add_words(fig: go.Figure, words: list[Word], y_text: float, yref: str) -> None:
+    """Words at their times: a thin line at each word start and the word above it."""
+    for w in words:
+        fig.add_vrect(
+            x0=w.start, x1=w.end, fillcolor="#56B4E9", opacity=0.08, line_width=0, layer="below"
+        )
+        fig.add_vline(x=w.start, line={"color": "#555555", "width": 0.6, "dash": "dot"})
+        fig.add_annotation(
+            x=(w.start + w.end) / 2,
+            y=y_text,
+            xref="x",
+            yref=yref,
+            text=html.escape(w.text),
+            showarrow=False,
+            yanchor="bottom",
+            font={"size": 11},
+            textangle=-30 if len(words) > 12 else 0,
+            hovertext=f"{html.escape(w.text)}: {w.start:.2f}–{w.end:.2f} s",
+        )
+
+
+def _spans_from(
+    record: AttentionRecord | None, spans: Sequence[tuple[float, float]] | None, head: Head
+) -> tuple[list[tuple[float, float]] | None, str]:
+    if spans is not None and record is not None:
+        raise InputError("Give either kept intervals or a record, not both.")
+    if record is not None:
+        return kept_intervals(record, head), f"kept keys of {record.name}"
+    if spans is not None:
+        return [(float(a), float(b)) for a, b in spans], "kept frames"
+    return None, ""
+
+
+def waveform_figure(
+    audio: np.ndarray,
+    sr: int,
+    words: Sequence[Word] | None = None,
+    kept: Sequence[tuple[float, float]] | None = None,
+    record: AttentionRecord | None = None,
+    head: Head = "mean",
+) -> go.Figure:
+    """Waveform with the kept frames of an audio-key record shaded and words at their times."""
+    audio = np.asarray(audio, dtype=np.float64).reshape(-1) if audio is not None else None
+    if audio is None or audio.size == 0 or not np.isfinite(audio).all():
+        raise InputError("The waveform is empty or holds invalid samples.")
+    if not sr or sr <= 0:
+        raise InputError("The sample rate must be a positive number.")
+    words_ = _words_list(words)
+    spans, span_name = _spans_from(record, kept, head)
+    duration = audio.size / sr
+
+    if audio.size > MAX_WAVEFORM_POINTS:
+        # min/max envelope per bin: every peak stays visible at a fraction of the points.
+        bins = MAX_WAVEFORM_POINTS // 2
+        edges = np.linspace(0, audio.size, bins + 1).astype(int)
+        lo = np.minimum.reduceat(audio, edges[:-1])
+        hi = np.maximum.reduceat(audio, edges[:-1])
+        t = (edges[:-1] + edges[1:]) / 2 / sr
+        x = np.repeat(t, 2)
+        y = np.column_stack([lo, hi]).reshape(-1)
+    else:
+        x = np.arange(audio.size) / sr
+        y = audio
+    peak = float(np.abs(audio).max()) or 1.0
+    fig = go.Figure(
+        go.Scatter(
+            x=x, y=y, mode="lines", line={"color": "#333333", "width": 1}, name="waveform",
+            hovertemplate="%{x:.3f} s<br>%{y:.3f}<extra></extra>",
+        )
+    )
+    if spans:
+        for a, b in spans:
+            fig.add_vrect(x0=a, x1=b, fillcolor=KEPT_COLOR, opacity=0.25, line_width=0,
+                          layer="below")
+        fig.add_trace(
+            go.Scatter(x=[None], y=[None], mode="markers", name=span_name,
+                       marker={"symbol": "square", "size": 12, "color": KEPT_COLOR,
+                               "opacity": 0.5})
+        )
+    _add_words(fig, words_, y_text=1.0, yref="paper")
+    title = "Waveform"
+    if spans is not None:
+        covered = sum(b - a for a, b in spans)
+        title += f"<br><sup>green = {span_name} ({covered:.2f} s of {duration:.2f} s)</sup>"
+    fig.update_layout(
+        title={"text": title},
+        xaxis={"title": {"text": "time (s)"}, "range": [0, duration]},
+        yaxis={"title": {"text": "amplitude"}, "range": [-1.1 * peak, 1.1 * peak]},
+        showlegend=spans is not None,
+        legend={"orientation": "h", "yanchor": "top", "y": -0.18, "x": 0},
+        margin={"t": 110},
+        height=340,
+    )
+    return fig
+
+
+def spectrogram_figure(
+    log_mel: np.ndarray,
+    frame_times: np.ndarray,
+    words: Sequence[Word] | None = None,
+    record: AttentionRecord | None = None,
+    head: Head = "mean",
+    kept: Sequence[tuple[float, float]] | None = None,
+) -> go.Figure:
+    """Log-mel spectrogram [n_mels, T]; dropped frames dimmed, kept frames on a green strip."""
+    spec = np.asarray(log_mel, dtype=np.float64)
+    times = np.asarray(frame_times, dtype=np.float64).reshape(-1)
+    if spec.ndim != 2 or 0 in spec.shape:
+        raise InputError("The spectrogram must be a 2-D array [mel bins, frames].")
+    if times.shape[0] != spec.shape[1]:
+        raise InputError(
+            f"The spectrogram has {spec.shape[1]} frames but {times.shape[0]} frame times."
+        )
+    words_ = _words_list(words)
+    spans, span_name = _spans_from(record, kept, head)
+    n_mels, n_frames = spec.shape
+    step = float(np.median(np.diff(times))) if n_frames > 1 else 0.01
+    t_end = float(times[-1] + step)
+
+    title = "Log-mel spectrogram"
+    block = math.ceil(n_frames / MAX_SPECTROGRAM_FRAMES)
+    if block > 1:
+        n_out = math.ceil(n_frames / block)
+        padded = np.full((n_mels, n_out * block), np.nan)
+        padded[:, :n_frames] = spec
+        spec = np.nanmean(padded.reshape(n_mels, n_out, block), axis=2)
+        t_pad = np.full(n_out * block, np.nan)
+        t_pad[:n_frames] = times
+        times = np.nanmean(t_pad.reshape(n_out, block), axis=1)
+        title += f" (mean over {block}-frame blocks)"
+
+    fig = go.Figure(
+        go.Heatmap(
+            z=spec, x=times, y=np.arange(n_mels), colorscale=SPECTROGRAM_COLORSCALE,
+            colorbar={"title": {"text": "log-mel"}},
+            hovertemplate="%{x:.3f} s<br>mel bin %{y}<br>%{z:.2f}<extra></extra>",
+            name="spectrogram",
+        )
+    )
+    strip_lo, strip_hi = n_mels - 0.5, n_mels - 0.5 + max(2.0, 0.07 * n_mels)
+    if spans is not None:
+        # dim what was dropped, and draw the kept spans on a strip above the mel bins
+        edges = [0.0] + [v for ab in spans for v in ab] + [t_end]
+        for a, b in zip(edges[0::2], edges[1::2]):
+            if b > a + 1e-9:
+                fig.add_shape(type="rect", x0=a, x1=b, y0=-0.5, y1=n_mels - 0.5, xref="x",
+                              yref="y", fillcolor="black", opacity=0.45, line_width=0)
+        for a, b in spans:
+            fig.add_shape(type="rect", x0=a, x1=b, y0=strip_lo, y1=strip_hi, xref="x",
+                          yref="y", fillcolor=KEPT_COLOR, opacity=1.0, line_width=0)
+        covered = sum(b - a for a, b in spans)
+        title += (f"<br><sup>green strip = {span_name} ({covered:.2f} s of {t_end:.2f} s); "
+                  "dropped frames dimmed</sup>")
+    _add_words(fig, words_, y_text=strip_hi + 0.5, yref="y")
+    fig.update_layout(
+        title={"text": title},
+        xaxis={"title": {"text": "time (s)"}, "range": [float(times[0] - step / 2), t_end]},
+        yaxis={"title": {"text": "mel bin"},
+               "range": [-0.5, strip_hi + (0.25 * n_mels if words_ else 1.0)]},
+        margin={"t": 90},
+        height=380,
+    )
+    return fig
+
+
+# --------------------------------------------------------------------------- transcript
+
+
+def word_importance_html(
+    words: Sequence[Word | str], scores: np.ndarray, keep: np.ndarray | None = None
+) -> str:
+    """The transcript as HTML: each word shaded by its key score, kept words bold+underlined."""
+    texts = [w.text if isinstance(w, Word) else str(w) for w in words]
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if scores.shape[0] != len(texts):
+        raise InputError(f"{len(texts)} words but {scores.shape[0]} scores.")
+    if keep is not None:
+        keep = np.asarray(keep, dtype=bool).reshape(-1)
+        if keep.shape[0] != len(texts):
+            raise InputError(f"{len(texts)} words but {keep.shape[0]} keep flags.")
+    top = float(np.nanmax(scores)) if scores.size and np.nanmax(scores) > 0 else 1.0
+    spans = []
+    for i, text in enumerate(texts):
+        share = max(0.0, float(scores[i]) / top) if np.isfinite(scores[i]) else 0.0
+        alpha = 0.08 + 0.72 * share
+        style = [f"background-color: rgba(0,114,178,{alpha:.2f})",
+                 f"color: {'white' if alpha > 0.55 else '#111'}",
+                 "padding: 2px 4px", "margin: 1px", "border-radius: 4px"]
+        state = ""
+        if keep is not None:
+            if keep[i]:
+                style += ["font-weight: 700", "text-decoration: underline",
+                          f"text-decoration-color: {KEPT_COLOR}", "text-decoration-thickness: 3px"]
+                state = " · kept"
+            else:
+                style.append("opacity: 0.75")
+                state = " · dropped"
+        tip = f"score {scores[i]:.4f}{state}"
+        spans.append(
+            f'<span class="ser-word" title="{html.escape(tip)}" style="{"; ".join(style)}">'
+            f"{html.escape(text)}</span>"
+        )
+    legend = ("<div style='font-size: 0.8em; color: #555; margin-top: 6px'>"
+              "darker = higher key score")
+    if keep is not None:
+        legend += f"; <b><u>bold underlined</u></b> = kept ({int(keep.sum())} of {len(texts)})"
+    legend += "</div>"
+    return ("<div style='line-height: 2.2; font-size: 1.15em'>" + " ".join(spans)
+            + "</div>" + legend)
