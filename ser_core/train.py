@@ -494,7 +494,13 @@ def _parse_model_args(items: list[str]) -> dict[str, Any]:
 def corpus_choice(corpora: list[str], roots: list[str]) -> dict[str, Any]:
     """TrainConfig fields for the ``--corpus/--root`` lists (shared by the CLI and the Train page):
     one corpus keeps its protocol; several (or one marked test:) become a mix."""
-    corpora = [c for c in corpora if c] or ["demo"]
+    corpora = [c for c in corpora if c]
+    if not corpora:  # no --corpus: a manifest at --root, else the demo corpus
+        if len(roots) > 1:
+            raise InputError("Several --root folders but no --corpus: name each folder's corpus.")
+        if roots:
+            return {"corpus": "manifest", "root": roots[0]}
+        corpora = ["demo"]
     if len(corpora) == 1 and not corpora[0].lower().startswith("test:"):
         name = corpora[0].lower()
         if name == "demo":

@@ -126,6 +126,7 @@ def test_corpus_choice_one_corpus_keeps_its_protocol_several_make_a_mix(tmp_path
     from ser_core.train import corpus_choice
 
     assert corpus_choice(["ravdess"], ["/r"]) == {"corpus": "ravdess", "root": "/r"}
+    assert corpus_choice([], ["/m.csv"]) == {"corpus": "manifest", "root": "/m.csv"}  # --root alone: a manifest
     mix = corpus_choice(["ravdess", "test:tess"], ["/r", "/t"])
     assert mix["corpus"] == "mix" and [m["name"] for m in mix["mix"]] == ["ravdess", "tess"]
     assert mix["mix"][1]["test_only"] is True
