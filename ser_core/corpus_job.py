@@ -33,7 +33,7 @@ _CORPUS_BAR = re.compile(r"demo corpus:\s*\d+%\|[^|]*\|\s*(\d+)/(\d+)\s*\[([\d:]
 
 
 @dataclass
-class CorpusJob:
+class CorpusJob(jobs.ProcessFiles):
     """One ``python -m ser_core corpus`` run started from the app. ``status``: running, finished, failed."""
 
     out: str
@@ -53,19 +53,8 @@ class CorpusJob:
         return jobs.jobs_dir() / "corpus"
 
     @property
-    def log_path(self) -> Path:
-        return self.folder / "log.txt"
-
-    @property
-    def exit_path(self) -> Path:
-        return self.folder / "exitcode"
-
-    @property
     def active(self) -> bool:
         return self.status == "running"
-
-    log_raw = jobs.Job.log_raw
-    log_tail = jobs.Job.log_tail
 
 
 @dataclass

@@ -64,8 +64,44 @@ EXIT_INPUT_ERROR = 2  # bad input; the message is on stderr (in the log)
 
 
 # --- the job record ----------------------------------------------------------------------------
+class ProcessFiles:
+    """The files of a background process the app started: its folder (``folder``, given by each
+    kind of job), the log it writes and the exit code it leaves, and the log read back."""
+
+    @property
+    def folder(self) -> Path:
+        raise NotImplementedError
+
+    @property
+    def log_path(self) -> Path:
+        return self.folder / "log.txt"
+
+    @property
+    def exit_path(self) -> Path:
+        return self.folder / "exitcode"
+
+    def log_raw(self, chars: int = 4000) -> str:
+        """The last ``chars`` characters of the log, as written (tqdm's \\r included)."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - chars))
+                return f.read().decode("utf-8", errors="replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, chars: int = 4000) -> str:
+        """The end of the log as a person reads it: each progress bar shown at its last state."""
+        lines = []
+        for line in self.log_raw(chars * 4).split("\n"):
+            shown = [part for part in line.split("\r") if part.strip()]
+            if shown:
+                lines.append(shown[-1].rstrip())
+        return "\n".join(lines)[-chars:]
+
+
 @dataclass
-class Job:
+class Job(ProcessFiles):
     """One training run and its files. ``status``: running, stopping, finished, stopped, failed."""
 
     id: str
@@ -91,20 +127,12 @@ class Job:
         return self.folder / "events.jsonl"
 
     @property
-    def log_path(self) -> Path:
-        return self.folder / "log.txt"
-
-    @property
     def run_dir(self) -> Path:
         return self.folder / "run"
 
     @property
     def stop_path(self) -> Path:
         return self.folder / "stop"
-
-    @property
-    def exit_path(self) -> Path:
-        return self.folder / "exitcode"
 
     @property
     def active(self) -> bool:
@@ -116,25 +144,6 @@ class Job:
         if self.active or self.status == "finished" or self.exit_code == EXIT_INPUT_ERROR:
             return False
         return self.status == "stopped" or (self.run_dir / "state.pt").exists()
-
-    def log_raw(self, chars: int = 4000) -> str:
-        """The last ``chars`` characters of the trainer's log, as written (tqdm's \\r included)."""
-        try:
-            with open(self.log_path, "rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - chars))
-                return f.read().decode("utf-8", errors="replace")
-        except OSError:
-            return ""
-
-    def log_tail(self, chars: int = 4000) -> str:
-        """The end of the log as a person reads it: each progress bar shown at its last state."""
-        lines = []
-        for line in self.log_raw(chars * 4).split("\n"):
-            shown = [part for part in line.split("\r") if part.strip()]
-            if shown:
-                lines.append(shown[-1].rstrip())
-        return "\n".join(lines)[-chars:]
 
 
 def jobs_dir() -> Path:
