@@ -52,6 +52,23 @@ def test_analyze_sample_shows_prediction_and_reruns_on_keep_ratio():
     assert "keep_ratio 0.10" in _all_text(at)
 
 
+SHIPPED = sorted(p.name for p in (REPO / "checkpoints").glob("*.safetensors"))
+
+
+@pytest.mark.parametrize("checkpoint", SHIPPED)
+def test_analyze_sample_with_every_shipped_checkpoint(checkpoint):
+    """Each model (KS-Transformer, MESM, FE2E, MFSN, ILT, CAT) draws its prediction and figures
+    on the Analyze page (the browser tests draw three of them in Chromium)."""
+    at = _page("1_Analyze").run()
+    at.sidebar.selectbox(key="checkpoint").set_value(checkpoint).run()
+    assert checkpoint.split("_demo")[0] in " ".join(c.value for c in at.sidebar.caption)
+    at.button(key="analyze_button").click().run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    assert any(s.value.startswith("Prediction: ") for s in at.subheader)
+    assert len(at.get("plotly_chart")) >= 3
+
+
 def _wav_bytes(samples: np.ndarray, sr: int = 16000) -> bytes:
     buf = io.BytesIO()
     sf.write(buf, samples, sr, format="WAV")

@@ -73,11 +73,14 @@ def _upload_and_analyze(browser, server: str, path: Path, height: int, checkpoin
 
 
 SHIPPED = sorted(p.name for p in (REPO / "checkpoints").glob("*.safetensors"))
+# One model per family of views: token attention (KS-Transformer), sparse CNN masks (MESM), fusion
+# cells (MFSN). Every shipped model is drawn on the Analyze page by test_app's streamlit.testing test.
+IN_BROWSER = [n for n in SHIPPED if n.split("_demo")[0] in ("ks_transformer", "mesm", "mfsn")]
 
 
-@pytest.mark.parametrize("checkpoint", SHIPPED)
+@pytest.mark.parametrize("checkpoint", IN_BROWSER)
 def test_upload_on_analyze_shows_prediction_and_figures(server, browser, tmp_path, checkpoint):
-    """Every shipped model (KS-Transformer, MESM, FE2E, MFSN, ILT, CAT) on the Analyze page."""
+    """KS-Transformer, MESM and MFSN on the Analyze page in Chromium."""
     page = _upload_and_analyze(browser, server, _sample_wav(), 2200, checkpoint)
     page.get_by_text("Prediction:").wait_for(timeout=180_000)
     wait_idle(page)

@@ -40,11 +40,12 @@ def _shots(tmp_path: Path) -> Path:
 
 
 def _loss_points(page) -> int:
-    """Markers drawn in the first trace ('batch loss') of the Training loss chart."""
+    """Points in the first trace ('batch loss') of the Training loss chart, read from the figure the
+    browser holds (past 300 points the chart draws a line without markers, so markers can't be counted)."""
     chart = page.locator(".js-plotly-plot", has_text="Training loss")
     if chart.count() == 0:
         return 0
-    return chart.first.locator(".scatterlayer .trace").first.locator("path.point").count()
+    return chart.first.evaluate("el => (el.data && el.data[0] && el.data[0].x) ? el.data[0].x.length : 0")
 
 
 def _fill(page, label: str, value: str) -> None:
@@ -73,7 +74,7 @@ def test_train_page_live_loss_curve_and_stop(cache, corpus, tmp_path):
             page.get_by_role("option", name="Manifest CSV").click()
             wait_idle(page)
             _fill(page, "Path on this machine", str(corpus))
-            _fill(page, "Epochs", "40")  # long enough to be running while the test watches it
+            _fill(page, "Epochs", "1000")  # far longer than the test watches it: it must still be running
             _fill(page, "Batch size", "1")
             page.get_by_text("Advanced", exact=True).click()
             _fill(page, "Use at most this many utterances (0: all)", "12")
@@ -87,11 +88,11 @@ def test_train_page_live_loss_curve_and_stop(cache, corpus, tmp_path):
             while _loss_points(page) == 0 and time.time() < deadline:
                 page.wait_for_timeout(250)
             first = _loss_points(page)
-            assert first > 0, "the loss curve never appeared"
+            assert first > 0, f"the loss curve never appeared\n{_what_happened(page)}"
             while _loss_points(page) <= first and time.time() < deadline:
                 page.wait_for_timeout(250)  # the page polls the run by itself: no clicks here
             grown = _loss_points(page)
-            assert grown > first, f"the loss curve did not grow ({first} points)"
+            assert grown > first, f"the loss curve did not grow ({first} points)\n{_what_happened(page)}"
             assert page.get_by_text("epoch", exact=False).count() > 0
             page.screenshot(path=str(shots / "train_running.png"), full_page=True)
 
@@ -105,6 +106,16 @@ def test_train_page_live_loss_curve_and_stop(cache, corpus, tmp_path):
     finally:
         _stop_any_job()  # the run is detached from the server: it would outlive it
     assert not list((REPO / "checkpoints").glob(f"{name}.*"))  # written to SER_CHECKPOINTS_DIR only
+
+
+def _what_happened(page) -> str:
+    """The page's words and the run's log, so a failure in CI says why."""
+    from ser_core import jobs
+
+    job = jobs.current_job()
+    log = job.log_tail(3000) if job is not None else "(no run on record)"
+    status = f"{job.status} pid={job.pid}" if job is not None else ""
+    return f"page:\n{page.inner_text('body')[-3000:]}\nrun {status}:\n{log}"
 
 
 def _stop_any_job() -> None:

@@ -16,11 +16,26 @@ def _run(*args: str, timeout: int = 180) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout)
 
 
-@pytest.mark.parametrize("command", ["", "corpus", "train", "evaluate", "analyze", "faithfulness", "experiment"])
-def test_help(command):
-    result = _run(*([command] if command else []), "--help")
+def test_help_runs_as_a_module():
+    result = _run("--help")
     assert result.returncode == 0, result.stderr
     assert "usage: python -m ser_core" in result.stdout
+
+
+def test_every_subcommand_has_help(capsys):
+    """Each subcommand's --help, in this process (one interpreter start is tested above)."""
+    from ser_core.__main__ import build_parser
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    assert {"corpus", "train", "evaluate", "analyze", "faithfulness", "experiment", "probe",
+            "real-voices"} <= set(commands)
+    for command in commands:
+        with pytest.raises(SystemExit) as stop:
+            parser.parse_args([command, "--help"])
+        assert stop.value.code == 0
+        out = capsys.readouterr().out
+        assert f"usage: python -m ser_core {command}" in out, command
 
 
 def test_bad_input_is_a_message_and_exit_code_2(tmp_path):
