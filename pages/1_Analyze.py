@@ -19,16 +19,21 @@ clip = ui.clip_picker("analyze", video=sees_faces)
 transcript = st.text_input(
     "Transcript (optional)",
     key="analyze_transcript",
-    help="Leave empty to let Whisper transcribe the speech; a typed transcript is aligned to the audio.",
+    help="Leave empty to use the sample's known transcript, or to let Whisper transcribe an upload or "
+         "a recording; a typed transcript is aligned to the audio.",
 )
 
 
 def run(clip):
     try:
         with st.spinner("Transcribing, encoding and running the model…"):
-            # a clip opened from the Evaluate page keeps its corpus transcript (as evaluated)
-            text = clip.transcript if clip is requested else (transcript or None)
-            analysis = ui.get_analyzer(checkpoint).analyze(clip.data, transcript=text, video=clip.video)
+            # what the user typed wins; else a sample's (or a clip opened from Evaluate) known
+            # transcript, as every other page uses it; else Whisper transcribes
+            text = (transcript or "").strip() or clip.transcript
+            st.session_state["analysis_words_from"] = (
+                "your transcript (aligned)" if (transcript or "").strip()
+                else "the clip's known transcript (aligned)" if clip.transcript else "Whisper ASR")
+            analysis = ui.analyze_queued(checkpoint, clip.data, transcript=text, video=clip.video)
         st.session_state["analysis"] = analysis
         st.session_state["analysis_clip"] = clip
     except Exception as exc:  # every failure becomes a message, never a traceback
@@ -61,7 +66,7 @@ with left:
     st.subheader(f"Prediction: {ui.label_name(analysis.predicted)}")
     st.caption(
         f"confidence {analysis.confidence:.0%} · {feats.duration:.1f} s · "
-        + (f"words from {'your transcript (aligned)' if feats.transcript_source == 'typed' else 'Whisper ASR'}"
+        + (f"words from {st.session_state.get('analysis_words_from', 'Whisper ASR')}"
            if sees_text else f"{base.trace.model} hears the audio only (no words)")
         + (f" · sample labelled **{shown_clip.label}**" if shown_clip.label else "")
     )
@@ -100,34 +105,43 @@ head_options = ["mean"] + list(range(record.heads))
 head = c2.selectbox("Head", head_options, format_func=lambda h: "mean of heads" if h == "mean" else f"head {h}",
                     key="analyze_head")
 
-tab_map, tab_keys, tab_spec, tab_model, tab_export = st.tabs(
-    ["Attention map", "Key importance", "Spectrogram", "Model internals", "Export"]
-)
-heatmap = viz.attention_heatmap(record, head)
-with tab_map:
+# One view at a time: a keep_ratio move redraws only the view on screen (hidden tabs would all be
+# rebuilt and sent to the browser on every move).
+VIEWS = {
+    "Attention map": "who attends to whom in this layer: queries down, keys across",
+    "Key importance": "each key's score (the attention it receives, summed over queries)",
+    "Spectrogram": "the sound's frequencies over time, with the kept frames marked",
+    "Model internals": "what else the model learned or chose (fusion weights, cells)",
+}
+view = st.segmented_control("View", list(VIEWS), default="Attention map", key="analyze_view",
+                            help="\n".join(f"**{k}**: {v}" for k, v in VIEWS.items())) or "Attention map"
+heatmap = None
+if view == "Attention map":
+    heatmap = viz.attention_heatmap(record, head)
     st.caption(ui.record_caption(record))
     st.plotly_chart(heatmap, width="stretch", key="heatmap")
-with tab_keys:
+elif view == "Key importance":
     if record.key_scores is None:
         st.info("This layer has no key scores.")
     else:
         st.plotly_chart(viz.key_importance_figure(record, head), width="stretch", key="keys")
-with tab_spec:
+elif view == "Spectrogram":
     audio_record = record if record.key_labels.kind == "frames" and record.keep is not None else frame_record
     log_mel, times = ui.log_mel_for_display(feats.audio)
     st.plotly_chart(viz.spectrogram_figure(log_mel, times, words, record=audio_record),
                     width="stretch", key="spectrogram")
     if audio_record is not None:
         st.caption(f"Kept frames from `{audio_record.name}` are marked on the green strip.")
-with tab_model:
+else:
     ui.show_model_extras(analysis.trace)
-with tab_export:
+
+with st.expander("Export this layer and the whole trace"):
     setting = "".join(f"_{k}{v:.2f}" for k, v in knob.items())
     stem = f"{shown_clip.name.rsplit('.', 1)[0]}_{layer}{setting}"
     e1, e2, e3 = st.columns(3)
     # Exports are built only when clicked (callables): never on the keep_ratio slider's path.
-    e1.download_button("Attention map (PNG)", lambda: viz.figure_to_png(heatmap), f"{stem}.png",
-                       "image/png", on_click="ignore")
+    e1.download_button("Attention map (PNG)", lambda: viz.figure_to_png(heatmap or viz.attention_heatmap(record, head)),
+                       f"{stem}.png", "image/png", on_click="ignore")
     e2.download_button("This layer's weights and mask (CSV)", lambda: viz.record_to_csv(record, head),
                        f"{stem}.csv", "text/csv", on_click="ignore")
     e3.download_button("Every layer's key scores and keep masks (JSON)",

@@ -29,8 +29,7 @@ with st.expander("Utterance", expanded=base is None):
     if checkpoint and clip and st.button("Analyze this clip", type="primary", key="compare_button"):
         try:
             with st.spinner("Transcribing, encoding and running the model…"):
-                base = ui.get_analyzer(checkpoint).analyze(clip.data, transcript=clip.transcript,
-                                                           video=clip.video)
+                base = ui.analyze_queued(checkpoint, clip.data, transcript=clip.transcript, video=clip.video)
             st.session_state["analysis"] = base
             st.session_state["analysis_clip"] = clip
         except Exception as exc:

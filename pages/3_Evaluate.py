@@ -10,7 +10,7 @@ from pathlib import Path  # noqa: E402
 
 import streamlit as st  # noqa: E402
 
-from ser_core import corpus_choice, ui, viz  # noqa: E402
+from ser_core import access, corpus_choice, ui, viz  # noqa: E402
 
 st.set_page_config(page_title="Evaluate · SER attention explorer", page_icon="📊", layout="wide")
 st.title("Evaluate a checkpoint")
@@ -21,6 +21,8 @@ st.caption(
 )
 
 checkpoint = ui.checkpoint_picker()
+if not access.teacher_gate("Evaluating a checkpoint on a corpus of this server"):
+    st.stop()  # visitors analyse and compare clips; the server's corpora are the teacher's
 
 kind, path = ui.corpus_picker("eval")
 p1, p2, p3 = st.columns(3)
@@ -47,7 +49,7 @@ if checkpoint and st.button("Evaluate", type="primary", key="eval_button"):
     try:
         from ser_core.scoring import evaluate
 
-        corpus, root = corpus_choice.resolve_corpus(kind, path)
+        corpus, root = corpus_choice.resolve_corpus(kind, path, confine=True)
         result = evaluate(checkpoint, corpus, root, protocol=protocol, fold=fold, split=split,
                           progress=False, on_progress=on_progress)
         st.session_state["eval_result"] = {"settings": settings, "result": result}

@@ -15,7 +15,7 @@ from pathlib import Path  # noqa: E402
 import plotly.graph_objects as go  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from ser_core import corpus_choice, corpus_job, job_progress, jobs, ui, viz  # noqa: E402
+from ser_core import access, corpus_choice, corpus_job, job_progress, jobs, ui, viz  # noqa: E402
 from ser_core.checkpoint import list_all_checkpoints  # noqa: E402
 from ser_core.errors import InputError  # noqa: E402
 from ser_core.models.base import MODELS, _import_builtin_models  # noqa: E402
@@ -76,96 +76,99 @@ def demo_corpus_panel() -> None:
 
 
 # --- settings ------------------------------------------------------------------------------------
-with st.expander("New training run", expanded=not busy):
-    if busy:
-        st.info("A run is in progress (below). Stop it to start another.")
-    _import_builtin_models()
-    c1, c2 = st.columns(2)
-    names = sorted(MODELS)
-    model = c1.selectbox("Model", names, key="train_model",
-                         index=names.index("ks_transformer") if "ks_transformer" in names else 0)
-    start = c2.radio("Start from", ["scratch", "a checkpoint (fine-tune)"], horizontal=True, key="train_start")
-    init_from = None
-    if start != "scratch":
-        same = []
-        for path in list_all_checkpoints():  # trained here, then the shipped ones
+# the settings, the demo corpus button, Start and Overwrite: the teacher only (visitors watch the run)
+if access.teacher_gate("Starting, stopping or resuming a training run"):
+    with st.expander("New training run", expanded=not busy):
+        if busy:
+            st.info("A run is in progress (below). Stop it to start another.")
+        _import_builtin_models()
+        c1, c2 = st.columns(2)
+        names = sorted(MODELS)
+        model = c1.selectbox("Model", names, key="train_model",
+                             index=names.index("ks_transformer") if "ks_transformer" in names else 0)
+        start = c2.radio("Start from", ["scratch", "a checkpoint (fine-tune)"], horizontal=True, key="train_start")
+        init_from = None
+        if start != "scratch":
+            same = []
+            for path in list_all_checkpoints():  # trained here, then the shipped ones
+                try:
+                    if ui.checkpoint_meta(path).get("model") == model:
+                        same.append(path)
+                except InputError:
+                    continue
+            if same:
+                init_from = str(c2.selectbox("Checkpoint to fine-tune", same, format_func=lambda p: p.name,
+                                             key="train_init_from"))
+            else:
+                c2.warning(f"There is no saved {model} checkpoint yet: this run will start from scratch.")
+
+        corpora = ui.corpus_picker("train", mix=True)  # [(kind, path, test only)], the first one first
+        is_mix = len(corpora) > 1
+        no_corpus = any(k == "demo" for k, _, _ in corpora) and not corpus_job.demo_corpus_ready()
+        if no_corpus:
+            demo_corpus_panel()
+        st.caption(corpus_choice.MIX_NOTE)
+        c1, c2, c3 = st.columns([2, 1, 1])
+        protocol = c1.selectbox("Protocol", corpus_choice.TRAIN_PROTOCOLS, key="train_protocol", disabled=is_mix,
+                                format_func=lambda p: f"{p} — {corpus_choice.PROTOCOL_TITLES[p]}",
+                                help="A mix is always split by speaker per corpus.")
+        fold = int(c2.number_input("Fold", min_value=0, max_value=99, value=0, step=1, key="train_fold",
+                                   disabled=is_mix))
+        augment = int(c3.number_input("Augmented copies per clip", min_value=0, max_value=4, value=0, step=1,
+                                      key="train_augment", help=corpus_choice.AUGMENT_HELP))
+        augment_corpora = None
+        real = corpus_choice.real_corpora(corpora)
+        if is_mix and augment and real and any(k == "demo" and not t for k, _, t in corpora):
+            if st.checkbox("Augment only the recorded corpora (not the generated demo corpus)", value=True,
+                           key="train_augment_real"):
+                augment_corpora = real
+
+        preset = st.radio("Preset", sorted(PRESETS), horizontal=True, key="train_preset", format_func=lambda p: {
+            "fast": "fast (AdamW, cosine decay: a usable model in minutes)",
+            "paper": "paper (KS-Transformer sec. 3.2: SGD, lr halved every 30 epochs)"}.get(p, p))
+        hyper = PRESETS[preset]
+        h1, h2, h3, h4 = st.columns(4)  # keys carry the preset so that switching it resets the defaults
+        epochs = int(h1.number_input("Epochs", 1, 1000, int(hyper["epochs"]), key=f"train_epochs_{preset}"))
+        batch_size = int(h2.number_input("Batch size", 1, 1024, int(hyper["batch_size"]), key=f"train_bs_{preset}"))
+        lr = float(h3.number_input("Learning rate", 1e-7, 1.0, float(hyper["lr"]), step=1e-4, format="%.6f",
+                                   key=f"train_lr_{preset}"))
+        dropout = float(h4.number_input("Dropout", 0.0, 0.95, float(hyper["dropout"]), step=0.05,
+                                        key=f"train_dropout_{preset}"))
+        with st.expander("Advanced"):
+            a1, a2 = st.columns(2)
+            max_utts = int(a1.number_input("Use at most this many utterances (0: all)", 0, 10**7, 0, step=100,
+                                           key="train_max_utts", disabled=is_mix,
+                                           help="A random subset of a single corpus, for a quick trial run "
+                                                "(a mix uses every clip)."))
+            seed = int(a2.number_input("Seed", 0, 10**6, 0, key="train_seed"))
+            model_args = st.text_input("Model settings (key=value, space-separated)", key="train_model_args",
+                                       placeholder="d_model=96 ff_dim=192",
+                                       help="Overrides of the model's Config fields, e.g. a smaller d_model.")
+        c1, c2 = st.columns([2, 1])
+        # the suggested name follows the model (and corpora) until the user types a name of their own
+        suggested = jobs.default_checkpoint_name(model, corpora)
+        if st.session_state.get("train_name") in (None, st.session_state.get("train_name_suggested")):
+            st.session_state["train_name"] = suggested
+        st.session_state["train_name_suggested"] = suggested
+        name = c1.text_input("Checkpoint name", key="train_name",
+                             help="The name the trained model is saved under (letters, digits, - and _); it "
+                                  "then appears in every page's model list.")
+        overwrite = c2.checkbox("Overwrite an existing checkpoint of that name", key="train_overwrite")
+        if st.button("Start training", type="primary", key="train_start_button", disabled=busy or no_corpus,
+                     help="Generate the demo corpus first (above)." if no_corpus else None):
             try:
-                if ui.checkpoint_meta(path).get("model") == model:
-                    same.append(path)
-            except InputError:
-                continue
-        if same:
-            init_from = str(c2.selectbox("Checkpoint to fine-tune", same, format_func=lambda p: p.name,
-                                         key="train_init_from"))
-        else:
-            c2.warning(f"There is no saved {model} checkpoint yet: this run will start from scratch.")
-
-    corpora = ui.corpus_picker("train", mix=True)  # [(kind, path, test only)], the first one first
-    is_mix = len(corpora) > 1
-    no_corpus = any(k == "demo" for k, _, _ in corpora) and not corpus_job.demo_corpus_ready()
-    if no_corpus:
-        demo_corpus_panel()
-    st.caption(corpus_choice.MIX_NOTE)
-    c1, c2, c3 = st.columns([2, 1, 1])
-    protocol = c1.selectbox("Protocol", corpus_choice.TRAIN_PROTOCOLS, key="train_protocol", disabled=is_mix,
-                            format_func=lambda p: f"{p} — {corpus_choice.PROTOCOL_TITLES[p]}",
-                            help="A mix is always split by speaker per corpus.")
-    fold = int(c2.number_input("Fold", min_value=0, max_value=99, value=0, step=1, key="train_fold",
-                               disabled=is_mix))
-    augment = int(c3.number_input("Augmented copies per clip", min_value=0, max_value=4, value=0, step=1,
-                                  key="train_augment", help=corpus_choice.AUGMENT_HELP))
-    augment_corpora = None
-    real = corpus_choice.real_corpora(corpora)
-    if is_mix and augment and real and any(k == "demo" and not t for k, _, t in corpora):
-        if st.checkbox("Augment only the recorded corpora (not the generated demo corpus)", value=True,
-                       key="train_augment_real"):
-            augment_corpora = real
-
-    preset = st.radio("Preset", sorted(PRESETS), horizontal=True, key="train_preset", format_func=lambda p: {
-        "fast": "fast (AdamW, cosine decay: a usable model in minutes)",
-        "paper": "paper (KS-Transformer sec. 3.2: SGD, lr halved every 30 epochs)"}.get(p, p))
-    hyper = PRESETS[preset]
-    h1, h2, h3, h4 = st.columns(4)  # keys carry the preset so that switching it resets the defaults
-    epochs = int(h1.number_input("Epochs", 1, 1000, int(hyper["epochs"]), key=f"train_epochs_{preset}"))
-    batch_size = int(h2.number_input("Batch size", 1, 1024, int(hyper["batch_size"]), key=f"train_bs_{preset}"))
-    lr = float(h3.number_input("Learning rate", 1e-7, 1.0, float(hyper["lr"]), step=1e-4, format="%.6f",
-                               key=f"train_lr_{preset}"))
-    dropout = float(h4.number_input("Dropout", 0.0, 0.95, float(hyper["dropout"]), step=0.05,
-                                    key=f"train_dropout_{preset}"))
-    with st.expander("Advanced"):
-        a1, a2 = st.columns(2)
-        max_utts = int(a1.number_input("Use at most this many utterances (0: all)", 0, 10**7, 0, step=100,
-                                       key="train_max_utts", disabled=is_mix,
-                                       help="A random subset of a single corpus, for a quick trial run "
-                                            "(a mix uses every clip)."))
-        seed = int(a2.number_input("Seed", 0, 10**6, 0, key="train_seed"))
-        model_args = st.text_input("Model settings (key=value, space-separated)", key="train_model_args",
-                                   placeholder="d_model=96 ff_dim=192",
-                                   help="Overrides of the model's Config fields, e.g. a smaller d_model.")
-    c1, c2 = st.columns([2, 1])
-    # the suggested name follows the model (and corpora) until the user types a name of their own
-    suggested = jobs.default_checkpoint_name(model, corpora)
-    if st.session_state.get("train_name") in (None, st.session_state.get("train_name_suggested")):
-        st.session_state["train_name"] = suggested
-    st.session_state["train_name_suggested"] = suggested
-    name = c1.text_input("Checkpoint name", key="train_name",
-                         help="The name the trained model is saved under (letters, digits, - and _); it "
-                              "then appears in every page's model list.")
-    overwrite = c2.checkbox("Overwrite an existing checkpoint of that name", key="train_overwrite")
-    if st.button("Start training", type="primary", key="train_start_button", disabled=busy or no_corpus,
-                 help="Generate the demo corpus first (above)." if no_corpus else None):
-        try:
-            with st.spinner("Checking the corpora and starting the run…" if is_mix
-                            else "Checking the corpus and starting the run…"):
-                jobs.start_training(
-                    name, model=model, corpora=corpora, protocol="speakers" if is_mix else protocol,
-                    fold=0 if is_mix else fold, augment=augment, augment_corpora=augment_corpora,
-                    preset=preset, epochs=epochs, batch_size=batch_size, lr=lr, dropout=dropout,
-                    init_from=init_from, max_utterances=None if is_mix else max_utts or None,
-                    model_args=model_args, overwrite=overwrite, seed=seed)
-            st.rerun()
-        except Exception as exc:  # a message, never a traceback
-            ui.show_error(exc)
+                with st.spinner("Checking the corpora and starting the run…" if is_mix
+                                else "Checking the corpus and starting the run…"):
+                    corpus_choice.check_corpora(corpora, confine=True)  # only the folders the server allows
+                    jobs.start_training(
+                        name, model=model, corpora=corpora, protocol="speakers" if is_mix else protocol,
+                        fold=0 if is_mix else fold, augment=augment, augment_corpora=augment_corpora,
+                        preset=preset, epochs=epochs, batch_size=batch_size, lr=lr, dropout=dropout,
+                        init_from=init_from, max_utterances=None if is_mix else max_utts or None,
+                        model_args=model_args, overwrite=overwrite, seed=seed)
+                st.rerun()
+            except Exception as exc:  # a message, never a traceback
+                ui.show_error(exc)
 
 
 # --- figures -------------------------------------------------------------------------------------
@@ -222,6 +225,7 @@ def job_panel() -> None:
     if st.session_state.get("train_seen") != (job.id, job.status):
         st.rerun()  # started, stopped or ended elsewhere: redraw the whole page (settings' state too)
     progress = job_progress.read_events(job)
+    teacher = access.is_teacher()  # visitors watch the run; stopping and resuming are the teacher's
     s = job.settings
     st.subheader(f"Run `{job.name}`: {job.status}")
     st.caption(f"{s.get('model')} on {corpus_choice.describe_data(s)} · "
@@ -243,7 +247,7 @@ def job_panel() -> None:
                                                 f"batch {progress.batch}/{progress.batches}")
         if job.status == "stopping":
             st.warning("Stopping: the run saves its state after the current batch, then ends.")
-        elif st.button("Stop", key="train_stop", icon=":material/stop:"):
+        elif teacher and st.button("Stop", key="train_stop", icon=":material/stop:"):
             jobs.request_stop()
             st.rerun()
     elif job.status == "finished":
@@ -260,7 +264,8 @@ def job_panel() -> None:
                    f"Resume continues exactly where it stopped.{saved}")
     else:
         st.error(job.message or "The run failed.")
-    if job.resumable and st.button("Resume", key="train_resume", type="primary", icon=":material/play_arrow:"):
+    if job.resumable and teacher and st.button("Resume", key="train_resume", type="primary",
+                                               icon=":material/play_arrow:"):
         try:
             jobs.resume()
             st.rerun()

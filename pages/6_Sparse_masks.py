@@ -31,8 +31,8 @@ if clip is not None and clip.video is None:
 if clip and st.button("Analyze", type="primary", key="sparse_button"):
     try:
         with st.spinner("Transcribing, finding faces, encoding and running the model…"):
-            st.session_state["sparse_analysis"] = ui.get_analyzer(checkpoint).analyze(
-                clip.data, transcript=clip.transcript, video=clip.video)
+            st.session_state["sparse_analysis"] = ui.analyze_queued(
+                checkpoint, clip.data, transcript=clip.transcript, video=clip.video)
         st.session_state["sparse_clip"] = clip
     except Exception as exc:  # e.g. a video without a face: a message, never a traceback
         st.session_state.pop("sparse_analysis", None)

@@ -38,11 +38,11 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from ser_core import limits
 from ser_core.errors import InputError
+from ser_core.limits import MAX_BYTES, MAX_SECONDS, too_big, too_long  # noqa: F401 (part of this module's API)
 
 SAMPLE_RATE = 16000
-MAX_SECONDS = 60.0
-MAX_BYTES = 50 * 1024 * 1024
 MIN_SAMPLES = 1600  # 0.1 s at 16 kHz
 SILENCE_PEAK = 1e-4
 SILENCE_RMS = 1e-5
@@ -55,54 +55,12 @@ AudioSource = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO, An
 
 
 # --------------------------------------------------------------------------------------------
-# limits
+# limits (their values and environment variables live in ser_core.limits)
 
 
 def max_seconds_limit(max_seconds: float | None = None) -> float:
     """The duration limit in seconds: the argument, else env ``SER_MAX_SECONDS``, else 60."""
-    if max_seconds is not None:
-        value = float(max_seconds)
-    else:
-        raw = os.environ.get("SER_MAX_SECONDS")
-        if raw is None or raw.strip() == "":
-            return MAX_SECONDS
-        try:
-            value = float(raw)
-        except ValueError:
-            raise InputError(
-                f"SER_MAX_SECONDS is set to {raw!r}, which is not a number of seconds."
-            ) from None
-    if not np.isfinite(value) or value <= 0:
-        raise InputError(f"The duration limit must be a positive number of seconds, not {value}.")
-    return value
-
-
-def _max_bytes_limit(max_bytes: int | None) -> int:
-    if max_bytes is not None:
-        value = int(max_bytes)
-    else:
-        raw = os.environ.get("SER_MAX_BYTES")
-        if raw is None or raw.strip() == "":
-            return MAX_BYTES
-        try:
-            value = int(float(raw))
-        except ValueError:
-            raise InputError(f"SER_MAX_BYTES is set to {raw!r}, which is not a number.") from None
-    if value <= 0:
-        raise InputError(f"The size limit must be a positive number of bytes, not {value}.")
-    return value
-
-
-def _fmt_bytes(n: int) -> str:
-    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
-
-
-def _too_long(seconds: float, limit: float, at_least: bool = False) -> InputError:
-    how = "more than " if at_least else ""
-    return InputError(
-        f"The recording is {how}{seconds:.1f} s long; the limit is {limit:g} s. "
-        f"Cut it to {limit:g} s or less (for example with Audacity, or by recording again) and try again."
-    )
+    return limits.max_seconds(max_seconds)
 
 
 # --------------------------------------------------------------------------------------------
@@ -123,7 +81,7 @@ class _Source:
 
 
 def _read_source(source: AudioSource, max_bytes: int | None) -> _Source:
-    limit = _max_bytes_limit(max_bytes)
+    limit = limits.max_bytes(max_bytes)
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.exists():
@@ -134,10 +92,7 @@ def _read_source(source: AudioSource, max_bytes: int | None) -> _Source:
         if size == 0:
             raise InputError(f"The file {path.name!r} is empty (0 bytes).")
         if size > limit:
-            raise InputError(
-                f"The file {path.name!r} is {_fmt_bytes(size)}; the limit is {_fmt_bytes(limit)}. "
-                "Trim it or save it compressed (for example as MP3 or OGG), then try again."
-            )
+            raise too_big(size, limit, path.name)
         return _Source(name=path.name, path=path)
 
     name = "the recording"
@@ -149,10 +104,7 @@ def _read_source(source: AudioSource, max_bytes: int | None) -> _Source:
             name = os.path.basename(raw_name)
         size = getattr(source, "size", None)
         if isinstance(size, int) and size > limit:
-            raise InputError(
-                f"The file {name!r} is {_fmt_bytes(size)}; the limit is {_fmt_bytes(limit)}. "
-                "Trim it or save it compressed (for example as MP3 or OGG), then try again."
-            )
+            raise too_big(size, limit, name)
         if hasattr(source, "getvalue"):
             data = source.getvalue()
         else:
@@ -171,10 +123,7 @@ def _read_source(source: AudioSource, max_bytes: int | None) -> _Source:
         raise InputError(f"The recording {name!r} is empty (0 bytes)." if name != "the recording"
                          else "The recording is empty (0 bytes).")
     if len(data) > limit:
-        raise InputError(
-            f"The recording is {_fmt_bytes(len(data))}; the limit is {_fmt_bytes(limit)}. "
-            "Trim it or save it compressed (for example as MP3 or OGG), then try again."
-        )
+        raise too_big(len(data), limit)
     return _Source(name=name, data=data)
 
 
@@ -201,7 +150,7 @@ def _decode_soundfile(
         first = int(round(start * sr))
         if end is None:
             if total is not None and total / sr > limit_s:  # header says it is too long
-                raise _too_long(total / sr, limit_s)
+                raise too_long(total / sr, limit_s)
             count = -1 if total is None else max(total - first, 0)
             # never read past the limit, even when the header lies
             cap = int(limit_s * sr) + 1
@@ -220,7 +169,7 @@ def _decode_soundfile(
         except Exception as exc:
             raise _NotDecodable(str(exc)) from None
     if end is None and data.shape[0] > limit_s * sr:
-        raise _too_long(data.shape[0] / sr, limit_s, at_least=True)
+        raise too_long(data.shape[0] / sr, limit_s, at_least=True)
     return np.ascontiguousarray(data.T), sr
 
 
@@ -245,7 +194,7 @@ def _decode_pyav(
             elif container.duration is not None:
                 seconds = container.duration / 1_000_000  # AV_TIME_BASE
             if seconds is not None and seconds > limit_s:
-                raise _too_long(seconds, limit_s)
+                raise too_long(seconds, limit_s)
         elif start > 0 and stream.time_base is not None:
             try:
                 # land ~0.5 s early: codecs with overlapping frames (AAC, Opus) need a warm-up
@@ -305,7 +254,7 @@ def _decode_pyav(
     data = np.concatenate(chunks, axis=1)
     if end is None:
         if data.shape[1] > limit_s * sr:
-            raise _too_long(data.shape[1] / sr, limit_s, at_least=True)
+            raise too_long(data.shape[1] / sr, limit_s, at_least=True)
     else:
         data = data[:, : int(round((end - start) * sr))]
     return data, sr
@@ -405,7 +354,7 @@ def load_audio_segment(
         raise InputError(f"A segment needs 0 ≤ start < end; got start={start}, end={end}.")
     limit_s = max_seconds_limit(max_seconds)
     if end - start > limit_s:
-        raise _too_long(end - start, limit_s)
+        raise too_long(end - start, limit_s)
     src = _read_source(source, max_bytes if max_bytes is not None else 2 * 1024**3)
     data, sr = _decode(src, limit_s, start=float(start), end=float(end))
     return _to_mono_16k(data, sr, src.name)
@@ -414,24 +363,9 @@ def load_audio_segment(
 def audio_duration(source: AudioSource, max_bytes: int | None = None) -> float:
     """Duration in seconds, from the header where the format gives it (else by decoding)."""
     src = _read_source(source, max_bytes)
-    try:
-        info = sf.info(src.handle())
-        if info.frames > 0 and info.samplerate > 0:
-            return info.frames / info.samplerate
-    except Exception:
-        pass
-    import av
-
-    try:
-        with av.open(src.handle(), mode="r") as container:
-            if container.streams.audio:
-                stream = container.streams.audio[0]
-                if stream.duration is not None and stream.time_base is not None:
-                    return float(stream.duration * stream.time_base)
-                if container.duration is not None:
-                    return container.duration / 1_000_000
-    except Exception:
-        pass
+    seconds = limits.header_seconds(src.path if src.path is not None else src.data)
+    if seconds is not None:
+        return seconds
     data, sr = _decode(src, float("inf"))  # no header duration: decode (size is bounded)
     return data.shape[1] / sr
 

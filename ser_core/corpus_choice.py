@@ -3,7 +3,8 @@
 :data:`CORPUS_KINDS` is what the Train and Evaluate pages list (each kind's loader, an example path
 and the folder layout it expects), :data:`PROTOCOL_TITLES` the splits they offer. A choice is one
 corpus or a mix of several (some marked test only): :func:`check_corpora` checks it,
-:func:`resolve_corpus` turns one kind and path into the loader name and root, ``_mix_flags`` a mix
+:func:`resolve_corpus` turns one kind and path into the loader name and root (the pages pass
+``confine=True``: only the server's allowed folders, see ``ser_core.access``), ``_mix_flags`` a mix
 into the trainer's repeated ``--corpus``/``--root`` flags, and :func:`describe_data` says in words
 what a run trains on. The training job (``ser_core.jobs``) builds its command from these.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from . import paths
+from . import access, paths
 from .errors import InputError
 
 
@@ -70,8 +71,11 @@ AUGMENT_HELP = ("Each copy adds every training clip again with random background
                 "recordings only.")
 
 
-def resolve_corpus(kind: str, path: str | None = None) -> tuple[str, str]:
-    """(loader name, root) for a corpus chosen in the app; the demo corpus needs no path."""
+def resolve_corpus(kind: str, path: str | None = None, confine: bool = False) -> tuple[str, str]:
+    """(loader name, root) for a corpus chosen in the app; the demo corpus needs no path.
+
+    ``confine`` (the pages, never the command line): the path must lie inside the folders the
+    server allows (:func:`ser_core.access.confine_path`), else InputError naming them."""
     if kind not in CORPUS_KINDS:
         raise InputError(f"Unknown corpus kind {kind!r}; choose one of {', '.join(CORPUS_KINDS)}.")
     if kind == "demo":
@@ -84,6 +88,8 @@ def resolve_corpus(kind: str, path: str | None = None) -> tuple[str, str]:
     if not path:
         raise InputError(f"Type the path of the {CORPUS_KINDS[kind]['title']}: "
                          f"{CORPUS_KINDS[kind]['layout']}.")
+    if confine:
+        access.confine_path(path)
     return CORPUS_KINDS[kind]["corpus"], str(Path(path).expanduser())
 
 
@@ -118,17 +124,19 @@ def _is_mix(items: list[tuple[str, str | None, bool]]) -> bool:
     return len(items) > 1 or any(test_only for _, _, test_only in items)
 
 
-def check_corpora(corpora: Any) -> list[dict[str, Any]]:
+def check_corpora(corpora: Any, confine: bool = False) -> list[dict[str, Any]]:
     """The app's chosen corpora as ``[{"kind", "root", "test_only"}]`` (the demo corpus's root is
     None: the trainer finds it), each checked: a known kind, a path for every kind but the demo
-    corpus, the demo corpus generated, no kind twice, at least one corpus to train on."""
+    corpus, the demo corpus generated, no kind twice, at least one corpus to train on; with
+    ``confine`` (the pages) every path inside the folders the server allows."""
     entries = []
     for kind, path, test_only in _corpus_items(corpora):
         root = None
         if kind == "demo":
             resolve_corpus("demo")  # generated?
         else:
-            _, root = resolve_corpus(kind, path)  # a missing path → "Type the path of the … folder"
+            # a missing path → "Type the path of the … folder"; with confine, one outside → the allowed folders
+            _, root = resolve_corpus(kind, path, confine=confine)
         entries.append({"kind": kind, "root": root, "test_only": test_only})
     kinds = [e["kind"] for e in entries]
     for kind in dict.fromkeys(k for k in kinds if kinds.count(k) > 1):

@@ -16,11 +16,12 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
+from .analysis_queue import Cancelled
 from .asr import require_asr_words, require_speech
 from .audio import load_audio
 from .checkpoint import load_checkpoint
@@ -109,6 +110,12 @@ class Analysis:
         }
 
 
+def _stop_if(should_stop: Callable[[], bool] | None) -> None:
+    """Raise Cancelled when ``should_stop`` says the analysis is no longer wanted."""
+    if should_stop is not None and should_stop():
+        raise Cancelled()
+
+
 class Analyzer:
     """A loaded checkpoint plus its feature extractor."""
 
@@ -159,6 +166,7 @@ class Analyzer:
         video: Any = None,
         keep_ratio: float | dict | None = None,
         top_p: float | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> Analysis:
         """Decode + validate audio, find words, encode, run the model.
 
@@ -171,13 +179,19 @@ class Analyzer:
         and, when its words come from Whisper (no typed transcript), at least one word Whisper
         is reasonably sure of (``asr.MIN_WORD_PROBABILITY``); otherwise InputError says so
         instead of giving a prediction. Feature extraction for training does not check this.
+
+        ``should_stop`` (e.g. ``ser_core.analysis_queue.Ticket.should_stop``) is asked before each
+        step (decoding, ASR + encoders, the model); when it answers True, :class:`Cancelled` is
+        raised and the remaining steps are skipped.
         """
+        _stop_if(should_stop)
         t0 = time.perf_counter()
         samples = audio if isinstance(audio, np.ndarray) else load_audio(audio)
         t1 = time.perf_counter()
         if transcript is not None and not transcript.strip():
             transcript = None
         require_speech(samples)  # before ASR and the encoders: cheap, and they would be wasted
+        _stop_if(should_stop)
         feats = self.extractor.extract(
             samples, transcript=transcript, video=video if self.uses_video else None,
             extras=feature_extras(self.model),
@@ -185,6 +199,7 @@ class Analyzer:
         if feats.transcript_source == "asr":  # a typed transcript: the user told us the words
             require_asr_words(feats.words)
         t2 = time.perf_counter()
+        _stop_if(should_stop)
         result = self.run_model(feats, keep_ratio=keep_ratio, top_p=top_p)
         result.timings.update({"decode": t1 - t0, "features": t2 - t1, "total": time.perf_counter() - t0})
         return result
@@ -287,4 +302,4 @@ class Analyzer:
         return self._cached(key, compute)
 
 
-__all__ = ["Analyzer", "Analysis", "DEFAULT_CHECKPOINT", "InputError"]
+__all__ = ["Analyzer", "Analysis", "Cancelled", "DEFAULT_CHECKPOINT", "InputError"]

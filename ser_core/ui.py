@@ -11,15 +11,21 @@ import logging
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import numpy as np
 import streamlit as st
 
+from . import limits
+from .analysis_queue import AnalysisQueue, Cancelled, Place
 from .checkpoint import list_all_checkpoints, read_meta
 from .errors import InputError
+from .kept import first_sparse_record, kept_by_most_heads  # noqa: F401  (pages call ui.kept_by_most_heads)
+from .kept import kept_spans as kept_intervals_by_most_heads  # noqa: F401
 from .paths import SAMPLES_DIR
 
 log = logging.getLogger("ser_core.ui")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,68 @@ def get_analyzer(checkpoint: str):
     from .pipeline import Analyzer
 
     return Analyzer(checkpoint)
+
+
+@st.cache_resource(show_spinner=False)
+def analysis_queue() -> AnalysisQueue:
+    """The one line of analyses shared by every session of this server (``ser_core.limits``
+    sets how many run at once)."""
+    return AnalysisQueue(slots=limits.max_analyses(), is_active=_session_is_active)
+
+
+def _session_id() -> str | None:
+    """This browser session's id (None outside a Streamlit script run)."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx(suppress_warning=True)
+    return ctx.session_id if ctx is not None else None
+
+
+def _session_is_active(session_id: str) -> bool:
+    """Whether the session's browser tab is still connected (True without a server runtime,
+    e.g. under streamlit.testing)."""
+    if not st.runtime.exists():
+        return True
+    return st.runtime.get_instance().is_active_session(session_id)
+
+
+def run_queued(work: Callable[[Callable[[], bool]], T], status_box=None) -> T:
+    """``work(should_stop)`` when this session's turn comes in the shared line of analyses.
+
+    While it waits, ``status_box`` (default: a new ``st.empty()``) says how many analyses go
+    first and about how long that takes; the box is cleared when the work starts. A second
+    request from the same session replaces the first; a closed tab leaves the line, and its
+    running work stops at its next step (``should_stop`` turns True). Outside a script run
+    (no session) the work runs at once."""
+    session = _session_id()
+    if session is None:
+        return work(lambda: False)
+    box = status_box if status_box is not None else st.empty()
+    shown: list[str] = []
+
+    def show(place: Place) -> None:
+        text = place.message() + " Other visitors' analyses run first; yours starts by itself. Keep this tab open."
+        if not shown or shown[-1] != text:  # a new message only when the words change
+            box.info(text, icon="⏳")
+            shown.append(text)
+
+    def start(should_stop: Callable[[], bool]) -> T:
+        if shown:
+            box.empty()
+        return work(should_stop)
+
+    return analysis_queue().run(session, start, on_wait=show)
+
+
+def analyze_queued(checkpoint: str, data: bytes, transcript: str | None = None, video=None, status_box=None):
+    """``get_analyzer(checkpoint).analyze(...)`` in the shared line of analyses. The upload's
+    size and stated duration are checked first (``limits.check_upload``): an oversized clip is
+    refused before it waits or is decoded."""
+    limits.check_upload(data)
+    return run_queued(
+        lambda should_stop: get_analyzer(checkpoint).analyze(data, transcript=transcript, video=video,
+                                                             should_stop=should_stop),
+        status_box)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -140,7 +208,7 @@ def clip_picker(key: str = "clip", video: bool = False) -> Clip | None:
         return Clip(path.name, path.read_bytes(), row.get("transcript") or None, video, row.get("label"))
     if source == "Upload a file":
         up = st.file_uploader(
-            "Speech (wav, flac, ogg, mp3, m4a, webm, mp4; up to 60 s)",
+            f"Speech (wav, flac, ogg, mp3, m4a, webm, mp4; {limits.upload_hint()})",
             type=["wav", "flac", "ogg", "mp3", "m4a", "webm", "mp4", "mov", "mkv"],
             key=f"{key}_upload",
         )
@@ -241,9 +309,13 @@ def _sample_title(row: dict[str, str]) -> str:
 
 
 def show_error(exc: BaseException) -> None:
-    """A friendly message: InputError as-is; anything else summarised, details folded away."""
+    """A friendly message: InputError as-is, a stopped analysis as a note; anything else
+    summarised, details folded away."""
     if isinstance(exc, InputError):
         st.error(str(exc))
+        return
+    if isinstance(exc, Cancelled):
+        st.info(str(exc))
         return
     log.exception("unexpected error in the app")
     st.error(
@@ -266,11 +338,8 @@ def label_name(label: str) -> str:
 
 def first_record(trace, key_kind: str, sparse: bool = True):
     """The first record whose keys are ``key_kind`` (words / frames), preferring sparse ones."""
-    candidates = [r for r in trace.records if r.key_labels.kind == key_kind]
-    if sparse:
-        kept = [r for r in candidates if r.keep is not None]
-        candidates = kept or candidates
-    return candidates[0] if candidates else None
+    found = first_sparse_record(trace, key_kind) if sparse else None
+    return found or next((r for r in trace.records if r.key_labels.kind == key_kind), None)
 
 
 def default_layer_index(trace) -> int:
@@ -312,29 +381,6 @@ def log_mel_for_display(audio):
     return spec, frame_times(spec.shape[1], 10)
 
 
-def kept_by_most_heads(record):
-    """[Tk] bool: keys kept by at least half of the heads (None when nothing is dropped)."""
-    if record is None or record.keep is None or record.keep.ndim != 2:
-        return None
-    return record.keep.mean(axis=0) >= 0.5
-
-
-def kept_intervals_by_most_heads(record) -> list[tuple[float, float]] | None:
-    """Time spans of the frames kept by most heads, merged where they touch."""
-    kept = kept_by_most_heads(record)
-    if kept is None or record.key_labels.start is None:
-        return None
-    spans: list[tuple[float, float]] = []
-    for keep, start, end in zip(kept, record.key_labels.start, record.key_labels.end):
-        if not keep:
-            continue
-        if spans and start <= spans[-1][1] + 1e-6:
-            spans[-1] = (spans[-1][0], float(end))
-        else:
-            spans.append((float(start), float(end)))
-    return spans
-
-
 def faithfulness_note(checkpoint: str | None) -> str | None:
     """One sentence from the checkpoint's stored faithfulness report (see ser_core.faithfulness)."""
     if not checkpoint:
@@ -361,8 +407,9 @@ def corpus_picker(key: str, mix: bool = False):
 
     With ``mix`` (the Train page) more corpora can be added to the first one, each with its own
     path box and a "test only" tick (cross-corpus: scored, never trained on); it then returns a
-    list of (kind, path or None, test_only), the first corpus first."""
-    from . import corpus_choice
+    list of (kind, path or None, test_only), the first corpus first. A path outside the folders
+    the server allows (``ser_core.access``) gets a warning naming them."""
+    from . import access, corpus_choice
     from .paths import default_corpus_dir
 
     def title(kind: str) -> str:
@@ -380,6 +427,8 @@ def corpus_picker(key: str, mix: bool = False):
         path = box.text_input(label, key=path_key, help=f"Expected: {layout}.",
                               placeholder=corpus_choice.CORPUS_KINDS[kind]["example"])
         box.caption(f"Expected: {layout}.")
+        if (path or "").strip() and not access.is_allowed(path.strip()):
+            box.warning(access.outside_message())  # said at once; Start and Evaluate refuse it too
         return path
 
     c1, c2 = st.columns([1, 2])

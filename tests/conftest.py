@@ -25,6 +25,16 @@ def _trained_checkpoints_elsewhere(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("SER_CHECKPOINTS_DIR", str(tmp_path_factory.mktemp("trained_checkpoints")))
 
 
+@pytest.fixture(autouse=True)
+def _teacher_on_the_server_machine(tmp_path_factory, monkeypatch):
+    """The pages see a test as the teacher's browser on the server machine with no teacher password
+    set (ser_core.access; test_access.py makes visitors), and corpora in pytest's temporary folders
+    may be read from the pages (SER_DATA_DIRS; a streamlit server a test starts inherits both)."""
+    monkeypatch.delenv("SER_TEACHER_PASSWORD", raising=False)
+    monkeypatch.setenv("SER_DATA_DIRS", str(tmp_path_factory.getbasetemp()))
+    monkeypatch.setattr("ser_core.access.peer_address", lambda: "127.0.0.1")
+
+
 # A tiny generated corpus (16 train / 4 val / 4 test utterances) with its own feature cache,
 # made once per test module that asks for it.
 @pytest.fixture(scope="module")

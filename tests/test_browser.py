@@ -130,3 +130,47 @@ def test_models_page_renders_every_checkpoint(server, browser, tmp_path):
     for name in SHIPPED:
         assert name in content
     page.screenshot(path=str(_shots(tmp_path) / "models.png"), full_page=True)
+
+
+def _angry_sample() -> Path:
+    """"We were all livid after the exam", said angrily (the first sample)."""
+    return REPO / "samples" / "wav" / "demo_00384.wav"
+
+
+def test_classroom_from_record_to_result(server, browser, tmp_path):
+    """Chromium records from a fake microphone that plays a sample clip (``--use-file-for-fake-
+    audio-capture``): a real recording through the real widget, then the large result."""
+    url = server
+    shots = _shots(tmp_path)
+    microphone = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                  f"--use-file-for-fake-audio-capture={_angry_sample()}"]
+    # a second Chromium of the same Playwright, with the fake microphone
+    recorder = browser.browser_type.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS + microphone)
+    try:
+        context = recorder.new_context(viewport={"width": 1400, "height": 1500})
+        context.grant_permissions(["microphone"], origin=url)
+        page = context.new_page()
+        page.goto(url + "/Classroom", wait_until="domcontentloaded")
+        page.get_by_text("Press the microphone and say one sentence").wait_for(timeout=90_000)
+        wait_idle(page)
+        page.screenshot(path=str(shots / "classroom_start.png"), full_page=True)
+
+        page.get_by_role("button", name="Record").click()
+        page.wait_for_timeout(3500)  # the fake microphone plays the 2.8 s sample
+        page.get_by_role("button", name="Stop recording").click()
+        try:
+            page.locator(".classroom-emotion").wait_for(timeout=180_000)
+        except Exception:
+            page.screenshot(path=str(shots / "classroom_failed.png"), full_page=True)
+            raise AssertionError("no result after recording; the page said:\n" + page.inner_text("body")[-2000:])
+        wait_idle(page)
+        page.locator(".js-plotly-plot .main-svg").first.wait_for(timeout=60_000)
+        emotion = page.locator(".classroom-emotion").inner_text()
+        assert emotion in {"Angry", "Happy", "Neutral", "Sad"}
+        explanation = page.locator(".classroom-explain").inner_text()
+        assert explanation.startswith(f"The model hears {emotion.lower()}")
+        assert page.locator(".classroom-words").count() == 1
+        assert "Traceback" not in page.content()
+        page.screenshot(path=str(shots / "classroom_result.png"), full_page=True)
+    finally:
+        recorder.close()

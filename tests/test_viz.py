@@ -94,7 +94,9 @@ def test_word_frame_heatmap_uses_seconds(word_frame):
     x = np.asarray(heat.x)
     assert np.allclose(x, np.arange(150) * FRAME + FRAME / 2)
     assert fig.layout.xaxis.range[1] == pytest.approx(150 * FRAME)
-    assert "key: 0.40 s" in np.asarray(heat.text)[0, 20]
+    # hover: the key's time from x, the query word from a per-row text (no per-cell time strings)
+    assert "key %{x:.3f} s" in heat.hovertemplate
+    assert np.asarray(heat.text)[0, 20] == np.asarray(heat.text)[0, 0] != np.asarray(heat.text)[1, 0]
     bar = next(t for t in fig.data if isinstance(t, go.Bar))
     assert np.allclose(np.asarray(bar.x), x[~word_frame.keep[1]])
     assert np.allclose(np.asarray(bar.width), FRAME)
@@ -203,19 +205,29 @@ def test_kept_intervals_merge_contiguous_frames():
     assert spans == [pytest.approx((0.02, 0.08)), pytest.approx((0.14, 0.16))]
 
 
+def _band_spans(fig, color: str) -> list[tuple[float, float]]:
+    """The (start, end) of each filled rectangle in the figure's one band trace of ``color``."""
+    trace = next((t for t in fig.data if getattr(t, "fillcolor", None) == color), None)
+    if trace is None:
+        return []
+    xs = list(trace.x)
+    return [(xs[i], xs[i + 2]) for i in range(0, len(xs), 6)]
+
+
 def test_waveform_figure_shades_kept_and_places_words(word_frame):
     sr = 16000
     audio = np.sin(np.linspace(0, 300, 3 * sr)) * 0.5
     fig = viz.waveform_figure(audio, sr, WORDS, record=word_frame, head=0)
-    rects = [s for s in fig.layout.shapes if s.fillcolor == viz.KEPT_COLOR]
     spans = viz.kept_intervals(word_frame, 0)
-    assert len(rects) == len(spans) and rects[0].x0 == pytest.approx(spans[0][0])
+    assert np.allclose(_band_spans(fig, viz.KEPT_COLOR), spans)  # all spans in one trace
+    assert not fig.layout.shapes
     texts = [a.text for a in fig.layout.annotations]
     assert texts == [w.text for w in WORDS]
     assert fig.layout.annotations[3].x == pytest.approx((WORDS[3].start + WORDS[3].end) / 2)
     assert fig.layout.xaxis.title.text == "time (s)"
-    assert len(fig.data[0].x) <= viz.MAX_WAVEFORM_POINTS  # envelope, not 48k points
-    assert np.max(fig.data[0].y) == pytest.approx(audio.max(), rel=1e-3)
+    wave = next(t for t in fig.data if t.name == "waveform")
+    assert len(wave.x) <= viz.MAX_WAVEFORM_POINTS  # envelope, not 48k points
+    assert np.max(wave.y) == pytest.approx(audio.max(), rel=1e-3)
     with pytest.raises(InputError):
         viz.waveform_figure(np.array([]), sr)
     with pytest.raises(InputError):
@@ -229,11 +241,10 @@ def test_spectrogram_figure(word_frame):
     fig = viz.spectrogram_figure(spec, times, WORDS, record=word_frame, head=1)
     heat = heatmap_trace(fig)
     assert np.asarray(heat.z).shape == (40, 300)
-    strip = [s for s in fig.layout.shapes if s.fillcolor == viz.KEPT_COLOR]
-    assert len(strip) == len(viz.kept_intervals(word_frame, 1))
-    assert all(s.y0 >= 39 for s in strip)  # above the mel bins
-    dim = [s for s in fig.layout.shapes if s.fillcolor == "black"]
-    assert dim, "dropped frames are dimmed"
+    assert np.allclose(_band_spans(fig, viz.KEPT_COLOR), viz.kept_intervals(word_frame, 1))
+    strip = next(t for t in fig.data if getattr(t, "fillcolor", None) == viz.KEPT_COLOR)
+    assert min(v for v in strip.y if v is not None) >= 39  # above the mel bins
+    assert _band_spans(fig, "black"), "dropped frames are dimmed"
     assert {a.text for a in fig.layout.annotations} == {w.text for w in WORDS}
     with pytest.raises(InputError):
         viz.spectrogram_figure(spec, times[:-1])

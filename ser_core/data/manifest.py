@@ -78,10 +78,10 @@ def load(root: str | Path) -> list[Utterance]:
     except csv.Error as exc:
         raise InputError(f"Manifest: {path.name} is not a readable CSV file ({exc}).") from None
     absent = [c for c in ("path", "label") if c not in columns]
-    if absent:
+    if absent:  # names only what is missing: never echo the first line of a file that is no manifest
         raise InputError(
             f"Manifest: {path.name} lacks the column(s) {', '.join(absent)}; "
-            f"expected a CSV header with at least path,label (found: {', '.join(columns) or 'nothing'})."
+            f"expected a CSV header with at least path,label."
         )
 
     utterances: list[Utterance] = []

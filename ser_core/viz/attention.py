@@ -73,6 +73,14 @@ def attention_heatmap(
         q_span = "%{y:.3f} s" if bq == 1 else "≈%{y:.3f} s"
         k_span = "%{x:.3f} s" if bk == 1 else "≈%{x:.3f} s"
         heat.hovertemplate = f"query {q_span}<br>key {k_span}<br>weight {weight_fmt}<extra></extra>"
+    elif qa.is_time:  # time queries × word keys: only the word goes in the per-cell text
+        heat.text = np.broadcast_to(ka.hover.astype(str)[None, :], z.shape)
+        q_span = "%{y:.3f} s" if bq == 1 else "≈%{y:.3f} s"
+        heat.hovertemplate = f"query {q_span}<br>key: %{{text}}<br>weight {weight_fmt}<extra></extra>"
+    elif ka.is_time:  # word queries × time keys
+        heat.text = np.broadcast_to(qa.hover.astype(str)[:, None], z.shape)
+        k_span = "%{x:.3f} s" if bk == 1 else "≈%{x:.3f} s"
+        heat.hovertemplate = f"query: %{{text}}<br>key {k_span}<br>weight {weight_fmt}<extra></extra>"
     else:
         text = np.char.add(
             np.char.add(np.char.add("query: ", qa.hover.astype(str))[:, None], "<br>key: "),
@@ -103,7 +111,7 @@ def attention_heatmap(
             )
         notes.append(f"{int(keep.mask.sum())} of {tk} keys kept")
         if h is None and record.heads > 1:
-            notes.append("hatched = dropped by every head")
+            notes.append("hatched = not kept by at least half of the heads")
     elif keep is not None:  # nucleus: kept points of the map
         cells = keep.mask.astype(np.float64)
         if bq > 1 or bk > 1:
@@ -188,7 +196,7 @@ def key_importance_figure(record: AttentionRecord, head: Head = 0) -> go.Figure:
     if kept is not None:
         sub.append(f"{int(kept.sum())} kept / {length}")
     if h is None and record.heads > 1 and kept is not None:
-        sub.append("kept = kept by any head; thresholds differ per head")
+        sub.append("kept = kept by at least half of the heads; thresholds differ per head")
     if sub:
         title += "<br><sup>" + " · ".join(sub) + "</sup>"
     fig.update_layout(

@@ -20,7 +20,7 @@ from .records import Head, _check_record, _times, head_key_scores
 def kept_intervals(record: AttentionRecord, head: Head = "mean") -> list[tuple[float, float]]:
     """Time spans [start, end] of the kept keys of an audio-key record (contiguous keys merged).
 
-    For ``head='mean'`` a frame counts as kept if at least one head keeps it.
+    For ``head='mean'`` a frame counts as kept if at least half of the heads keep it.
     """
     _check_record(record)
     times = _times(record.key_labels)
@@ -53,25 +53,30 @@ def _words_list(words: Sequence[Word] | None) -> list[Word]:
     return out
 
 
-def _add_words(fig: go.Figure, words: list[Word], y_text: float, yref: str) -> None:
-    """Words at their times: a thin line at each word start and the word above it."""
-    for w in words:
-        fig.add_vrect(
-            x0=w.start, x1=w.end, fillcolor="#56B4E9", opacity=0.08, line_width=0, layer="below"
-        )
-        fig.add_vline(x=w.start, line={"color": "#555555", "width": 0.6, "dash": "dot"})
-        fig.add_annotation(
-            x=(w.start + w.end) / 2,
-            y=y_text,
-            xref="x",
-            yref=yref,
-            text=html.escape(w.text),
-            showarrow=False,
-            yanchor="bottom",
-            font={"size": 11},
-            textangle=-30 if len(words) > 12 else 0,
-            hovertext=f"{html.escape(w.text)}: {w.start:.2f}–{w.end:.2f} s",
-        )
+def _word_marks(words: list[Word], y_text: float, yref: str) -> list[dict]:
+    """Each word above its time span (annotations as plain dicts, set on the figure at once:
+    adding them one by one costs plotly time that grows with the square of their number)."""
+    return [{"x": (w.start + w.end) / 2, "y": y_text, "xref": "x", "yref": yref,
+             "text": html.escape(w.text), "showarrow": False, "yanchor": "bottom",
+             "font": {"size": 11}, "textangle": -30 if len(words) > 12 else 0,
+             "hovertext": f"{html.escape(w.text)}: {w.start:.2f}–{w.end:.2f} s"} for w in words]
+
+
+def _word_lines(words: list[Word], lo: float, hi: float) -> go.Scatter:
+    """A thin dotted line at each word's start, all in one trace."""
+    x = [v for w in words for v in (w.start, w.start, None)]
+    y = [v for _ in words for v in (lo, hi, None)]
+    return go.Scatter(x=x, y=y, mode="lines", line={"color": "#555555", "width": 0.6, "dash": "dot"},
+                      hoverinfo="skip", showlegend=False, name="word starts")
+
+
+def _bands(spans: Sequence[tuple[float, float]], lo: float, hi: float, color: str, opacity: float,
+           name: str, legend: bool = True) -> go.Scatter:
+    """Time spans as filled rectangles from ``lo`` to ``hi``, all in one trace (one legend entry)."""
+    x = [v for a, b in spans for v in (a, a, b, b, a, None)]
+    y = [v for _ in spans for v in (lo, hi, hi, lo, lo, None)]
+    return go.Scatter(x=x, y=y, mode="lines", fill="toself", fillcolor=color, opacity=opacity,
+                      line={"width": 0}, hoverinfo="skip", name=name, showlegend=legend)
 
 
 def _spans_from(
@@ -117,22 +122,18 @@ def waveform_figure(
         x = np.arange(audio.size) / sr
         y = audio
     peak = float(np.abs(audio).max()) or 1.0
-    fig = go.Figure(
+    lo, hi = -1.1 * peak, 1.1 * peak
+    fig = go.Figure()
+    if spans:  # drawn first: below the waveform
+        fig.add_trace(_bands(spans, lo, hi, KEPT_COLOR, 0.3, span_name))
+    if words_:
+        fig.add_trace(_word_lines(words_, lo, hi))
+    fig.add_trace(
         go.Scatter(
             x=x, y=y, mode="lines", line={"color": "#333333", "width": 1}, name="waveform",
             hovertemplate="%{x:.3f} s<br>%{y:.3f}<extra></extra>",
         )
     )
-    if spans:
-        for a, b in spans:
-            fig.add_vrect(x0=a, x1=b, fillcolor=KEPT_COLOR, opacity=0.25, line_width=0,
-                          layer="below")
-        fig.add_trace(
-            go.Scatter(x=[None], y=[None], mode="markers", name=span_name,
-                       marker={"symbol": "square", "size": 12, "color": KEPT_COLOR,
-                               "opacity": 0.5})
-        )
-    _add_words(fig, words_, y_text=1.0, yref="paper")
     title = "Waveform"
     if spans is not None:
         covered = sum(b - a for a, b in spans)
@@ -140,11 +141,12 @@ def waveform_figure(
     fig.update_layout(
         title={"text": title},
         xaxis={"title": {"text": "time (s)"}, "range": [0, duration]},
-        yaxis={"title": {"text": "amplitude"}, "range": [-1.1 * peak, 1.1 * peak]},
+        yaxis={"title": {"text": "amplitude"}, "range": [lo, hi]},
         showlegend=spans is not None,
         legend={"orientation": "h", "yanchor": "top", "y": -0.18, "x": 0},
         margin={"t": 110},
         height=340,
+        annotations=_word_marks(words_, y_text=1.0, yref="paper"),
     )
     return fig
 
@@ -196,17 +198,14 @@ def spectrogram_figure(
     if spans is not None:
         # dim what was dropped, and draw the kept spans on a strip above the mel bins
         edges = [0.0] + [v for ab in spans for v in ab] + [t_end]
-        for a, b in zip(edges[0::2], edges[1::2]):
-            if b > a + 1e-9:
-                fig.add_shape(type="rect", x0=a, x1=b, y0=-0.5, y1=n_mels - 0.5, xref="x",
-                              yref="y", fillcolor="black", opacity=0.45, line_width=0)
-        for a, b in spans:
-            fig.add_shape(type="rect", x0=a, x1=b, y0=strip_lo, y1=strip_hi, xref="x",
-                          yref="y", fillcolor=KEPT_COLOR, opacity=1.0, line_width=0)
+        dropped = [(a, b) for a, b in zip(edges[0::2], edges[1::2]) if b > a + 1e-9]
+        if dropped:
+            fig.add_trace(_bands(dropped, -0.5, n_mels - 0.5, "black", 0.45, "dropped frames (dimmed)"))
+        if spans:
+            fig.add_trace(_bands(spans, strip_lo, strip_hi, KEPT_COLOR, 1.0, span_name))
         covered = sum(b - a for a, b in spans)
         title += (f"<br><sup>green strip = {span_name} ({covered:.2f} s of {t_end:.2f} s); "
                   "dropped frames dimmed</sup>")
-    _add_words(fig, words_, y_text=strip_hi + 0.5, yref="y")
     fig.update_layout(
         title={"text": title},
         xaxis={"title": {"text": "time (s)"}, "range": [float(times[0] - step / 2), t_end]},
@@ -214,6 +213,8 @@ def spectrogram_figure(
                "range": [-0.5, strip_hi + (0.25 * n_mels if words_ else 1.0)]},
         margin={"t": 90},
         height=380,
+        showlegend=False,
+        annotations=_word_marks(words_, y_text=strip_hi + 0.5, yref="y"),
     )
     return fig
 

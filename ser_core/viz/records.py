@@ -21,6 +21,7 @@ from typing import Literal
 import numpy as np
 
 from ser_core.errors import InputError
+from ser_core.kept import most_heads
 from ser_core.trace import AttentionRecord, AxisLabels
 
 Head = int | Literal["mean"]
@@ -82,7 +83,8 @@ class KeepMask:
 
 
 def head_keep(record: AttentionRecord, head: Head) -> KeepMask | None:
-    """The keep mask of one head (for 'mean': kept by at least one head); None if none fits.
+    """The keep mask of one head (for 'mean': kept by at least half of the heads, the one meaning
+    of "kept" on every page, ``ser_core.kept``); None if none fits.
 
     Key-sparse records keep ``[heads, Tk]`` (columns); nucleus records keep points of the map
     they mask (``[heads, Tq, Tk]`` or ``[Tq, Tk]``, cells).
@@ -95,7 +97,7 @@ def head_keep(record: AttentionRecord, head: Head) -> KeepMask | None:
     h = _head_index(record, head)
 
     def pick(per_head: np.ndarray) -> np.ndarray:
-        return per_head.any(axis=0) if h is None else per_head[h]
+        return most_heads(per_head) if h is None else per_head[h]
 
     if keep.shape == (n_heads, tk):
         return KeepMask("columns", pick(keep))

@@ -1,0 +1,159 @@
+"""What a user waits for in the browser: the page, not the function (headless Chromium, one run).
+
+    python bench/bench_page.py [--moves 7] [--long 60]
+
+Starts ``streamlit run app.py`` and drives it with Playwright. Prints, each as the median of
+``--moves`` slider moves (keyboard arrows on the slider, alternating left and right):
+  * Analyze, 10 s clip: keep_ratio move → settled page (script finished, figures drawn);
+  * Compare k with 4 columns: one column's slider move → settled;
+and once:
+  * Models page: open → settled;
+  * first analysis after the server started (models warming in the background or not);
+  * a ``--long`` s clip uploaded and analysed on Analyze → settled (warm models).
+Targets (issue 12): slider ≤ 300 ms, Compare k ≤ 500 ms, long clip ≤ 8 s, first analysis ≤ 3 s,
+Models ≤ 3 s. "Settled": the app's script state goes running → not running, then two animation
+frames (the browser has painted the new figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "bench"))
+sys.path.insert(0, str(REPO))
+
+import soundfile as sf  # noqa: E402
+from bench_whisper import synthesize  # noqa: E402  (same folder)
+
+ARM = """() => {
+  window.__settled = null;
+  const app = document.querySelector('[data-testid="stApp"]');
+  let running = false;
+  const seen = () => {
+    const state = app.getAttribute('data-test-script-state');
+    if (state === 'running' && !running) { running = true; window.__running = performance.now(); }
+    if (running && state === 'notRunning') {
+      window.__finished = performance.now();
+      observer.disconnect();
+      requestAnimationFrame(() => requestAnimationFrame(() => { window.__settled = performance.now(); }));
+    }
+  };
+  const observer = new MutationObserver(seen);
+  observer.observe(app, {attributes: true, attributeFilter: ['data-test-script-state']});
+  window.__armed = performance.now();
+}"""
+
+
+VERBOSE = False
+
+
+def settle_time(page, act, timeout_ms: int = 120_000) -> float:
+    """Seconds from ``act()`` to the settled page (first waits for the script to be idle)."""
+    page.wait_for_function(
+        "() => document.querySelector('[data-testid=\"stApp\"]').getAttribute('data-test-script-state') "
+        "!== 'running'", timeout=timeout_ms)
+    page.wait_for_timeout(200)
+    page.evaluate(ARM)
+    start = page.evaluate("() => performance.now()")
+    act()
+    page.wait_for_function("() => window.__settled !== null", timeout=timeout_ms)
+    parts = page.evaluate("() => [window.__running, window.__finished, window.__settled]")
+    if VERBOSE:
+        print(f"    to running {parts[0] - start:6.0f} ms · script {parts[1] - parts[0]:6.0f} ms · "
+              f"paint {parts[2] - parts[1]:6.0f} ms")
+    return (parts[2] - start) / 1000
+
+
+def move_slider(page, slider, moves: int) -> list[float]:
+    """Seconds per keyboard move of ``slider`` (a role=slider locator), alternating direction."""
+    times = []
+    for i in range(moves):
+        key = "ArrowLeft" if i % 2 == 0 else "ArrowRight"
+        slider.focus()
+        times.append(settle_time(page, lambda: page.keyboard.press(key)))
+    return times
+
+
+def upload_and_analyze(page, url: str, clip: Path) -> float:
+    page.goto(url + "/Analyze", wait_until="domcontentloaded")
+    page.get_by_text("Analyze an utterance").wait_for(timeout=120_000)
+    idle(page)
+    page.get_by_text("Upload a file", exact=True).click()
+    idle(page)
+    page.locator("input[type=file]").first.set_input_files(str(clip))
+    idle(page)
+    return settle_time(page, lambda: page.get_by_role("button", name="Analyze").click(), 300_000)
+
+
+def idle(page) -> None:
+    from browser import wait_idle
+
+    wait_idle(page)
+
+
+def report(name: str, times: list[float], target: float) -> None:
+    ms = [t * 1000 for t in times]
+    print(f"{name:<44} median {statistics.median(ms):7.0f} ms   (min {min(ms):.0f}, max {max(ms):.0f}; "
+          f"target ≤ {target * 1000:.0f})")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--moves", type=int, default=7)
+    ap.add_argument("--long", type=float, default=60.0, help="length of the long clip (s)")
+    ap.add_argument("--verbose", action="store_true", help="print each move's parts")
+    args = ap.parse_args()
+    global VERBOSE
+    VERBOSE = args.verbose
+    from browser import CHROMIUM_FLAGS, chromium_path, streamlit_server
+    from playwright.sync_api import sync_playwright
+
+    if chromium_path() is None:
+        sys.exit("chromium is not installed")
+    with tempfile.TemporaryDirectory() as tmp, streamlit_server() as (url, proc, started), \
+            sync_playwright() as p:
+        ten, long = Path(tmp) / "clip10s.wav", Path(tmp) / f"clip{args.long:.0f}s.wav"
+        sf.write(ten, synthesize(10.0, Path(tmp)), 16000)
+        sf.write(long, synthesize(args.long, Path(tmp)), 16000)
+        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1800})
+
+        first = upload_and_analyze(page, url, ten)
+        print(f"{'first analysis after start (10 s clip)':<44} {first * 1000:13.0f} ms   (target ≤ 3000; "
+              f"server up {time.perf_counter() - started:.0f} s before the end of it)")
+        slider = page.get_by_role("slider").first
+        report("Analyze: keep_ratio move → settled", move_slider(page, slider, args.moves), 0.3)
+
+        # the sidebar link keeps the session (and its analysis); page.goto would start a new one
+        page.locator('[data-testid="stSidebarNav"] a', has_text="Compare k").click()
+        page.get_by_text("Compare keep ratios").wait_for(timeout=60_000)
+        idle(page)
+        page.locator('[data-testid="stRadio"] label', has_text="4").click()
+        idle(page)
+
+        report("Compare k (4 columns): slider move → settled",
+               move_slider(page, page.get_by_role("slider").first, args.moves), 0.5)
+
+        t0 = time.perf_counter()  # a new page load: timed from here, to the last section drawn and idle
+        page.goto(url + "/Models", wait_until="domcontentloaded")
+        page.get_by_text("The papers' experiments").wait_for(timeout=180_000)
+        idle(page)
+        models = time.perf_counter() - t0
+        print(f"{'Models page open → settled':<44} {models * 1000:13.0f} ms   (target ≤ 3000)")
+
+        t_long = upload_and_analyze(page, url, long)
+        print(f"{f'{args.long:.0f} s clip: Analyze → settled (warm)':<44} {t_long * 1000:13.0f} ms   "
+              "(target ≤ 8000)")
+        assert "Traceback" not in page.content()
+        browser.close()
+
+
+if __name__ == "__main__":
+    main()

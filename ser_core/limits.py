@@ -1,0 +1,144 @@
+"""The app's input and load limits, in one place.
+
+Every value has a default here and can be changed by an environment variable set before
+``streamlit run`` (e.g. ``SER_MAX_SECONDS=20 streamlit run app.py`` for a busy classroom):
+
+=========================  ===========================================  ==========================
+variable                   what it limits                               default
+=========================  ===========================================  ==========================
+``SER_MAX_SECONDS``        seconds of audio in one clip                 60
+``SER_MAX_BYTES``          bytes of one upload or recording             50 MiB
+``SER_MAX_ANALYSES``       analyses that run at the same time           half the CPU cores (≥ 1)
+=========================  ===========================================  ==========================
+
+``check_upload(data)`` applies the first two to raw bytes before anything decodes them: the size
+from the length alone, the duration from the file header where the format states one. The
+decoders in ``ser_core.audio`` read the same limits and check again while decoding.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from typing import Callable
+
+from .errors import InputError
+
+MAX_SECONDS = 60.0
+MAX_BYTES = 50 * 1024 * 1024
+
+
+def _from_env(name: str, default: float, unit: str) -> float:
+    """The number in environment variable ``name``, or ``default`` when it is unset or empty."""
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise InputError(f"{name} is set to {raw!r}, which is not a number{unit}.") from None
+
+
+def max_seconds(value: float | None = None) -> float:
+    """Seconds of audio one clip may hold: ``value``, else ``SER_MAX_SECONDS``, else 60."""
+    if value is None:
+        value = _from_env("SER_MAX_SECONDS", MAX_SECONDS, " of seconds")
+    value = float(value)
+    if not math.isfinite(value) or value <= 0:
+        raise InputError(f"The duration limit must be a positive number of seconds, not {value}.")
+    return value
+
+
+def max_bytes(value: int | None = None) -> int:
+    """Bytes one upload may hold: ``value``, else ``SER_MAX_BYTES``, else 50 MiB."""
+    if value is None:
+        value = _from_env("SER_MAX_BYTES", MAX_BYTES, "")
+    value = int(value)
+    if value <= 0:
+        raise InputError(f"The size limit must be a positive number of bytes, not {value}.")
+    return value
+
+
+def default_max_analyses() -> int:
+    """Half the CPU cores, at least one: the encoders use a core or two each."""
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+def max_analyses(value: int | None = None) -> int:
+    """Analyses that may run at once: ``value``, else ``SER_MAX_ANALYSES``, else half the cores."""
+    if value is None:
+        value = _from_env("SER_MAX_ANALYSES", default_max_analyses(), "")
+    if not math.isfinite(value) or int(value) < 1:
+        raise InputError(f"At least one analysis must be allowed to run at a time, not {value}.")
+    return int(value)
+
+
+def format_bytes(n: int) -> str:
+    """``n`` bytes in plain words (kB / MB)."""
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
+
+
+def too_long(seconds: float, limit: float, at_least: bool = False) -> InputError:
+    """The message for a clip over the duration limit."""
+    how = "more than " if at_least else ""
+    return InputError(
+        f"The recording is {how}{seconds:.1f} s long; the limit is {limit:g} s. "
+        f"Cut it to {limit:g} s or less (for example with Audacity, or by recording again) and try again."
+    )
+
+
+def too_big(size: int, limit: int, name: str | None = None) -> InputError:
+    """The message for an upload over the size limit."""
+    what = f"The file {name!r}" if name else "The recording"
+    return InputError(
+        f"{what} is {format_bytes(size)}; the limit is {format_bytes(limit)}. "
+        "Trim it or save it compressed (for example as MP3 or OGG), then try again."
+    )
+
+
+def header_seconds(source: bytes | str | os.PathLike) -> float | None:
+    """The duration a file's header states (raw bytes or a path), without decoding any audio;
+    None when the header states none or the data is not audio."""
+    import soundfile as sf
+
+    def handle():  # a fresh handle for each reader
+        return io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else str(source)
+
+    try:
+        info = sf.info(handle())
+        if info.frames > 0 and info.samplerate > 0:
+            return info.frames / info.samplerate
+    except Exception:  # not a format libsndfile reads: ask FFmpeg's demuxer
+        pass
+    try:
+        import av
+
+        with av.open(handle(), mode="r") as container:
+            stream = container.streams.audio[0] if container.streams.audio else None
+            if stream is not None and stream.duration is not None and stream.time_base is not None:
+                return float(stream.duration * stream.time_base)
+            if stream is not None and container.duration is not None:
+                return container.duration / 1_000_000  # AV_TIME_BASE
+    except Exception:  # undecodable: the decoder says so later, in the user's words
+        pass
+    return None
+
+
+def check_upload(data: bytes, seconds_of: Callable[[bytes], float | None] | None = None) -> None:
+    """Refuse ``data`` (raw upload bytes) over the limits, before anything decodes it.
+
+    The size is checked first, from the length alone (``seconds_of`` is then never called);
+    then the duration the header states (``seconds_of``, default :func:`header_seconds`).
+    Raises InputError with a message for the user."""
+    limit = max_bytes()
+    if len(data) > limit:
+        raise too_big(len(data), limit)
+    seconds = (seconds_of or header_seconds)(data)
+    if seconds is not None and seconds > max_seconds():
+        raise too_long(seconds, max_seconds())
+
+
+def upload_hint() -> str:
+    """The limits in a few words, for an upload box's label."""
+    return f"up to {max_seconds():g} s and {format_bytes(max_bytes())}"
