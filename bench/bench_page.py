@@ -31,45 +31,7 @@ sys.path.insert(0, str(REPO))
 
 import soundfile as sf  # noqa: E402
 from bench_whisper import synthesize  # noqa: E402  (same folder)
-
-ARM = """() => {
-  window.__settled = null;
-  const app = document.querySelector('[data-testid="stApp"]');
-  let running = false;
-  const seen = () => {
-    const state = app.getAttribute('data-test-script-state');
-    if (state === 'running' && !running) { running = true; window.__running = performance.now(); }
-    if (running && state === 'notRunning') {
-      window.__finished = performance.now();
-      observer.disconnect();
-      requestAnimationFrame(() => requestAnimationFrame(() => { window.__settled = performance.now(); }));
-    }
-  };
-  const observer = new MutationObserver(seen);
-  observer.observe(app, {attributes: true, attributeFilter: ['data-test-script-state']});
-  window.__armed = performance.now();
-}"""
-
-
-VERBOSE = False
-
-
-def settle_time(page, act, timeout_ms: int = 120_000) -> float:
-    """Seconds from ``act()`` to the settled page (first waits for the script to be idle)."""
-    page.wait_for_function(
-        "() => document.querySelector('[data-testid=\"stApp\"]').getAttribute('data-test-script-state') "
-        "!== 'running'", timeout=timeout_ms)
-    page.wait_for_timeout(200)
-    page.evaluate(ARM)
-    start = page.evaluate("() => performance.now()")
-    act()
-    page.wait_for_function("() => window.__settled !== null", timeout=timeout_ms)
-    parts = page.evaluate("() => [window.__running, window.__finished, window.__settled]")
-    if VERBOSE:
-        print(f"    to running {parts[0] - start:6.0f} ms · script {parts[1] - parts[0]:6.0f} ms · "
-              f"paint {parts[2] - parts[1]:6.0f} ms")
-    return (parts[2] - start) / 1000
-
+from browser import settle_time  # noqa: E402  (tests/browser.py)
 
 def move_slider(page, slider, moves: int) -> list[float]:
     """Seconds per keyboard move of ``slider`` (a role=slider locator), alternating direction."""
@@ -110,8 +72,9 @@ def main() -> None:
     ap.add_argument("--long", type=float, default=60.0, help="length of the long clip (s)")
     ap.add_argument("--verbose", action="store_true", help="print each move's parts")
     args = ap.parse_args()
-    global VERBOSE
-    VERBOSE = args.verbose
+    import browser as helpers  # tests/browser.py
+
+    helpers.VERBOSE = args.verbose
     from browser import CHROMIUM_FLAGS, chromium_path, streamlit_server
     from playwright.sync_api import sync_playwright
 

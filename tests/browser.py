@@ -83,3 +83,43 @@ def wait_idle(page, timeout_ms: int = 120_000) -> None:
     page.wait_for_function(
         "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout_ms
     )
+
+
+# --- timing a user action to the settled page (tests and bench/bench_page.py) ----------------------
+ARM = """() => {
+  window.__settled = null;
+  const app = document.querySelector('[data-testid="stApp"]');
+  let running = false;
+  const seen = () => {
+    const state = app.getAttribute('data-test-script-state');
+    if (state === 'running' && !running) { running = true; window.__running = performance.now(); }
+    if (running && state === 'notRunning') {
+      window.__finished = performance.now();
+      observer.disconnect();
+      requestAnimationFrame(() => requestAnimationFrame(() => { window.__settled = performance.now(); }));
+    }
+  };
+  const observer = new MutationObserver(seen);
+  observer.observe(app, {attributes: true, attributeFilter: ['data-test-script-state']});
+  window.__armed = performance.now();
+}"""
+
+
+VERBOSE = False
+
+
+def settle_time(page, act, timeout_ms: int = 120_000) -> float:
+    """Seconds from ``act()`` to the settled page (first waits for the script to be idle)."""
+    page.wait_for_function(
+        "() => document.querySelector('[data-testid=\"stApp\"]').getAttribute('data-test-script-state') "
+        "!== 'running'", timeout=timeout_ms)
+    page.wait_for_timeout(200)
+    page.evaluate(ARM)
+    start = page.evaluate("() => performance.now()")
+    act()
+    page.wait_for_function("() => window.__settled !== null", timeout=timeout_ms)
+    parts = page.evaluate("() => [window.__running, window.__finished, window.__settled]")
+    if VERBOSE:
+        print(f"    to running {parts[0] - start:6.0f} ms · script {parts[1] - parts[0]:6.0f} ms · "
+              f"paint {parts[2] - parts[1]:6.0f} ms")
+    return (parts[2] - start) / 1000

@@ -129,3 +129,41 @@ def _stop_any_job() -> None:
         jobs.wait(job, timeout=60)
     except TimeoutError:
         os.killpg(job.pid, signal.SIGKILL)
+
+
+def test_a_visitor_cannot_train_or_evaluate_until_the_teacher_password(tmp_path):
+    """With a teacher password set, a browser (even on this machine) is a visitor: no training
+    settings, no Start, no evaluation; a wrong password is refused, the right one unlocks."""
+    shots = _shots(tmp_path)
+    with streamlit_server(env={"SER_TEACHER_PASSWORD": "chalk-and-talk", "SER_CACHE_DIR": str(tmp_path / "cache"),
+                               "SER_CHECKPOINTS_DIR": str(tmp_path / "trained")}) as (url, _, _), \
+            playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1400})
+        page.goto(url + "/Evaluate", wait_until="domcontentloaded")
+        page.get_by_text("is for the teacher").first.wait_for(timeout=90_000)
+        wait_idle(page)
+        assert page.get_by_role("button", name="Evaluate").count() == 0
+        assert page.get_by_label("Path on this machine").count() == 0
+
+        page.locator('[data-testid="stSidebarNav"] a', has_text="Train").click()
+        page.get_by_text("is for the teacher").first.wait_for(timeout=60_000)
+        wait_idle(page)
+        assert page.locator(".st-key-train_start_button").count() == 0
+        assert page.get_by_label("Checkpoint name").count() == 0
+        page.screenshot(path=str(shots / "train_visitor.png"), full_page=True)
+
+        box = page.get_by_label("Teacher password", exact=True).and_(page.locator("input"))
+        box.fill("guess")
+        box.press("Enter")
+        page.get_by_text("That is not the teacher password.").wait_for(timeout=30_000)
+        assert page.locator(".st-key-train_start_button").count() == 0
+
+        box = page.get_by_label("Teacher password", exact=True).and_(page.locator("input"))
+        box.fill("chalk-and-talk")
+        box.press("Enter")
+        page.locator(".st-key-train_start_button").wait_for(timeout=30_000)
+        page.get_by_text("Teacher mode is on").wait_for(timeout=30_000)
+        assert "chalk-and-talk" not in page.content()  # the password is never shown back
+        page.screenshot(path=str(shots / "train_teacher.png"), full_page=True)
+        browser.close()
