@@ -285,10 +285,11 @@ def job_panel() -> None:
                 st.plotly_chart(cm, width="content", key="train_val_cm")
         else:
             right.info("Validation scores appear after the first epoch.")
-    with st.expander("Log and command"):
-        st.code(job.log_tail(6000) or "(no output yet)", language=None)
-        st.code(shlex.join(job.command + (["--resume"] if job.resumes and "--resume" not in job.command else [])),
-                language="bash")
+    if teacher:  # the log and the command name the server's folders: the teacher's only
+        with st.expander("Log and command"):
+            st.code(job.log_tail(6000) or "(no output yet)", language=None)
+            st.code(shlex.join(job.command + (["--resume"] if job.resumes and "--resume" not in job.command
+                                              else [])), language="bash")
 
 
 st.divider()
