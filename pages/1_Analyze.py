@@ -6,7 +6,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import streamlit as st  # noqa: E402
 
-from ser_core import ui, viz  # noqa: E402
+from ser_core import kept, ui, viz  # noqa: E402
 
 st.set_page_config(page_title="Analyze · SER attention explorer", page_icon="🔍", layout="wide")
 st.title("Analyze an utterance")
@@ -79,14 +79,14 @@ with right:
         scores, _ = viz.head_key_scores(word_record, "mean")
         st.markdown(f"**Words by key importance** in `{word_record.name}` "
                     "(shade = mean key score over heads; bold = kept by most heads)")
-        st.html(viz.word_importance_html(feats.words, scores, ui.kept_by_most_heads(word_record)))
+        st.html(viz.word_importance_html(feats.words, scores, kept.kept_by_most_heads(word_record)))
     elif sees_text and not feats.words:
         st.warning("No words were recognised in this clip: the text side sees a 'no words' token.")
     elif not sees_text:
         st.caption(f"Transcript (for reference; the model does not see it): “{feats.transcript}”")
     frame_record = ui.first_record(analysis.trace, key_kind="frames", sparse=True)
     st.plotly_chart(viz.waveform_figure(feats.audio, 16000, words,
-                                        kept=ui.kept_intervals_by_most_heads(frame_record)),
+                                        kept=kept.kept_spans(frame_record)),
                     width="stretch", key="waveform")
     if frame_record is not None and frame_record.keep is not None:
         st.caption(f"Shaded: speech frames kept by most heads of `{frame_record.name}`.")

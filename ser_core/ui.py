@@ -20,8 +20,7 @@ from . import limits
 from .analysis_queue import AnalysisQueue, Cancelled, Place
 from .checkpoint import list_all_checkpoints, read_meta
 from .errors import InputError
-from .kept import first_sparse_record, kept_by_most_heads  # noqa: F401  (pages call ui.kept_by_most_heads)
-from .kept import kept_spans as kept_intervals_by_most_heads  # noqa: F401
+from .kept import first_sparse_record
 from .paths import SAMPLES_DIR
 
 log = logging.getLogger("ser_core.ui")
