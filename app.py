@@ -9,7 +9,7 @@ import streamlit as st  # noqa: E402
 
 from ser_core import ui  # noqa: E402
 
-st.set_page_config(page_title="SER attention explorer", page_icon="🎙️", layout="wide")
+ui.page_setup("Home")
 
 st.title("SER attention explorer")
 st.markdown(
@@ -38,11 +38,11 @@ c1, c2 = st.columns(2)
 with c1:
     st.subheader("Analyze")
     st.write("Prediction, word and frame attention maps, key importance and kept frames.")
-    st.page_link("pages/1_Analyze.py", label="Open Analyze", icon="🔍")
+    st.page_link("pages/1_Analyze.py", label="Open Analyze")
 with c2:
     st.subheader("Compare k")
     st.write("The same utterance at 2–4 keep ratios side by side, and probabilities over k.")
-    st.page_link("pages/2_Compare_k.py", label="Open Compare k", icon="⚖️")
+    st.page_link("pages/2_Compare_k.py", label="Open Compare k")
 
 samples = ui.sample_clips()
 if samples:
@@ -53,7 +53,8 @@ if samples:
     )
     st.dataframe(
         [
-            {"clip": r["path"], "voice emotion (label)": r["label"], "words say": r.get("text_emotion", ""),
+            {"clip": r["path"], "voice emotion (label)": ui.label_name(r["label"]),
+             "words say": ui.label_name(r["text_emotion"]) if r.get("text_emotion") else "",
              "transcript": r.get("transcript", "")}
             for r in samples
         ],

@@ -95,7 +95,7 @@ def main() -> None:
         report("Analyze: keep_ratio move → settled", move_slider(page, slider, args.moves), 0.3)
 
         # the sidebar link keeps the session (and its analysis); page.goto would start a new one
-        page.locator('[data-testid="stSidebarNav"] a', has_text="Compare k").click()
+        page.locator('[data-testid="stSidebar"] a', has_text="Compare k").click()
         page.get_by_text("Compare keep ratios").wait_for(timeout=60_000)
         idle(page)
         page.locator('[data-testid="stRadio"] label', has_text="4").click()

@@ -10,9 +10,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import streamlit as st  # noqa: E402
 
 from ser_core import kept, ui, viz  # noqa: E402
-from ser_core.checkpoint import list_all_checkpoints  # noqa: E402
 
-st.set_page_config(page_title="Classroom · SER attention explorer", page_icon="🎓", layout="wide")
+ui.page_setup("Classroom")
 # large type, high contrast: readable from the back of a room
 st.html("""<style>
 .classroom-emotion {font-size: 5rem; font-weight: 800; line-height: 1.1; color: #000;}
@@ -24,8 +23,7 @@ st.html("""<style>
 </style>""")
 st.title("Classroom")
 
-DEFAULT = "ks_transformer_demo.safetensors"
-checkpoint = next((str(p) for p in list_all_checkpoints() if p.name == DEFAULT), None)
+checkpoint = ui.default_checkpoint()
 if checkpoint is None:
     st.error("The default model is missing from this installation: reinstall the app, or use the "
              "Analyze page with another model.")
@@ -58,7 +56,7 @@ if base is None:
 knob = ui.sparsity_knob(base, "classroom")
 analysis = base.rerun(**knob) if knob else base
 summary = kept.kept_summary(analysis)
-emotion = ui.LABEL_NAMES.get(analysis.predicted, analysis.predicted)
+emotion = ui.label_name(analysis.predicted)
 
 left, right = st.columns([2, 3])
 left.markdown(f'<div class="classroom-emotion">{emotion.capitalize()}</div>'

@@ -8,7 +8,7 @@ import streamlit as st  # noqa: E402
 
 from ser_core import kept, ui, viz  # noqa: E402
 
-st.set_page_config(page_title="Analyze · SER attention explorer", page_icon="🔍", layout="wide")
+ui.page_setup("Analyze")
 st.title("Analyze an utterance")
 
 checkpoint = ui.checkpoint_picker()
@@ -68,7 +68,8 @@ with left:
         f"confidence {analysis.confidence:.0%} · {feats.duration:.1f} s · "
         + (f"words from {st.session_state.get('analysis_words_from', 'Whisper ASR')}"
            if sees_text else f"{base.trace.model} hears the audio only (no words)")
-        + (f" · sample labelled **{shown_clip.label}**" if shown_clip.label else "")
+        + (f" · sample labelled **{ui.label_name(shown_clip.label)}**" if shown_clip.label else "")
+        + (f" · analysed in {base.timings['total']:.1f} s" if "total" in base.timings else "")
     )
     st.plotly_chart(viz.probabilities_figure(analysis.labels, analysis.probs, shown_clip.label),
                     width="stretch", key="probs")

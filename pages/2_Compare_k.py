@@ -10,7 +10,7 @@ import streamlit as st  # noqa: E402
 
 from ser_core import ui, viz  # noqa: E402
 
-st.set_page_config(page_title="Compare k · SER attention explorer", page_icon="⚖️", layout="wide")
+ui.page_setup("Compare k")
 st.title("Compare keep ratios")
 st.caption(
     "Key-sparse attention keeps, in every key-sparse layer and head, the top ⌊k·L⌋ keys by their "
@@ -51,21 +51,39 @@ else:
             "Choose a KS-Transformer or MESM checkpoint.")
     st.stop()
 
-n_columns = st.radio("How many settings", [2, 3, 4], index=1, horizontal=True, key="compare_n")
+trained = ui.models_trained_at_other_k(checkpoint, base) if knob == "keep_ratio" else []
+by_training = bool(trained) and st.toggle(
+    "Models trained at different k", key="compare_by_training",
+    help="Each column picks a KS-Transformer trained (fine-tuned) at its own keep ratio and runs it "
+         "at a keep ratio you choose: does a model trained sparse use sparse attention better?")
+n_columns = st.radio("How many columns", [2, 3, 4], index=1, horizontal=True, key="compare_n")
 defaults = [0.1, 0.5, 1.0, 0.3]
 names = base.trace.names()
 layer = st.selectbox("Layer shown in every column", names, index=ui.default_layer_index(base.trace),
                      key="compare_layer")
+st.caption(ui.record_caption(base.trace[layer], setting=False))  # each column has its own k
 
 columns = st.columns(n_columns)
+results = []
 for i, col in enumerate(columns):
     with col:
-        k = st.slider(f"{knob} {chr(65 + i)}", 0.05, 1.0, defaults[i], 0.05, key=f"compare_k{i}")
-        result = base.rerun(**{knob: k})
+        if by_training:
+            choice = st.selectbox("Model", range(len(trained)), index=min(i, len(trained) - 1),
+                                  format_func=lambda j: f"trained at k = {trained[j][1]:.2f}",
+                                  key=f"compare_model{i}")
+            path, trained_k = trained[choice]
+            k = st.slider(f"run at {knob}", 0.05, 1.0, float(trained_k), 0.05, key=f"compare_run{i}_{choice}")
+            results.append(ui.run_checkpoint_on(path, base, keep_ratio=k))
+        else:
+            k = st.slider(f"{knob} {chr(65 + i)}", 0.05, 1.0, defaults[i], 0.05, key=f"compare_k{i}")
+            results.append(base.rerun(**{knob: k}))
+top = max(float(np.max(r.trace[layer].weights)) for r in results)  # one colour scale for the row
+for i, (col, result) in enumerate(zip(columns, results)):
+    with col:
         st.markdown(f"**{ui.label_name(result.predicted)}** · {result.confidence:.0%}")
         st.plotly_chart(viz.probabilities_figure(result.labels, result.probs), width="stretch",
                         key=f"compare_probs{i}")
-        st.plotly_chart(viz.attention_heatmap(result.trace[layer], "mean"), width="stretch",
+        st.plotly_chart(viz.attention_heatmap(result.trace[layer], "mean", zmax=top), width="stretch",
                         key=f"compare_map{i}")
 
 

@@ -12,7 +12,7 @@ import streamlit as st  # noqa: E402
 
 from ser_core import access, corpus_choice, ui, viz  # noqa: E402
 
-st.set_page_config(page_title="Evaluate · SER attention explorer", page_icon="📊", layout="wide")
+ui.page_setup("Evaluate")
 st.title("Evaluate a checkpoint")
 st.caption(
     "Score the checkpoint chosen in the sidebar on a corpus: weighted accuracy (WA, share of "

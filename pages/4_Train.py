@@ -21,7 +21,7 @@ from ser_core.errors import InputError  # noqa: E402
 from ser_core.models.base import MODELS, _import_builtin_models  # noqa: E402
 from ser_core.train import PRESETS  # noqa: E402
 
-st.set_page_config(page_title="Train · SER attention explorer", page_icon="🏋️", layout="wide")
+ui.page_setup("Train")
 st.title("Train a model")
 
 

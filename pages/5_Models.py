@@ -15,7 +15,7 @@ from ser_core.experiments import EXPERIMENTS, load_results, results_dir  # noqa:
 from ser_core.model_card import model_card  # noqa: E402
 from ser_core.model_notes import MODEL_NOTES, settings_table  # noqa: E402
 
-st.set_page_config(page_title="Models · SER attention explorer", page_icon="🧩", layout="wide")
+ui.page_setup("Models")
 st.title("Models")
 st.caption(
     "Each model checkpoint (the ones that ship with the project and the ones trained here): the paper it implements, parameters, FLOPs for a 10 s clip "

@@ -12,7 +12,7 @@ import streamlit as st  # noqa: E402
 from ser_core import ui, viz  # noqa: E402
 from ser_core.experiments import load_results, results_dir  # noqa: E402
 
-st.set_page_config(page_title="Sparse masks · SER attention explorer", page_icon="🎭", layout="wide")
+ui.page_setup("Sparse masks")
 st.title("Sparse masks")
 st.caption(
     "MESM's cross-modal attention uses the transcript (text) to score every point of each 400 ms "

@@ -120,7 +120,7 @@ class AnalysisQueue:
                 if earlier is not None:
                     self._mark_cancelled(earlier, REPLACED)
                 self._waiting.append(ticket)
-            self._move_line()
+            self._move_line(changed=True)
         return ticket
 
     def wait_turn(self, ticket: Ticket, timeout: float) -> bool:
@@ -155,7 +155,7 @@ class AnalysisQueue:
                 self._waiting.remove(ticket)
             if ticket.state != CANCELLED:
                 ticket.state = DONE
-            self._move_line()
+            self._move_line(changed=True)
 
     def run(self, session: str, work: Callable[[Callable[[], bool]], T],
             on_wait: Callable[[Place], None] | None = None, poll_s: float = 0.3) -> T:
@@ -228,18 +228,23 @@ class AnalysisQueue:
 
     def _cancel(self, ticket: Ticket, reason: str) -> None:
         self._mark_cancelled(ticket, reason)
-        self._move_line()
+        self._move_line(changed=True)
 
-    def _move_line(self) -> None:
+    def _move_line(self, changed: bool = False) -> None:
         """Drop waiting requests whose session went away, start the first ones while slots are
-        free, and wake every waiter to look at its ticket."""
+        free, and, when the line changed (or ``changed`` says the caller changed it), wake every
+        waiter to look at its ticket. Waking them when nothing changed would make each woken
+        waiter wake all the others again: a loop that keeps the CPU busy while nobody moves."""
         for ticket in [t for t in self._waiting if not self.session_is_active(t.session)]:
             self._mark_cancelled(ticket, GONE)
+            changed = True
         while self._waiting and len(self._running) < self.slots:
             ticket = self._waiting.pop(0)
             ticket.state, ticket.started = RUNNING, self._clock()
             self._running.append(ticket)
-        self._changed.notify_all()
+            changed = True
+        if changed:
+            self._changed.notify_all()
 
     def _mean(self) -> float:
         return sum(self._durations) / len(self._durations) if self._durations else self._first_guess_s

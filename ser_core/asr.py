@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import threading
@@ -165,16 +166,33 @@ def _whisper(model: str, device: str) -> Any:
         from faster_whisper import WhisperModel
 
         compute_type = "float32" if device == "cuda" else "int8"
-        loaded = WhisperModel(str(path), device=device, compute_type=compute_type)
+        # No more threads than cores (faster-whisper starts 4): on a busy machine extra threads
+        # only wait for each other.
+        loaded = WhisperModel(str(path), device=device, compute_type=compute_type,
+                              cpu_threads=max(1, min(4, os.cpu_count() or 1)))
         with _whisper_lock:
             _whisper_cache.setdefault(key, loaded)
     return _whisper_cache[key]
 
 
+#: Whisper tokens per second of audio at most (fast speech is 5-7 a second, words and
+#: punctuation together) and a few more for any clip; Whisper's own limit is 448 per window.
+TOKENS_PER_SECOND, EXTRA_TOKENS, WINDOW_TOKENS = 10, 10, 220
+
+
+def max_tokens(seconds: float) -> int:
+    """The most tokens one 30 s window of a ``seconds`` long clip may decode to: a bound that
+    stops a repetition loop ("go on, go on, go on, ...") early instead of at Whisper's limit."""
+    return int(min(EXTRA_TOKENS + TOKENS_PER_SECOND * min(seconds, 30.0), WINDOW_TOKENS))
+
+
 def transcribe(audio: np.ndarray, model: str = "tiny.en", device: str = "cpu") -> list[Word]:
     """Recognise English speech with faster-whisper; words with times and probabilities.
 
-    Greedy decoding (beam 1) without VAD, as a 16 kHz float32 waveform goes in. Words keep
+    Greedy decoding (beam 1, temperature 0, no fallback to sampling at higher temperatures:
+    the same clip always gives the same words) without VAD, as a 16 kHz float32 waveform goes
+    in; at most ``max_tokens`` tokens per window, so a clip Whisper hears as a repetition loop
+    costs about as much as any other. Words keep
     whisper's order; text is stripped of surrounding spaces and punctuation ("today," ->
     "today"), tokens that are only punctuation are dropped. A degenerate span (end <= start)
     is widened to ``MIN_WORD_SECONDS``; times are clipped to the clip. No speech -> [].
@@ -185,7 +203,8 @@ def transcribe(audio: np.ndarray, model: str = "tiny.en", device: str = "cpu") -
         return []
     whisper = _whisper(model, device)
     segments, _info = whisper.transcribe(
-        x, word_timestamps=True, language="en", beam_size=1, vad_filter=False
+        x, word_timestamps=True, language="en", beam_size=1, vad_filter=False,
+        temperature=0.0, max_new_tokens=max_tokens(duration),
     )
     words: list[Word] = []
     last_end = 0.0

@@ -22,6 +22,7 @@ import numpy as np
 
 from .data import load_corpus
 from .errors import InputError
+from .kept import most_heads
 from .paths import default_corpus_dir
 from .trace import AttentionRecord
 
@@ -29,11 +30,6 @@ from .trace import AttentionRecord
 def text_key_records(records: list[AttentionRecord]) -> list[AttentionRecord]:
     """Key-sparse layers whose keys are words."""
     return [r for r in records if r.key_modality == "text" and r.kind == "key-sparse"]
-
-
-def kept_by_majority(keep: np.ndarray) -> np.ndarray:
-    """[heads, Tk] bool → [Tk] bool: kept by at least half of the heads."""
-    return keep.mean(axis=0) >= 0.5
 
 
 def top_half(scores: np.ndarray) -> np.ndarray:
@@ -82,9 +78,9 @@ def faithfulness_report(
         for rec in ks_layers:
             L = rec.keep.shape[-1]
             idx = {i for i in wanted if i < L}
-            kept = kept_by_majority(rec.keep)
+            kept = most_heads(rec.keep)
             hits["key_sparse"].append(any(kept[i] for i in idx))
-            base = kept_by_majority(top_half(by_name[rec.name].key_scores))
+            base = most_heads(top_half(by_name[rec.name].key_scores))
             hits["vanilla_top_half"].append(any(base[i] for i in idx))
             hits["chance"].append(chance_of_hit(L, int(kept.sum()), len(idx)))
     return {

@@ -42,6 +42,7 @@ import os
 import re
 import secrets
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -248,11 +249,23 @@ def _alive(job: Job) -> bool:
     return True
 
 
+#: Jobs run at this lower priority (``nice``): a teacher's training never slows the visitors'
+#: analyses, which run in the server at normal priority; the job takes the CPU they leave.
+BACKGROUND_NICENESS = 10
+
+
+def background(command: list[str]) -> list[str]:
+    """``command`` run at the jobs' lower priority (unchanged where there is no ``nice``)."""
+    nice = shutil.which("nice")
+    return [nice, "-n", str(BACKGROUND_NICENESS), *command] if nice else list(command)
+
+
 def _spawn(job: Job, command: list[str]) -> None:
-    """Run ``command`` detached, its output appended to the log, its exit code to a file."""
+    """Run ``command`` detached at the jobs' lower priority (``background``), its output
+    appended to the log, its exit code to a file."""
     job.exit_path.unlink(missing_ok=True)
     tmp = job.exit_path.with_suffix(".tmp")
-    script = f"{shlex.join(command)}; echo $? > {shlex.quote(str(tmp))} && mv {shlex.quote(str(tmp))} " \
+    script = f"{shlex.join(background(command))}; echo $? > {shlex.quote(str(tmp))} && mv {shlex.quote(str(tmp))} " \
              f"{shlex.quote(str(job.exit_path))}"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.setdefault("HF_HUB_OFFLINE", "1")

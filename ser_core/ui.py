@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import csv
 import logging
+import threading
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,7 @@ import streamlit as st
 from . import limits
 from .analysis_queue import AnalysisQueue, Cancelled, Place
 from .checkpoint import list_all_checkpoints, read_meta
+from .data.base import emotion_word
 from .errors import InputError
 from .kept import first_sparse_record
 from .paths import SAMPLES_DIR
@@ -38,12 +41,92 @@ class Clip:
     label: str | None = None
 
 
+#: The app's pages in the sidebar's order: (name, script relative to app.py, icon, what it is for).
+PAGES: tuple[tuple[str, str, str, str], ...] = (
+    ("Home", "app.py", "🎙️", "what this app is and which model it uses"),
+    ("Classroom", "pages/0_Classroom.py", "🎓", "record a sentence, see the emotion large"),
+    ("Analyze", "pages/1_Analyze.py", "🔍", "one clip, every view of the attention"),
+    ("Compare k", "pages/2_Compare_k.py", "⚖️", "the same clip at several keep ratios"),
+    ("Evaluate", "pages/3_Evaluate.py", "📊", "a model on a whole corpus"),
+    ("Train", "pages/4_Train.py", "🏋️", "train a model (teacher)"),
+    ("Models", "pages/5_Models.py", "🧩", "the four papers' models and their results"),
+    ("Sparse masks", "pages/6_Sparse_masks.py", "🎭", "what MESM's nucleus sampling keeps"),
+)
+APP_SCRIPT = Path(__file__).resolve().parent.parent / "app.py"
+
+
+def page_setup(name: str) -> None:
+    """The page's title and icon (``st.set_page_config``), then the sidebar's links to every page,
+    the first one called "Home" (Streamlit's own list would call it "app", after the file; it is
+    hidden in ``.streamlit/config.toml``). The links are drawn only when the whole app runs (a
+    single page run alone, e.g. by ``streamlit.testing``, has no other pages to link to). The
+    first page a server shows starts loading the default model in the background (``warm_up``),
+    so the first analysis does not wait for it."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    _, _, icon, _ = next(page for page in PAGES if page[0] == name)
+    title = "SER attention explorer" if name == "Home" else f"{name} · SER attention explorer"
+    st.set_page_config(page_title=title, page_icon=icon, layout="wide")
+    ctx = get_script_run_ctx(suppress_warning=True)
+    if ctx is None or Path(ctx.main_script_path).resolve() != APP_SCRIPT:
+        return
+    if st.runtime.exists():  # a real server (not streamlit.testing): load the models meanwhile
+        _warm_up_in_background()
+    with st.sidebar:
+        for page, script, _, _ in PAGES:
+            st.page_link(script, label=page)
+        st.divider()
+
+
 @st.cache_resource(show_spinner="Loading the model and encoders…")
 def get_analyzer(checkpoint: str):
     """One Analyzer per checkpoint, shared by every session of this server."""
     from .pipeline import Analyzer
 
     return Analyzer(checkpoint)
+
+
+DEFAULT_CHECKPOINT_NAME = "ks_transformer_demo.safetensors"
+
+
+def default_checkpoint() -> str | None:
+    """The default model's checkpoint as the pickers name it (a trained one of the same name
+    first), None when there is none."""
+    return next((str(p) for p in list_all_checkpoints() if p.name == DEFAULT_CHECKPOINT_NAME), None)
+
+
+def warm_up() -> float:
+    """Load the default model, its encoders and Whisper, and analyse the first sample clip with
+    Whisper's words: what the first analysis of a visitor would otherwise wait for. Returns the
+    seconds it took (0 when there is no default checkpoint or sample)."""
+    started = time.perf_counter()
+    checkpoint, samples = default_checkpoint(), sorted((SAMPLES_DIR / "wav").glob("*.wav"))
+    if checkpoint is None or not samples:
+        return 0.0
+    from .asr import transcribe
+    from .audio import load_audio
+
+    analyzer = get_analyzer(checkpoint)
+    audio = load_audio(samples[0].read_bytes())
+    analyzer.extractor.speech, analyzer.extractor.text_model  # load (the features may be on disk)
+    transcribe(audio)  # Whisper's decoder loads and runs once
+    analyzer.analyze(audio)
+    return time.perf_counter() - started
+
+
+@st.cache_resource(show_spinner=False)
+def _warm_up_in_background() -> threading.Thread:
+    """``warm_up`` once per server, in a thread of its own: the page that starts it is not held up."""
+
+    def run() -> None:
+        try:
+            log.info("models warmed up in %.1f s", warm_up())
+        except Exception:  # a broken checkpoint says so when a visitor opens it; never here
+            log.exception("warming up the models failed")
+
+    thread = threading.Thread(target=run, name="ser-warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 @st.cache_resource(show_spinner=False)
@@ -119,7 +202,7 @@ def checkpoint_meta(path: str) -> dict:
 
 
 def checkpoint_picker(models: tuple[str, ...] | None = None,
-                      default: str = "ks_transformer_demo.safetensors") -> str | None:
+                      default: str = DEFAULT_CHECKPOINT_NAME) -> str | None:
     """Sidebar: choose a checkpoint (trained here first, then the shipped ones; only of
     ``models`` when given; ``default`` first selected when present); shows what it recognises,
     where it runs and how it does on voices it never heard."""
@@ -304,7 +387,7 @@ def show_model_extras(trace) -> None:
 def _sample_title(row: dict[str, str]) -> str:
     words = row.get("transcript", "")
     text = words if len(words) < 48 else words[:45] + "…"
-    return f"{row.get('label', '?')} voice · “{text}”" + (" · with face video" if row.get("video") else "")
+    return f"{label_name(row.get('label', '?'))} voice · “{text}”" + (" · with face video" if row.get("video") else "")
 
 
 def show_error(exc: BaseException) -> None:
@@ -325,14 +408,9 @@ def show_error(exc: BaseException) -> None:
         st.code("".join(traceback.format_exception_only(type(exc), exc)).strip())
 
 
-LABEL_NAMES = {
-    "ang": "angry", "hap": "happy", "exc": "excited", "sad": "sad", "neu": "neutral",
-    "fru": "frustrated", "fea": "fearful", "dis": "disgusted", "sur": "surprised", "cal": "calm",
-}
-
-
 def label_name(label: str) -> str:
-    return f"{LABEL_NAMES.get(label, label)} ({label})"
+    """The emotion as a word ("angry"), never the code ("ang")."""
+    return emotion_word(label)
 
 
 def first_record(trace, key_kind: str, sparse: bool = True):
@@ -349,7 +427,31 @@ def default_layer_index(trace) -> int:
     return 0
 
 
-def record_caption(record) -> str:
+def models_trained_at_other_k(checkpoint: str, base) -> list[tuple[str, float]]:
+    """KS-Transformer checkpoints that read the same features as ``base`` (the same encoders),
+    each with the keep ratio it was trained at, sorted by it: what Compare k puts side by side.
+    [] unless at least two keep ratios are there."""
+    identity = checkpoint_meta(checkpoint).get("encoders", {}).get("identity")
+    found: dict[float, str] = {}
+    for path in list_all_checkpoints():  # a trained one first: it wins over a shipped one of its k
+        try:
+            meta = checkpoint_meta(path)
+        except InputError:
+            continue
+        if meta.get("model") != "ks_transformer" or meta.get("encoders", {}).get("identity") != identity:
+            continue
+        found.setdefault(round(float(meta["config"].get("ccab_keep_ratio", 0.5)), 2), str(path))
+    return [(path, k) for k, path in sorted(found.items())] if len(found) > 1 else []
+
+
+def run_checkpoint_on(checkpoint: str, base, **settings):
+    """Another checkpoint's model on ``base``'s features (the same encoders: nothing is encoded
+    again), e.g. ``keep_ratio=0.3``."""
+    return get_analyzer(checkpoint).run_model(base.features, **settings)
+
+
+def record_caption(record, setting: bool = True) -> str:
+    """What a layer attends from and to, in one line; with its keep_ratio when ``setting``."""
     what = {
         "self": "self-attention",
         "cross": "cross-modal attention",
@@ -359,7 +461,7 @@ def record_caption(record) -> str:
     text = (f"`{record.name}`: {what}, {record.query_modality} queries (rows) over "
             f"{record.key_modality} keys (columns)")
     if record.keep is not None and record.keep_ratio is not None:
-        text += f"; keep_ratio {record.keep_ratio:.2f} — dropped keys are hatched"
+        text += (f"; keep_ratio {record.keep_ratio:.2f} — " if setting else "; ") + "dropped keys are hatched"
     return text
 
 

@@ -220,6 +220,43 @@ def test_a_session_that_goes_away_is_cancelled():
     assert second.get("result") == "b ran"
 
 
+def test_waiters_do_not_wake_each_other_while_nothing_moves():
+    """Waiting requests sleep until their poll or a change: a waiter that looks and finds nothing
+    changed wakes nobody (else each woken waiter would wake all the others again, a loop that
+    kept the server's CPU busy while a classroom waited). Counted by the line's session checks
+    while one run holds the only slot for 0.6 s: about waiters × polls × line length."""
+    checks = []
+
+    def is_active(session):
+        checks.append(session)
+        return True
+
+    line = AnalysisQueue(slots=1, is_active=is_active)
+    hold = threading.Event()
+    first = in_thread(line, "first", lambda should_stop: hold.wait(WAIT))
+    until(lambda: line.counts() == (1, 0))
+    waiters = []
+    for i in range(8):
+        outcome: dict = {}
+
+        def target(session=f"s{i}", outcome=outcome):
+            outcome["result"] = line.run(session, lambda should_stop: True, poll_s=0.1)
+
+        outcome["thread"] = threading.Thread(target=target, daemon=True)
+        outcome["thread"].start()
+        waiters.append(outcome)
+    until(lambda: line.counts() == (1, 8))
+    checks.clear()
+    time.sleep(0.6)
+    idle_checks = len(checks)
+    hold.set()
+    for outcome in [first] + waiters:
+        outcome["thread"].join(WAIT)
+        assert outcome.get("result") is True
+    # 8 waiters poll about 6 times each in 0.6 s and check the 8 waiting sessions each time: ~400
+    assert idle_checks < 2000, f"{idle_checks} session checks in 0.6 s while nothing moved"
+
+
 def test_work_that_fails_frees_its_slot():
     line = AnalysisQueue(slots=1)
 

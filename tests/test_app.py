@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import json
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +35,25 @@ def test_home_page_names_the_model_and_lists_samples():
     assert at.title[0].value == "SER attention explorer"
     assert "ks_transformer" in " ".join(c.value for c in at.sidebar.caption)
     assert len(at.dataframe) == 1
+
+
+def test_the_sidebar_lists_every_page_with_the_first_called_home():
+    """Streamlit's own list (which names the first page "app", after its file) is hidden by
+    .streamlit/config.toml; each page draws the links, the same on every page."""
+    from ser_core import ui
+
+    config = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())
+    assert config["client"]["showSidebarNavigation"] is False
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=60).run()
+    names = [name for name, *_ in ui.PAGES]
+    assert names[0] == "Home" and "app" not in names
+    assert [link.proto.label for link in at.sidebar.get("page_link")] == names
+    assert all((REPO / script).is_file() for _, script, *_ in ui.PAGES)
+    assert sorted(p.name for p in (REPO / "pages").glob("*.py")) == sorted(
+        Path(script).name for _, script, *_ in ui.PAGES[1:])  # no page left out
+    at.switch_page("pages/5_Models.py").run()
+    assert not at.exception
+    assert [link.proto.label for link in at.sidebar.get("page_link")] == names
 
 
 def test_analyze_sample_shows_prediction_and_reruns_on_keep_ratio():
@@ -73,7 +94,10 @@ def test_analyze_sample_with_every_shipped_checkpoint(checkpoint):
     on the Analyze page (the browser tests draw three of them in Chromium)."""
     at = _page("1_Analyze").run()
     at.sidebar.selectbox(key="checkpoint").set_value(checkpoint).run()
-    assert checkpoint.split("_demo")[0] in " ".join(c.value for c in at.sidebar.caption)
+    from ser_core.checkpoint import read_meta
+
+    model = read_meta(REPO / "checkpoints" / checkpoint)["model"]
+    assert f"**{model}**" in " ".join(c.value for c in at.sidebar.caption)  # the picker names it
     at.button(key="analyze_button").click().run()
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
@@ -120,6 +144,40 @@ def test_compare_k_columns_and_curve():
     assert len(at.get("plotly_chart")) == 5
     at.slider(key="compare_k0").set_value(0.3).run()
     assert not at.exception
+
+
+def test_compare_k_puts_models_trained_at_different_k_side_by_side(tmp_path, monkeypatch):
+    """With a second KS-Transformer trained at another keep ratio (here: the default's weights
+    with its meta saying 0.2), Compare k offers "trained at k" columns, each run at its own k,
+    on the same features; the attention maps of a row share one colour scale."""
+    import shutil
+
+    from ser_core.checkpoint import CHECKPOINTS_DIR, read_meta, update_meta
+
+    monkeypatch.setenv("SER_CHECKPOINTS_DIR", str(tmp_path))
+    other = tmp_path / "ks_trained_at_02.safetensors"
+    shutil.copy(CHECKPOINTS_DIR / "ks_transformer_demo.safetensors", other)
+    meta = read_meta(other)
+    update_meta(other, {"config": {**meta["config"], "ccab_keep_ratio": 0.2, "fusion_keep_ratio": 0.2}})
+
+    at = _page("2_Compare_k").run()
+    at.button(key="compare_button").click().run()
+    assert not at.exception, at.exception
+    at.toggle(key="compare_by_training").set_value(True).run()
+    assert not at.exception, at.exception
+    from ser_core import ui
+
+    trained = ui.models_trained_at_other_k(ui.default_checkpoint(), at.session_state["analysis"])
+    assert trained[0] == (str(other), 0.2)  # this one, trained here, wins over a shipped one at 0.2
+    assert [k for _, k in trained] == sorted(k for _, k in trained) and 0.5 in [k for _, k in trained]
+    models = [at.selectbox(key=f"compare_model{i}") for i in range(3)]
+    assert [m.format_func(m.value) for m in models] == [f"trained at k = {k:.2f}" for _, k in trained[:3]]
+    assert at.slider(key="compare_run0_0").value == 0.2  # run at the k it was trained at, first
+    at.slider(key="compare_run1_1").set_value(0.8).run()
+    assert not at.exception
+    maps = [c for c in at.get("plotly_chart") if "compare_map" in str(c.proto.id)]
+    tops = {json.loads(c.proto.spec)["data"][0]["zmax"] for c in maps}
+    assert len(maps) == 3 and len(tops) == 1
 
 
 def test_models_page_lists_every_checkpoint_with_size_cost_and_scores():
@@ -172,3 +230,14 @@ def test_sparse_masks_page_reruns_top_p_and_modalities_on_cached_features():
     table = at.dataframe[0].value
     assert list(table["modality"]) == ["text", "spectrogram", "visual"]
     assert table.loc[table["modality"] == "visual", "weight in the sum"].item() == 0
+
+
+def test_warm_up_loads_the_default_model_and_whisper_once():
+    """What the first page of a server starts in the background: afterwards the first analysis
+    of an uploaded clip finds the model, the encoders and Whisper loaded."""
+    from ser_core import asr, ui
+
+    assert ui.warm_up() > 0
+    assert ("tiny.en", "cpu") in asr._whisper_cache
+    analyzer = ui.get_analyzer(ui.default_checkpoint())
+    assert analyzer is ui.get_analyzer(ui.default_checkpoint())  # one per server

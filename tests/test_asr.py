@@ -7,10 +7,12 @@ import subprocess
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 from ser_core import asr
 from ser_core.asr import Word, align, transcribe, words_for
 from ser_core.errors import InputError
+from ser_core.paths import SAMPLES_DIR
 
 SENTENCE = "I am really happy today"
 
@@ -151,3 +153,15 @@ def test_transcribe_whisper_base(clip):
     words = transcribe(clip, model="base")
     assert [_norm(w.text) for w in words] == SENTENCE.lower().split()
     _check_times(words, len(clip) / 16000)
+
+
+def test_whisper_decodes_the_same_words_every_time_and_stops_a_loop_early():
+    """Temperature 0 without sampling fallback: one clip, one transcript. The first sample's
+    synthetic voice makes Whisper loop ("go on, go on, ..."): the loop stops at max_tokens."""
+    assert asr.max_tokens(2.0) == asr.EXTRA_TOKENS + 2 * asr.TOKENS_PER_SECOND
+    assert asr.max_tokens(600.0) == asr.WINDOW_TOKENS  # per 30 s window, under Whisper's 448
+    for name in ("demo_00037.wav", "demo_00048.wav"):
+        audio, _ = sf.read(SAMPLES_DIR / "wav" / name, dtype="float32")
+        first, second = transcribe(audio), transcribe(audio)
+        assert [w.text for w in first] == [w.text for w in second]
+        assert 0 < len(first) <= asr.max_tokens(len(audio) / asr.SAMPLE_RATE)

@@ -146,7 +146,7 @@ def test_a_visitor_cannot_train_or_evaluate_until_the_teacher_password(tmp_path)
         assert page.get_by_role("button", name="Evaluate").count() == 0
         assert page.get_by_label("Path on this machine").count() == 0
 
-        page.locator('[data-testid="stSidebarNav"] a', has_text="Train").click()
+        page.locator('[data-testid="stSidebar"] a', has_text="Train").click()
         page.get_by_text("is for the teacher").first.wait_for(timeout=60_000)
         wait_idle(page)
         assert page.locator(".st-key-train_start_button").count() == 0
@@ -164,6 +164,7 @@ def test_a_visitor_cannot_train_or_evaluate_until_the_teacher_password(tmp_path)
         box.press("Enter")
         page.locator(".st-key-train_start_button").wait_for(timeout=30_000)
         page.get_by_text("Teacher mode is on").wait_for(timeout=30_000)
+        wait_idle(page)  # the run that unlocked is over: the password box is gone, not just stale
         assert "chalk-and-talk" not in page.content()  # the password is never shown back
         page.screenshot(path=str(shots / "train_teacher.png"), full_page=True)
         browser.close()

@@ -22,7 +22,7 @@ from ser_core.errors import InputError
 
 REPO = Path(__file__).resolve().parent.parent
 TIMEOUT = 120
-EMOTIONS = ("angry (ang)", "happy (hap)", "neutral (neu)", "sad (sad)")
+EMOTIONS = ("angry", "happy", "neutral", "sad")
 
 
 def _train_page() -> AppTest:

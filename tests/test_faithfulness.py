@@ -5,13 +5,14 @@ from math import comb
 import numpy as np
 import pytest
 
-from ser_core.faithfulness import _emotion_indices, chance_of_hit, kept_by_majority, text_key_records, top_half
+from ser_core.faithfulness import _emotion_indices, chance_of_hit, text_key_records, top_half
+from ser_core.kept import most_heads
 from ser_core.trace import AttentionRecord, AxisLabels
 
 
 def test_kept_by_majority_of_heads():
     keep = np.array([[1, 0, 1, 0], [1, 0, 0, 0], [1, 1, 1, 0]], bool)
-    assert kept_by_majority(keep).tolist() == [True, False, True, False]
+    assert most_heads(keep).tolist() == [True, False, True, False]
 
 
 def test_top_half_per_head_with_ties():

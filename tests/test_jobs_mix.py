@@ -9,6 +9,9 @@ manifest under tmp_path; jobs live in this module's own cache folder, checkpoint
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -236,3 +239,10 @@ def test_evaluate_page_offers_the_mix_protocols_and_the_new_corpora(cache, check
     assert {"TESS folder", "SAVEE folder"} <= set(kinds.options)
     kinds.set_value("savee").run()
     assert corpus_choice.CORPUS_KINDS["savee"]["layout"] in at.text_input(key="eval_corpus_path").help
+
+
+def test_jobs_run_at_a_lower_priority_than_the_server():
+    """A teacher's training must not slow the visitors' analyses: the job's process is niced."""
+    command = jobs.background([sys.executable, "-c", "import os; print(os.nice(0))"])
+    niceness = int(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+    assert niceness >= min(os.nice(0) + jobs.BACKGROUND_NICENESS, 19)

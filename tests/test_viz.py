@@ -274,7 +274,7 @@ def test_probabilities_figure_highlights_prediction():
     assert bar.orientation == "h"
     assert list(bar.marker.color) == [viz.class_color(x) for x in labels]
     assert list(bar.marker.opacity).index(1.0) == 2
-    assert "<b>neu</b>" in fig.layout.yaxis.ticktext[2] and "true" in fig.layout.yaxis.ticktext[3]
+    assert "<b>neutral</b>" in fig.layout.yaxis.ticktext[2] and "true" in fig.layout.yaxis.ticktext[3]
     assert viz.class_color("ang") != viz.class_color("sad")
     assert viz.class_color("zzz") == viz.class_color("zzz")
     with pytest.raises(InputError):
@@ -285,7 +285,7 @@ def test_probability_curve_figure():
     ratios = [1.0, 0.1, 0.5]
     probs = np.array([[0.7, 0.3], [0.2, 0.8], [0.5, 0.5]])
     fig = viz.probability_curve_figure(ratios, probs, ["ang", "sad"])
-    assert [t.name for t in fig.data] == ["ang", "sad"]
+    assert [t.name for t in fig.data] == ["angry", "sad"]  # emotion words, not codes
     assert list(fig.data[0].x) == [0.1, 0.5, 1.0] and list(fig.data[0].y) == [0.2, 0.5, 0.7]
     assert fig.data[1].line.color == viz.CLASS_COLORS["sad"]
     with pytest.raises(InputError):

@@ -37,6 +37,18 @@ LABEL_NAMES: dict[str, str] = {
     "cal": "calm",
 }
 
+#: How a person says the emotion a voice carries ("it sounds angry"): what every page shows.
+EMOTION_WORDS: dict[str, str] = {
+    "ang": "angry", "hap": "happy", "exc": "excited", "sad": "sad", "neu": "neutral",
+    "fru": "frustrated", "fea": "fearful", "dis": "disgusted", "sur": "surprised", "cal": "calm",
+}
+
+
+def emotion_word(label: str) -> str:
+    """The word shown for ``label`` ("ang" → "angry"); an unknown label is shown as it is."""
+    return EMOTION_WORDS.get(str(label), str(label))
+
+
 #: Spellings a user's manifest may use for a label (lower-cased); the short names map to themselves.
 LABEL_ALIASES: dict[str, str] = {
     **{short: short for short in LABELS},

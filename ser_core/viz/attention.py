@@ -30,12 +30,15 @@ from .records import (
 )
 
 def attention_heatmap(
-    record: AttentionRecord, head: Head = "mean", max_cells: int = MAX_CELLS_PER_AXIS
+    record: AttentionRecord, head: Head = "mean", max_cells: int = MAX_CELLS_PER_AXIS,
+    zmax: float | None = None,
 ) -> go.Figure:
     """Heatmap of one attention map: queries down, keys across; dropped keys hatched grey.
 
     Word axes are categorical (words as ticks), frame axes are time in seconds. Above
     ``max_cells`` positions on an axis the map is max-pooled over blocks (said in the title).
+    ``zmax`` fixes the top of the colour scale (maps drawn side by side share one scale);
+    by default it is this map's largest weight.
     """
     z = head_weights(record, head)
     h = _head_index(record, head)
@@ -64,7 +67,7 @@ def attention_heatmap(
         y=qa.positions,
         colorscale=ATTENTION_COLORSCALE,
         zmin=0.0,
-        zmax=float(z.max()) if z.max() > 0 else 1.0,
+        zmax=float(zmax) if zmax is not None and zmax > 0 else float(z.max()) if z.max() > 0 else 1.0,
         colorbar={"title": {"text": "max weight" if (bq > 1 or bk > 1) else "weight"}},
         name="attention",
     )

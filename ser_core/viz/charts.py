@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 import plotly.graph_objects as go
 
+from ser_core.data.base import emotion_word
 from ser_core.errors import InputError
 
 from .palette import ACCENT_COLOR, class_color
@@ -26,7 +27,7 @@ def probabilities_figure(
     pred = int(np.argmax(probs))
     ticks = []
     for i, lab in enumerate(labels):
-        t = f"<b>{lab}</b>" if i == pred else lab
+        t = f"<b>{emotion_word(lab)}</b>" if i == pred else emotion_word(lab)
         if true_label is not None and lab == true_label:
             t += " ✓ true"
         ticks.append(t)
@@ -41,19 +42,19 @@ def probabilities_figure(
                                        for i in range(len(labels))], "width": 2}},
             text=[f"{p:.1%}" for p in probs],
             textposition="outside",
-            customdata=labels,
+            customdata=[emotion_word(lab) for lab in labels],
             hovertemplate="%{customdata}: %{x:.3f}<extra></extra>",
             name="probability",
         )
     )
-    title = f"Prediction: <b>{labels[pred]}</b> ({probs[pred]:.1%})"
+    title = f"Prediction: <b>{emotion_word(labels[pred])}</b> ({probs[pred]:.1%})"
     if true_label is not None:
-        title += f" · true: {true_label}"
+        title += f" · true: {emotion_word(true_label)}"
     fig.update_layout(
         title={"text": title},
         xaxis={"title": {"text": "probability"}, "range": [0, 1.15]},
         yaxis={"tickmode": "array", "tickvals": list(range(len(labels))), "ticktext": ticks,
-               "autorange": "reversed", "title": {"text": "class"}},
+               "autorange": "reversed", "title": {"text": "emotion"}},
         height=120 + 38 * len(labels),
         showlegend=False,
     )
@@ -78,10 +79,10 @@ def probability_curve_figure(
     for c, lab in enumerate(labels):
         fig.add_trace(
             go.Scatter(
-                x=ratios[order], y=probs[order, c], mode="lines+markers", name=lab,
+                x=ratios[order], y=probs[order, c], mode="lines+markers", name=emotion_word(lab),
                 line={"color": class_color(lab), "width": 2.5},
                 marker={"size": 7, "color": class_color(lab)},
-                hovertemplate=f"{lab}<br>{x_title} %{{x:.2f}}<br>p %{{y:.3f}}<extra></extra>",
+                hovertemplate=f"{emotion_word(lab)}<br>{x_title} %{{x:.2f}}<br>p %{{y:.3f}}<extra></extra>",
             )
         )
     fig.update_layout(
@@ -91,7 +92,7 @@ def probability_curve_figure(
                "range": [min(0.0, float(ratios.min())) - 0.02, float(ratios.max()) + 0.02]},
         yaxis={"title": {"text": "probability"}, "range": [0, 1.02]},
         showlegend=True,
-        legend={"title": {"text": "class"}},
+        legend={"title": {"text": "emotion"}},
     )
     return fig
 
