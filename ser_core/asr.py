@@ -156,6 +156,23 @@ def _whisper_base_dir() -> Path:
     return target
 
 
+#: (threads per transcription, transcriptions at once); None: faster-whisper's defaults with no
+#: more threads than cores. The app's server sets one thread each (``use_threads``).
+_threads: tuple[int, int] | None = None
+
+
+def use_threads(per_call: int | None, at_once: int = 1) -> None:
+    """One transcription uses ``per_call`` threads and ``at_once`` may run together (a server
+    running several analyses at once); ``None``: the defaults again. Models loaded before are
+    loaded again when next used."""
+    global _threads
+    wanted = None if per_call is None else (int(per_call), int(at_once))
+    with _whisper_lock:
+        if _threads != wanted:
+            _threads = wanted
+            _whisper_cache.clear()
+
+
 def _whisper(model: str, device: str) -> Any:
     """faster-whisper model, loaded once per process and (model, device)."""
     if device not in ("cpu", "cuda"):
@@ -168,8 +185,9 @@ def _whisper(model: str, device: str) -> Any:
         compute_type = "float32" if device == "cuda" else "int8"
         # No more threads than cores (faster-whisper starts 4): on a busy machine extra threads
         # only wait for each other.
+        threads, workers = _threads or (max(1, min(4, os.cpu_count() or 1)), 1)
         loaded = WhisperModel(str(path), device=device, compute_type=compute_type,
-                              cpu_threads=max(1, min(4, os.cpu_count() or 1)))
+                              cpu_threads=threads, num_workers=workers)
         with _whisper_lock:
             _whisper_cache.setdefault(key, loaded)
     return _whisper_cache[key]

@@ -8,7 +8,7 @@ variable                   what it limits                               default
 =========================  ===========================================  ==========================
 ``SER_MAX_SECONDS``        seconds of audio in one clip                 60
 ``SER_MAX_BYTES``          bytes of one upload or recording             50 MiB
-``SER_MAX_ANALYSES``       analyses that run at the same time           half the CPU cores (≥ 1)
+``SER_MAX_ANALYSES``       analyses that run at the same time           one per CPU core (1-8)
 =========================  ===========================================  ==========================
 
 ``check_upload(data)`` applies the first two to raw bytes before anything decodes them: the size
@@ -61,12 +61,14 @@ def max_bytes(value: int | None = None) -> int:
 
 
 def default_max_analyses() -> int:
-    """Half the CPU cores, at least one: the encoders use a core or two each."""
-    return max(1, (os.cpu_count() or 2) // 2)
+    """One per CPU core (at most 8): in the server each analysis uses one thread
+    (``ui.page_setup``), which stays fast on a busy machine where several threads of one
+    analysis would wait for each other."""
+    return max(1, min(8, os.cpu_count() or 1))
 
 
 def max_analyses(value: int | None = None) -> int:
-    """Analyses that may run at once: ``value``, else ``SER_MAX_ANALYSES``, else half the cores."""
+    """Analyses that may run at once: ``value``, else ``SER_MAX_ANALYSES``, else one per core."""
     if value is None:
         value = _from_env("SER_MAX_ANALYSES", default_max_analyses(), "")
     if not math.isfinite(value) or int(value) < 1:

@@ -71,6 +71,7 @@ def page_setup(name: str) -> None:
     if ctx is None or Path(ctx.main_script_path).resolve() != APP_SCRIPT:
         return
     if st.runtime.exists():  # a real server (not streamlit.testing): load the models meanwhile
+        _one_thread_per_analysis()
         _warm_up_in_background()
     with st.sidebar:
         for page, script, _, _ in PAGES:
@@ -112,6 +113,22 @@ def warm_up() -> float:
     transcribe(audio)  # Whisper's decoder loads and runs once
     analyzer.analyze(audio)
     return time.perf_counter() - started
+
+
+@st.cache_resource(show_spinner=False)
+def _one_thread_per_analysis() -> int:
+    """In the server, each analysis (Whisper, the encoders, the model) uses one thread and
+    ``limits.max_analyses()`` (one per core) run at once. Measured with bench/bench_load.py (12
+    sessions and a training job on 2 cores): p95 from ≈ 96 s (one analysis at a time, two threads
+    each) to ≈ 59 s. Returns the number at once."""
+    import torch
+
+    from . import asr
+
+    slots = limits.max_analyses()
+    torch.set_num_threads(1)
+    asr.use_threads(1, slots)
+    return slots
 
 
 @st.cache_resource(show_spinner=False)

@@ -269,12 +269,12 @@ def test_work_that_fails_frees_its_slot():
     assert line.run("b", lambda stop: 7) == 7
 
 
-def test_slots_default_to_half_the_cores(monkeypatch):
+def test_slots_default_to_one_per_core(monkeypatch):
     monkeypatch.delenv("SER_MAX_ANALYSES", raising=False)
     monkeypatch.setattr("os.cpu_count", lambda: 2)
-    assert limits.max_analyses() == 1
-    monkeypatch.setattr("os.cpu_count", lambda: 8)
-    assert limits.max_analyses() == 4
+    assert limits.max_analyses() == 2
+    monkeypatch.setattr("os.cpu_count", lambda: 64)
+    assert limits.max_analyses() == 8
     monkeypatch.setenv("SER_MAX_ANALYSES", "3")
     assert limits.max_analyses() == 3
     monkeypatch.setenv("SER_MAX_ANALYSES", "many")
@@ -367,21 +367,23 @@ def test_a_page_waits_its_turn_and_says_so():
     from streamlit.testing.v1 import AppTest
 
     line = ui.analysis_queue()  # the line the page uses (one per server process)
-    holder = line.submit("another visitor")
+    holders = [line.submit(f"another visitor {i}") for i in range(line.slots)]  # every slot taken
 
     def release_when_the_page_waits():
-        until(lambda: line.counts() == (1, 1))
-        line.finish(holder, completed=True)
+        until(lambda: line.counts() == (line.slots, 1))
+        for holder in holders:
+            line.finish(holder, completed=True)
 
     releaser = threading.Thread(target=release_when_the_page_waits, daemon=True)
     releaser.start()
     try:
         at = AppTest.from_function(_waiting_page, default_timeout=10).run()
     finally:
-        line.finish(holder)
+        for holder in holders:
+            line.finish(holder)
         releaser.join(WAIT)
     assert not at.exception
     result, said = (m.value for m in at.markdown)
     assert result == "ran"
-    assert said.startswith("Waiting: 1 ahead of you, ") and said.endswith("(cleared)"), said
+    assert said.startswith(f"Waiting: {line.slots} ahead of you, ") and said.endswith("(cleared)"), said
     assert line.counts() == (0, 0)

@@ -165,3 +165,17 @@ def test_whisper_decodes_the_same_words_every_time_and_stops_a_loop_early():
         first, second = transcribe(audio), transcribe(audio)
         assert [w.text for w in first] == [w.text for w in second]
         assert 0 < len(first) <= asr.max_tokens(len(audio) / asr.SAMPLE_RATE)
+
+
+def test_a_server_can_run_transcriptions_side_by_side_with_one_thread_each():
+    """What the app's server sets (ui._one_thread_per_analysis): faster-whisper with 1 thread per
+    call and 2 calls at once; the words are the same as with the defaults."""
+    audio, _ = sf.read(SAMPLES_DIR / "wav" / "demo_00154.wav", dtype="float32")
+    usual = [w.text for w in transcribe(audio)]
+    try:
+        asr.use_threads(1, 2)
+        assert asr._whisper("tiny.en", "cpu").model.num_workers == 2
+        assert [w.text for w in transcribe(audio)] == usual
+    finally:
+        asr.use_threads(None)
+    assert asr._whisper("tiny.en", "cpu").model.num_workers == 1
