@@ -83,8 +83,8 @@ for i, (col, result) in enumerate(zip(columns, results)):
         st.markdown(f"**{ui.label_name(result.predicted)}** · {result.confidence:.0%}")
         st.plotly_chart(viz.probabilities_figure(result.labels, result.probs), width="stretch",
                         key=f"compare_probs{i}")
-        st.plotly_chart(viz.attention_heatmap(result.trace[layer], "mean", zmax=top), width="stretch",
-                        key=f"compare_map{i}")
+        st.plotly_chart(viz.attention_heatmap(result.trace[layer], "mean", zmax=top, compact=n_columns > 2),
+                        width="stretch", key=f"compare_map{i}")
 
 
 @st.cache_data(show_spinner="Sweeping the setting…", max_entries=16)

@@ -478,3 +478,13 @@ def test_exports_csv_json_png():
     png = viz.figure_to_png(viz.attention_heatmap(rec), width=400, height=300)
     img = Image.open(io.BytesIO(png))
     assert img.format == "PNG" and img.size == (400, 300)
+
+
+def test_a_compact_heatmap_keeps_only_the_short_notes_for_a_narrow_column():
+    """Compare k's 3-4 columns: no layer name (the page says it once), no legend, the short notes."""
+    record = _lead_record(_lead_frames(20), _lead_words(), heads=2)
+    full = viz.attention_heatmap(record, "mean")
+    small = viz.attention_heatmap(record, "mean", zmax=1.0, compact=True)
+    assert record.name in full.layout.title.text and record.name not in small.layout.title.text
+    assert "keep_ratio" in small.layout.title.text and "hatched" not in small.layout.title.text
+    assert small.layout.showlegend is False and small.data[0].zmax == 1.0

@@ -31,14 +31,15 @@ from .records import (
 
 def attention_heatmap(
     record: AttentionRecord, head: Head = "mean", max_cells: int = MAX_CELLS_PER_AXIS,
-    zmax: float | None = None,
+    zmax: float | None = None, compact: bool = False,
 ) -> go.Figure:
     """Heatmap of one attention map: queries down, keys across; dropped keys hatched grey.
 
     Word axes are categorical (words as ticks), frame axes are time in seconds. Above
     ``max_cells`` positions on an axis the map is max-pooled over blocks (said in the title).
     ``zmax`` fixes the top of the colour scale (maps drawn side by side share one scale);
-    by default it is this map's largest weight.
+    by default it is this map's largest weight. ``compact`` (a narrow column): the title keeps
+    only the notes, one per line, and the legend goes.
     """
     z = head_weights(record, head)
     h = _head_index(record, head)
@@ -137,10 +138,13 @@ def attention_heatmap(
     elif record.keep is not None:
         notes.append(f"keep mask of shape {np.shape(record.keep)} does not index this map")
 
-    if notes:
+    if compact:  # the page names the layer and says what hatching means
+        title = "<br>".join(f"<sup>{note}</sup>" for note in notes if not note.startswith("hatched"))
+    elif notes:
         title += "<br><sup>" + " · ".join(notes) + "</sup>"
     fig.update_layout(
         title={"text": title},
+        showlegend=not compact,
         xaxis=_axis_layout(ka),
         yaxis=_axis_layout(qa, reversed_=True),
         barmode="overlay",
