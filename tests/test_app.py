@@ -51,7 +51,7 @@ def test_the_sidebar_lists_every_page_with_the_first_called_home():
     assert all((REPO / script).is_file() for _, script, *_ in ui.PAGES)
     assert sorted(p.name for p in (REPO / "pages").glob("*.py")) == sorted(
         Path(script).name for _, script, *_ in ui.PAGES[1:])  # no page left out
-    at.switch_page("pages/5_Models.py").run()
+    at.switch_page("pages/0_Classroom.py").run()  # a light page; the links are the same on every page
     assert not at.exception
     assert [link.proto.label for link in at.sidebar.get("page_link")] == names
 
