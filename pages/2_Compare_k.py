@@ -51,7 +51,7 @@ else:
             "Choose a KS-Transformer or MESM checkpoint.")
     st.stop()
 
-trained = ui.models_trained_at_other_k(checkpoint, base) if knob == "keep_ratio" else []
+trained = ui.models_trained_at_other_k(checkpoint) if knob == "keep_ratio" else []
 by_training = bool(trained) and st.toggle(
     "Models trained at different k", key="compare_by_training",
     help="Each column picks a KS-Transformer trained (fine-tuned) at its own keep ratio and runs it "

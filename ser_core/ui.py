@@ -41,16 +41,16 @@ class Clip:
     label: str | None = None
 
 
-#: The app's pages in the sidebar's order: (name, script relative to app.py, icon, what it is for).
-PAGES: tuple[tuple[str, str, str, str], ...] = (
-    ("Home", "app.py", "🎙️", "what this app is and which model it uses"),
-    ("Classroom", "pages/0_Classroom.py", "🎓", "record a sentence, see the emotion large"),
-    ("Analyze", "pages/1_Analyze.py", "🔍", "one clip, every view of the attention"),
-    ("Compare k", "pages/2_Compare_k.py", "⚖️", "the same clip at several keep ratios"),
-    ("Evaluate", "pages/3_Evaluate.py", "📊", "a model on a whole corpus"),
-    ("Train", "pages/4_Train.py", "🏋️", "train a model (teacher)"),
-    ("Models", "pages/5_Models.py", "🧩", "the four papers' models and their results"),
-    ("Sparse masks", "pages/6_Sparse_masks.py", "🎭", "what MESM's nucleus sampling keeps"),
+#: The app's pages in the sidebar's order: (name, script relative to app.py, icon).
+PAGES: tuple[tuple[str, str, str], ...] = (
+    ("Home", "app.py", "🎙️"),
+    ("Classroom", "pages/0_Classroom.py", "🎓"),
+    ("Analyze", "pages/1_Analyze.py", "🔍"),
+    ("Compare k", "pages/2_Compare_k.py", "⚖️"),
+    ("Evaluate", "pages/3_Evaluate.py", "📊"),
+    ("Train", "pages/4_Train.py", "🏋️"),
+    ("Models", "pages/5_Models.py", "🧩"),
+    ("Sparse masks", "pages/6_Sparse_masks.py", "🎭"),
 )
 APP_SCRIPT = Path(__file__).resolve().parent.parent / "app.py"
 
@@ -64,7 +64,7 @@ def page_setup(name: str) -> None:
     so the first analysis does not wait for it."""
     from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-    _, _, icon, _ = next(page for page in PAGES if page[0] == name)
+    icon = next(page_icon for page, _, page_icon in PAGES if page == name)
     title = "SER attention explorer" if name == "Home" else f"{name} · SER attention explorer"
     st.set_page_config(page_title=title, page_icon=icon, layout="wide")
     ctx = get_script_run_ctx(suppress_warning=True)
@@ -74,7 +74,7 @@ def page_setup(name: str) -> None:
         _one_thread_per_analysis()
         _warm_up_in_background()
     with st.sidebar:
-        for page, script, _, _ in PAGES:
+        for page, script, _ in PAGES:
             st.page_link(script, label=page)
         st.divider()
 
@@ -444,8 +444,8 @@ def default_layer_index(trace) -> int:
     return 0
 
 
-def models_trained_at_other_k(checkpoint: str, base) -> list[tuple[str, float]]:
-    """KS-Transformer checkpoints that read the same features as ``base`` (the same encoders),
+def models_trained_at_other_k(checkpoint: str) -> list[tuple[str, float]]:
+    """KS-Transformer checkpoints that read the same features as ``checkpoint`` (the same encoders),
     each with the keep ratio it was trained at, sorted by it: what Compare k puts side by side.
     [] unless at least two keep ratios are there."""
     identity = checkpoint_meta(checkpoint).get("encoders", {}).get("identity")

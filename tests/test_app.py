@@ -167,7 +167,7 @@ def test_compare_k_puts_models_trained_at_different_k_side_by_side(tmp_path, mon
     assert not at.exception, at.exception
     from ser_core import ui
 
-    trained = ui.models_trained_at_other_k(ui.default_checkpoint(), at.session_state["analysis"])
+    trained = ui.models_trained_at_other_k(ui.default_checkpoint())
     assert trained[0] == (str(other), 0.2)  # this one, trained here, wins over a shipped one at 0.2
     assert [k for _, k in trained] == sorted(k for _, k in trained) and 0.5 in [k for _, k in trained]
     models = [at.selectbox(key=f"compare_model{i}") for i in range(3)]
