@@ -33,7 +33,8 @@ def run(clip):
             st.session_state["analysis_words_from"] = (
                 "your transcript (aligned)" if (transcript or "").strip()
                 else "the clip's known transcript (aligned)" if clip.transcript else "Whisper ASR")
-            analysis = ui.analyze_queued(checkpoint, clip.data, transcript=text, video=clip.video)
+            analysis = ui.analyze_queued(checkpoint, clip.data, transcript=text, video=clip.video,
+                                          name=clip.name)
         st.session_state["analysis"] = analysis
         st.session_state["analysis_clip"] = clip
     except Exception as exc:  # every failure becomes a message, never a traceback
@@ -159,8 +160,14 @@ with st.expander("Is this faithful? (deletion test)", expanded=False):
     if st.toggle("Run the deletion test", key="analyze_faithful",
                  help="Re-runs the model about 50 times on the cached features (a few seconds on a long clip)."):
         try:
+            def deletion_and_words(should_stop):  # in the shared line of analyses, like an analysis
+                test = analysis.deletion_test(layer=layer)
+                words = (analysis.attribution("integrated_gradients")["words"]
+                         if "words" in test.axes and not should_stop() else None)
+                return test, words
+
             with st.spinner("Removing words and frames and re-running the model…"):
-                deletion = analysis.deletion_test(layer=layer)
+                deletion, ig_words = ui.run_queued(deletion_and_words)
         except Exception as exc:  # a message, never a traceback
             ui.show_error(exc)
         else:
@@ -172,7 +179,6 @@ with st.expander("Is this faithful? (deletion test)", expanded=False):
                 column.plotly_chart(viz.deletion_curves_figure(curves, deletion.p_orig, deletion.emotion, unit,
                                                                deletion.aopc(axis)),
                                     width="stretch", key=f"deletion_{axis}")
-            ig_words = analysis.attribution("integrated_gradients")["words"] if "words" in tested else None
             if ig_words is not None and len(ig_words) == len(feats.words):
                 st.markdown("**Words by Integrated Gradients** (shade = how much the word raises the "
                             f"probability of {deletion.emotion}; words that lower it stay pale)")

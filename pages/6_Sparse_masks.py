@@ -32,7 +32,7 @@ if clip and st.button("Analyze", type="primary", key="sparse_button"):
     try:
         with st.spinner("Transcribing, finding faces, encoding and running the model…"):
             st.session_state["sparse_analysis"] = ui.analyze_queued(
-                checkpoint, clip.data, transcript=clip.transcript, video=clip.video)
+                checkpoint, clip.data, transcript=clip.transcript, video=clip.video, name=clip.name)
         st.session_state["sparse_clip"] = clip
     except Exception as exc:  # e.g. a video without a face: a message, never a traceback
         st.session_state.pop("sparse_analysis", None)

@@ -8,7 +8,7 @@ import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -204,7 +204,8 @@ def max_tokens(seconds: float) -> int:
     return int(min(EXTRA_TOKENS + TOKENS_PER_SECOND * min(seconds, 30.0), WINDOW_TOKENS))
 
 
-def transcribe(audio: np.ndarray, model: str = "tiny.en", device: str = "cpu") -> list[Word]:
+def transcribe(audio: np.ndarray, model: str = "tiny.en", device: str = "cpu",
+               stop_if_asked: Callable[[], None] | None = None) -> list[Word]:
     """Recognise English speech with faster-whisper; words with times and probabilities.
 
     Greedy decoding (beam 1, temperature 0, no fallback to sampling at higher temperatures:
@@ -214,6 +215,8 @@ def transcribe(audio: np.ndarray, model: str = "tiny.en", device: str = "cpu") -
     whisper's order; text is stripped of surrounding spaces and punctuation ("today," ->
     "today"), tokens that are only punctuation are dropped. A degenerate span (end <= start)
     is widened to ``MIN_WORD_SECONDS``; times are clipped to the clip. No speech -> [].
+    ``stop_if_asked()`` is called after each decoded segment (it raises to stop the run:
+    faster-whisper decodes lazily, so the rest is never decoded).
     """
     x = _check_audio(audio)
     duration = len(x) / SAMPLE_RATE
@@ -227,6 +230,8 @@ def transcribe(audio: np.ndarray, model: str = "tiny.en", device: str = "cpu") -
     words: list[Word] = []
     last_end = 0.0
     for segment in segments:
+        if stop_if_asked is not None:
+            stop_if_asked()
         for w in segment.words or []:
             text = display_text(w.word)
             if not text:
@@ -403,11 +408,12 @@ def _fill_gaps(
     ]
 
 
-def words_for(audio: np.ndarray, transcript: str | None = None) -> list[Word]:
+def words_for(audio: np.ndarray, transcript: str | None = None,
+              stop_if_asked: Callable[[], None] | None = None) -> list[Word]:
     """Align ``transcript`` if one is given (non-blank), else transcribe with Whisper tiny.en."""
     if transcript is not None and str(transcript).strip():
         return align(audio, transcript)
-    return transcribe(audio)
+    return transcribe(audio, stop_if_asked=stop_if_asked)
 
 
 # --------------------------------------------------------------------------- speech check

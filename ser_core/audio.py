@@ -75,6 +75,11 @@ class _Source:
     path: Path | None = None
     data: bytes | None = None
 
+    @property
+    def file_name(self) -> str | None:
+        """The uploaded or opened file's name; None for a microphone recording."""
+        return None if self.name == "the recording" else self.name
+
     def handle(self) -> str | io.BytesIO:
         """Something soundfile / PyAV can open (a fresh handle each call)."""
         return str(self.path) if self.path is not None else io.BytesIO(self.data or b"")
@@ -120,10 +125,10 @@ def _read_source(source: AudioSource, max_bytes: int | None) -> _Source:
             "uploaded file."
         )
     if len(data) == 0:
-        raise InputError(f"The recording {name!r} is empty (0 bytes)." if name != "the recording"
+        raise InputError(f"The file {name!r} is empty (0 bytes)." if name != "the recording"
                          else "The recording is empty (0 bytes).")
     if len(data) > limit:
-        raise too_big(len(data), limit)
+        raise too_big(len(data), limit, None if name == "the recording" else name)
     return _Source(name=name, data=data)
 
 
@@ -150,7 +155,7 @@ def _decode_soundfile(
         first = int(round(start * sr))
         if end is None:
             if total is not None and total / sr > limit_s:  # header says it is too long
-                raise too_long(total / sr, limit_s)
+                raise too_long(total / sr, limit_s, name=src.file_name)
             count = -1 if total is None else max(total - first, 0)
             # never read past the limit, even when the header lies
             cap = int(limit_s * sr) + 1
@@ -169,7 +174,7 @@ def _decode_soundfile(
         except Exception as exc:
             raise _NotDecodable(str(exc)) from None
     if end is None and data.shape[0] > limit_s * sr:
-        raise too_long(data.shape[0] / sr, limit_s, at_least=True)
+        raise too_long(data.shape[0] / sr, limit_s, at_least=True, name=src.file_name)
     return np.ascontiguousarray(data.T), sr
 
 
@@ -194,7 +199,7 @@ def _decode_pyav(
             elif container.duration is not None:
                 seconds = container.duration / 1_000_000  # AV_TIME_BASE
             if seconds is not None and seconds > limit_s:
-                raise too_long(seconds, limit_s)
+                raise too_long(seconds, limit_s, name=src.file_name)
         elif start > 0 and stream.time_base is not None:
             try:
                 # land ~0.5 s early: codecs with overlapping frames (AAC, Opus) need a warm-up
@@ -254,7 +259,7 @@ def _decode_pyav(
     data = np.concatenate(chunks, axis=1)
     if end is None:
         if data.shape[1] > limit_s * sr:
-            raise too_long(data.shape[1] / sr, limit_s, at_least=True)
+            raise too_long(data.shape[1] / sr, limit_s, at_least=True, name=src.file_name)
     else:
         data = data[:, : int(round((end - start) * sr))]
     return data, sr
@@ -311,11 +316,12 @@ def _to_mono_16k(data: np.ndarray, sr: int, name: str) -> np.ndarray:
 
 
 def _what(name: str) -> str:
-    return "The recording" if name == "the recording" else f"The recording {name!r}"
+    """How a message names the audio: a microphone recording, or an uploaded file by its name."""
+    return "The recording" if name == "the recording" else f"The file {name!r}"
 
 
 def _lower_what(name: str) -> str:
-    return "the recording" if name == "the recording" else f"the recording {name!r}"
+    return "the recording" if name == "the recording" else f"the file {name!r}"
 
 
 # --------------------------------------------------------------------------------------------

@@ -90,7 +90,21 @@ def resolve_corpus(kind: str, path: str | None = None, confine: bool = False) ->
                          f"{CORPUS_KINDS[kind]['layout']}.")
     if confine:
         access.confine_path(path)
+        _confine_files(CORPUS_KINDS[kind]["corpus"], path)
     return CORPUS_KINDS[kind]["corpus"], str(Path(path).expanduser())
+
+
+def _confine_files(corpus: str, root: str) -> None:
+    """Every audio and video file the corpus lists must lie inside the allowed folders too: a
+    manifest may name any path, and a corpus folder may hold links that lead out of it."""
+    from .data import load_corpus  # the loaders are heavy; only a confined check needs them here
+
+    utts = load_corpus(corpus, root)
+    outside = [u for u in utts if any(p is not None and not access.is_allowed(p) for p in (u.audio, u.video))]
+    if outside:
+        raise InputError(f"{len(outside)} of this corpus's {len(utts)} clips lie outside the allowed folders "
+                         "(a manifest may name files anywhere, and a link may lead out of a folder); none "
+                         "was read. " + access.outside_message())
 
 
 def _corpus_items(corpora: Any) -> list[tuple[str, str | None, bool]]:

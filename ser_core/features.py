@@ -34,6 +34,7 @@ import os
 import tempfile
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -217,12 +218,16 @@ class FeatureExtractor:
         words: list[Word] | None = None,
         video=None,
         extras: tuple[str, ...] | list[str] = (),
+        stop_if_asked: Callable[[], None] | None = None,
     ) -> Features:
         """Features for one utterance (cached). ``words`` skips ASR/alignment when given.
 
         ``video`` (path, bytes or file-like) is read only for the ``"faces"`` extra; a video in
         which no face is found raises InputError. ``extras`` names on-request entries (EXTRAS).
+        ``stop_if_asked()`` is called between the steps (during ASR, after it, after the speech
+        encoder, before each extra); it raises to stop an analysis nobody waits for any more.
         """
+        stop = stop_if_asked or (lambda: None)
         unknown = sorted(set(extras) - set(EXTRAS))
         if unknown:
             raise ValueError(f"unknown extras {unknown}; known: {sorted(EXTRAS)}")
@@ -239,10 +244,11 @@ class FeatureExtractor:
             feats = self._read_disk(key)
         dirty = False
         if feats is None:
-            feats = self._compute(key, audio, transcript, words)
+            feats = self._compute(key, audio, transcript, words, stop)
             dirty = True
         for name in extras:
             if not _has_extra(feats, name, vkey):
+                stop()
                 feats.extra.update(self._compute_extra(name, feats, vbytes, vkey))
                 dirty = True
         if dirty and self.disk_cache:
@@ -254,15 +260,18 @@ class FeatureExtractor:
         return feats
 
     def _compute(
-        self, key: str, audio: np.ndarray, transcript: str | None, words: list[Word] | None
+        self, key: str, audio: np.ndarray, transcript: str | None, words: list[Word] | None,
+        stop: Callable[[], None] = lambda: None,
     ) -> Features:
         from .asr import words_for
 
         if words is None:
-            words = words_for(audio, transcript)
+            words = words_for(audio, transcript, stop_if_asked=stop)
         source = "typed" if (transcript and transcript.strip()) else "asr"
+        stop()
         with torch.no_grad():
             hidden, frame_times = self.speech.encode(audio)
+            stop()
             text = self.text_model.encode_words([w.text for w in words])
         return Features(
             key=key,

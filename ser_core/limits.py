@@ -81,12 +81,14 @@ def format_bytes(n: int) -> str:
     return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
 
 
-def too_long(seconds: float, limit: float, at_least: bool = False) -> InputError:
-    """The message for a clip over the duration limit."""
+def too_long(seconds: float, limit: float, at_least: bool = False, name: str | None = None) -> InputError:
+    """The message for a clip over the duration limit (``name``: an uploaded file's name)."""
     how = "more than " if at_least else ""
+    what, fix = ((f"The file {name!r}", "for example with Audacity") if name
+                 else ("The recording", "or record again"))
     return InputError(
-        f"The recording is {how}{seconds:.1f} s long; the limit is {limit:g} s. "
-        f"Cut it to {limit:g} s or less (for example with Audacity, or by recording again) and try again."
+        f"{what} is {how}{seconds:.1f} s long; the limit is {limit:g} s. "
+        f"Cut it to {limit:g} s or less ({fix}) and try again."
     )
 
 
@@ -127,18 +129,19 @@ def header_seconds(source: bytes | str | os.PathLike) -> float | None:
     return None
 
 
-def check_upload(data: bytes, seconds_of: Callable[[bytes], float | None] | None = None) -> None:
+def check_upload(data: bytes, seconds_of: Callable[[bytes], float | None] | None = None,
+                 name: str | None = None) -> None:
     """Refuse ``data`` (raw upload bytes) over the limits, before anything decodes it.
 
     The size is checked first, from the length alone (``seconds_of`` is then never called);
     then the duration the header states (``seconds_of``, default :func:`header_seconds`).
-    Raises InputError with a message for the user."""
+    Raises InputError with a message for the user (``name``: the uploaded file's; None: a recording)."""
     limit = max_bytes()
     if len(data) > limit:
-        raise too_big(len(data), limit)
+        raise too_big(len(data), limit, name)
     seconds = (seconds_of or header_seconds)(data)
     if seconds is not None and seconds > max_seconds():
-        raise too_long(seconds, max_seconds())
+        raise too_long(seconds, max_seconds(), name=name)
 
 
 def upload_hint() -> str:

@@ -181,8 +181,8 @@ class Analyzer:
         instead of giving a prediction. Feature extraction for training does not check this.
 
         ``should_stop`` (e.g. ``ser_core.analysis_queue.Ticket.should_stop``) is asked before each
-        step (decoding, ASR + encoders, the model); when it answers True, :class:`Cancelled` is
-        raised and the remaining steps are skipped.
+        step (decoding, each Whisper segment, the speech encoder, the text encoder, the model);
+        when it answers True, :class:`Cancelled` is raised and the remaining steps are skipped.
         """
         _stop_if(should_stop)
         t0 = time.perf_counter()
@@ -194,7 +194,7 @@ class Analyzer:
         _stop_if(should_stop)
         feats = self.extractor.extract(
             samples, transcript=transcript, video=video if self.uses_video else None,
-            extras=feature_extras(self.model),
+            extras=feature_extras(self.model), stop_if_asked=lambda: _stop_if(should_stop),
         )
         if feats.transcript_source == "asr":  # a typed transcript: the user told us the words
             require_asr_words(feats.words)

@@ -15,6 +15,7 @@ import warnings
 from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from .audio import load_audio
@@ -167,3 +168,20 @@ def crop_features(feats: Features, max_seconds: float) -> Features:
         frame_times=feats.frame_times[:keep_frames],
         text=feats.text[: len(words)], transcript_source=feats.transcript_source, extra=extra,
     )
+
+
+def length_grouped_batches(order: list[int], lengths: list[int], batch_size: int,
+                           generator: torch.Generator, group: int = 8) -> list[list[int]]:
+    """Cut an epoch's drawn ``order`` into batches of similar length (less padding).
+
+    The order is taken ``group`` batches at a time; inside each chunk the items are sorted by
+    length and cut into batches, and the batches of the whole epoch are then shuffled with
+    ``generator``. Every drawn item stays in the epoch exactly as often as it was drawn.
+    """
+    chunk = batch_size * group
+    batches = []
+    for start in range(0, len(order), chunk):
+        part = sorted(order[start : start + chunk], key=lambda i: lengths[i])
+        batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
+    shuffled = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[i] for i in shuffled]

@@ -7,6 +7,7 @@ Pages stay thin: they pick inputs with these helpers, call ``ser_core.pipeline``
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import threading
 import time
@@ -28,6 +29,9 @@ from .paths import SAMPLES_DIR
 
 log = logging.getLogger("ser_core.ui")
 T = TypeVar("T")
+
+
+RECORDING_NAME = "recording.wav"  # a Clip recorded with the microphone (not an uploaded file)
 
 
 @dataclass(frozen=True)
@@ -197,13 +201,20 @@ def run_queued(work: Callable[[Callable[[], bool]], T], status_box=None) -> T:
     return analysis_queue().run(session, start, on_wait=show)
 
 
-def analyze_queued(checkpoint: str, data: bytes, transcript: str | None = None, video=None, status_box=None):
+def analyze_queued(checkpoint: str, data: bytes, transcript: str | None = None, video=None, status_box=None,
+                   name: str | None = None):
     """``get_analyzer(checkpoint).analyze(...)`` in the shared line of analyses. The upload's
     size and stated duration are checked first (``limits.check_upload``): an oversized clip is
-    refused before it waits or is decoded."""
-    limits.check_upload(data)
+    refused before it waits or is decoded. ``name``: an uploaded file's name, so that messages
+    say "the file 'x.wav'" (None or :data:`RECORDING_NAME`: a microphone recording)."""
+    file_name = name if name and name != RECORDING_NAME else None
+    limits.check_upload(data, name=file_name)
+    audio = data
+    if file_name:
+        audio = io.BytesIO(data)
+        audio.name = file_name
     return run_queued(
-        lambda should_stop: get_analyzer(checkpoint).analyze(data, transcript=transcript, video=video,
+        lambda should_stop: get_analyzer(checkpoint).analyze(audio, transcript=transcript, video=video,
                                                              should_stop=should_stop),
         status_box)
 
@@ -321,7 +332,7 @@ def clip_picker(key: str = "clip", video: bool = False) -> Clip | None:
                 face_video = up.getvalue()
         return Clip(up.name, up.getvalue(), video=face_video) if up is not None else None
     rec = st.audio_input("Record a sentence", key=f"{key}_record")
-    return Clip("recording.wav", rec.getvalue()) if rec is not None else None
+    return Clip(RECORDING_NAME, rec.getvalue()) if rec is not None else None
 
 
 def requested_clip() -> Clip | None:

@@ -11,7 +11,9 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 from streamlit.testing.v1 import AppTest
 
 from ser_core import access, corpus_choice, jobs
@@ -240,11 +242,43 @@ def test_the_pages_confine_corpus_paths_the_command_line_does_not(allowed):
     assert corpus_choice.resolve_corpus("manifest", "/etc/passwd") == ("manifest", "/etc/passwd")  # CLI
     with pytest.raises(InputError, match="outside the folders"):
         corpus_choice.resolve_corpus("manifest", "/etc/passwd", confine=True)
+    _tess_clip(allowed / "OAF_angry" / "OAF_back_angry.wav")
     with pytest.raises(InputError, match="outside the folders"):
         corpus_choice.check_corpora([("tess", str(allowed)), ("ravdess", "/etc")], confine=True)
     with pytest.raises(InputError, match="Type the path of the TESS folder"):  # the plain message first
         corpus_choice.check_corpora([("tess", "")], confine=True)
     assert corpus_choice.check_corpora([("tess", str(allowed))], confine=True)[0]["root"] == str(allowed)
+
+
+def _tess_clip(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, np.zeros(1600, np.float32), 16000)
+    return path
+
+
+def test_a_corpus_inside_the_allowed_folders_may_not_list_files_outside_them(allowed, tmp_path):
+    outside = tmp_path / "outside"
+    secret_clip = _tess_clip(outside / "OAF_sad" / "OAF_back_sad.wav")
+    own_clip = _tess_clip(allowed / "mine" / "clip.wav")
+    sheet = allowed / "manifest.csv"
+    sheet.write_text(f"path,label\nmine/clip.wav,ang\n{secret_clip},sad\n")  # an absolute path out
+    with pytest.raises(InputError, match="1 of this corpus's 2 clips lie outside") as refused:
+        corpus_choice.resolve_corpus("manifest", str(sheet), confine=True)
+    assert str(secret_clip) not in str(refused.value) and str(allowed.resolve()) in str(refused.value)
+    sheet.write_text("path,label\nmine/clip.wav,ang\nmine/../../outside/OAF_sad/OAF_back_sad.wav,sad\n")
+    with pytest.raises(InputError, match="outside"):  # a relative path climbing out
+        corpus_choice.resolve_corpus("manifest", str(sheet), confine=True)
+    sheet.write_text("path,label\nmine/clip.wav,ang\n")
+    assert corpus_choice.resolve_corpus("manifest", str(sheet), confine=True) == ("manifest", str(sheet))
+    assert own_clip.is_file()
+    # a corpus folder with a link that leads out of it
+    tess = allowed / "tess"
+    _tess_clip(tess / "OAF_angry" / "OAF_back_angry.wav")
+    (tess / "OAF_sad").mkdir()
+    (tess / "OAF_sad" / "OAF_back_sad.wav").symlink_to(secret_clip)
+    with pytest.raises(InputError, match="1 of this corpus's 2 clips lie outside"):
+        corpus_choice.check_corpora([("tess", str(tess))], confine=True)
+    assert corpus_choice.resolve_corpus("tess", str(tess)) == ("tess", str(tess))  # the command line: not confined
 
 
 # --- messages never show a file's content --------------------------------------------------------

@@ -345,6 +345,31 @@ def test_analyze_stops_between_decoding_and_the_encoders():
         bare_analyzer().analyze(clip.read_bytes(), should_stop=lambda: next(answers))
 
 
+def test_a_cancelled_analysis_stops_inside_whisper_and_between_the_encoders(cache):
+    from ser_core import asr
+    from ser_core.audio import load_audio
+    from ser_core.features import FeatureExtractor
+
+    class Stop(Exception):
+        pass
+
+    def stop():
+        raise Stop
+
+    audio = load_audio(sorted((SAMPLES_DIR / "wav").glob("*.wav"))[0])
+    with pytest.raises(Stop):  # asked after Whisper's first segment: nothing after it is decoded
+        asr.transcribe(audio, stop_if_asked=stop)
+    extractor = FeatureExtractor(device="cpu")
+    steps = []
+    encode_speech = extractor.speech.encode
+    extractor.speech.encode = lambda x: steps.append("speech") or encode_speech(x)
+    extractor.text_model.encode_words = lambda words: pytest.fail("the text encoder ran after the stop")
+    with pytest.raises(Stop):  # the tab went away while the speech encoder ran
+        extractor.extract(audio, transcript="we were all livid",
+                          stop_if_asked=lambda: steps and stop())
+    assert steps == ["speech"]
+
+
 def _waiting_page():
     """A page that runs fake work in the shared line and writes what its status box said."""
     import streamlit as st

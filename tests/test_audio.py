@@ -105,7 +105,23 @@ def test_ten_minute_wav_rejected_from_header(tmp_path):
     message = expect_input_error(path, "600.0 s long", "limit is 60 s", "Cut it to 60 s or less")
     assert "SER_" not in message  # a teacher's message: no environment variable
     assert time.perf_counter() - t0 < 1.0  # rejected from the header, not after decoding
-    assert message.startswith("The recording is 600.0 s long; the limit is 60 s.")
+    assert message.startswith("The file 'long.wav' is 600.0 s long; the limit is 60 s.")  # a file, by name
+    recorded = expect_input_error(path.read_bytes(), "600.0 s long")  # bytes from the microphone
+    assert recorded.startswith("The recording is 600.0 s long") and "record again" in recorded
+
+
+def test_an_uploaded_file_is_called_a_file_and_a_recording_a_recording(tmp_path):
+    from ser_core import limits
+
+    upload = io.BytesIO(b"")
+    upload.name = "lecture.mp3"
+    assert "The file 'lecture.mp3' is empty" in expect_input_error(upload)
+    assert "The recording is empty" in expect_input_error(b"")
+    silent = tmp_path / "quiet.wav"
+    sf.write(silent, np.zeros(16000, dtype=np.float32), 16000)
+    assert "No sound was found in the file 'quiet.wav'" in expect_input_error(silent)
+    with pytest.raises(InputError, match="^The file 'big.wav' is"):
+        limits.check_upload(b"\0" * (limits.max_bytes() + 1), name="big.wav")
 
 
 def test_duration_limit_argument_and_env(tmp_path, monkeypatch):

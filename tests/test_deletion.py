@@ -213,12 +213,18 @@ def test_removing_nothing_reproduces_the_prediction_for_every_checkpoint(cache):
             assert sentence.startswith("Removing") and "random" in sentence
 
 
-def test_analyze_page_shows_the_deletion_view(cache):
+def test_analyze_page_shows_the_deletion_view(cache, monkeypatch):
     from streamlit.testing.v1 import AppTest
+
+    from ser_core import ui
 
     path = REPO / "checkpoints" / "ks_transformer_demo.safetensors"
     if not path.exists():
         pytest.skip("shipped checkpoint missing")
+    queued = []  # heavy work waits its turn in the shared line: the analysis, then the deletion test
+    real_run_queued = ui.run_queued
+    monkeypatch.setattr(ui, "run_queued", lambda work, status_box=None: queued.append(work) or
+                        real_run_queued(work, status_box))
     at = AppTest.from_file(str(REPO / "pages" / "1_Analyze.py"), default_timeout=180).run()
     assert not at.exception
     at.button(key="analyze_button").click().run()
@@ -231,6 +237,7 @@ def test_analyze_page_shows_the_deletion_view(cache):
     text = " ".join(str(m.value) for m in at.markdown)
     assert "Removing" in text and "random" in text and "probability of" in text
     assert len(at.get("plotly_chart")) >= n_charts + 2  # the words' and the frames' curves
+    assert len(queued) == 2
 
 
 def test_deletion_curves_figure_has_one_line_per_ranking():

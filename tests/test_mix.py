@@ -83,6 +83,26 @@ def test_balance_weights_give_each_corpus_and_class_an_equal_share():
     assert share[("small", "sad")] == pytest.approx(1 / 6)
 
 
+def test_length_grouped_batches_keep_every_drawn_item_and_batch_similar_lengths():
+    import torch
+
+    from ser_core.train_data import length_grouped_batches
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(50, 460, size=300).tolist()
+    order = rng.integers(0, 300, size=200).tolist()  # drawn with replacement, as a balanced mix does
+
+    def batches(seed):
+        return length_grouped_batches(order, lengths, 16, torch.Generator().manual_seed(seed), group=4)
+
+    first = batches(1)
+    assert len(first) == 13 and sorted(i for b in first for i in b) == sorted(order)
+    assert first == batches(1) and first != batches(2)  # reproducible from the epoch's generator
+    padding = lambda bs: sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in bs)
+    plain = [order[i : i + 16] for i in range(0, len(order), 16)]
+    assert padding(first) < 0.4 * padding(plain)  # 10 400 against 31 632 frames of padding
+
+
 def test_mixed_fold_maps_labels_tags_corpora_and_keeps_test_only_corpora_whole(tmp_path):
     rav, tes = build_ravdess(tmp_path / "rav", suffix=".flac"), build_tess(tmp_path / "tess")
     n_rav = sum(u.label in ("ang", "hap", "neu", "sad") for u in ravdess.load(rav))

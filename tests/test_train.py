@@ -19,11 +19,11 @@ pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espea
 TINY = {"d_model": 32, "ff_dim": 64, "feature_layers": 1, "ccab_layers": 1, "fusion_layers": 1}
 
 
-def _train(corpus, out: Path, epochs: int, resume: bool = False):
+def _train(corpus, out: Path, epochs: int, resume: bool = False, **options):
     from ser_core.train import TrainConfig, train
 
     cfg = TrainConfig(root=str(corpus), out=str(out), epochs=epochs, batch_size=8, resume=resume,
-                      model_args=TINY, device="cpu")
+                      model_args=TINY, device="cpu", **options)
     return train(cfg, progress=False, log=lambda *_: None)
 
 
@@ -62,11 +62,16 @@ def test_collate_pads_and_masks(cache, corpus):
 
 def test_two_epoch_training_writes_checkpoint_metrics_and_resumes(cache, corpus, tmp_path):
     out = tmp_path / "tiny.safetensors"
-    meta = _train(corpus, out, epochs=1)
+    # batches grouped by length, and the speech-layer mixing weights on their own learning rate
+    options = {"group_by_length": True, "layer_mix_lr": 0.05}
+    meta = _train(corpus, out, epochs=1, **options)
     run = tmp_path / "tiny.run"
     rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1]
-    meta = _train(corpus, out, epochs=2, resume=True)  # continues at epoch 2
+    meta = _train(corpus, out, epochs=2, resume=True, **options)  # continues at epoch 2
+    assert meta["training"]["group_by_length"] and meta["training"]["layer_mix_lr"] == 0.05
+    mix = load_checkpoint(out)[0].audio_layer_mix.weights.detach()
+    assert mix.abs().max() > 0.02  # one or two Adam steps at the network's 5e-4 move them < 0.001
     rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     assert all(np.isfinite(r["train_loss"]) for r in rows)

@@ -269,6 +269,10 @@ class KSTransformer(nn.Module):
     def labels(self) -> tuple[str, ...]:
         return tuple(self.config.labels)
 
+    def layer_mix_parameters(self) -> list[nn.Parameter]:
+        """The speech-layer mixing weights (training may give them their own learning rate)."""
+        return [self.audio_layer_mix.weights]
+
     # ----------------------------------------------------------------- settings and inputs
 
     def keep_ratios(self, keep_ratio: float | dict[str, float] | None = None) -> dict[str, float]:
