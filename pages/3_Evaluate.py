@@ -41,6 +41,7 @@ if checkpoint and st.button("Evaluate", type="primary", key="eval_button"):
     bar = st.progress(0.0, text="Loading the corpus and the model…")
 
     def on_progress(stage: str, done: int, total: int) -> None:
+        ui.stop_if_tab_closed()  # a closed tab stops the evaluation at its next utterance
         if stage == "features":
             bar.progress(0.9 * done / total, text=f"Features {done}/{total} (cached ones are read from disk)")
         else:

@@ -165,6 +165,15 @@ def _session_id() -> str | None:
     return ctx.session_id if ctx is not None else None
 
 
+def stop_if_tab_closed() -> None:
+    """Raise Cancelled when this script run's browser tab has gone away: long work that runs in
+    the page itself (not in the line of analyses) calls it between its steps, so nothing keeps
+    a core busy for a page nobody is looking at."""
+    session = _session_id()
+    if session is not None and not _session_is_active(session):
+        raise Cancelled()
+
+
 def _session_is_active(session_id: str) -> bool:
     """Whether the session's browser tab is still connected (True without a server runtime,
     e.g. under streamlit.testing)."""

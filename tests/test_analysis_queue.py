@@ -370,6 +370,17 @@ def test_a_cancelled_analysis_stops_inside_whisper_and_between_the_encoders(cach
     assert steps == ["speech"]
 
 
+def test_work_in_a_page_stops_when_its_tab_has_gone(monkeypatch):
+    ui.stop_if_tab_closed()  # outside a script run: nothing to stop
+    monkeypatch.setattr(ui, "_session_id", lambda: "tab-1")
+    open_tabs = {"tab-1"}
+    monkeypatch.setattr(ui, "_session_is_active", lambda session: session in open_tabs)
+    ui.stop_if_tab_closed()
+    open_tabs.clear()
+    with pytest.raises(Cancelled):
+        ui.stop_if_tab_closed()
+
+
 def _waiting_page():
     """A page that runs fake work in the shared line and writes what its status box said."""
     import streamlit as st
