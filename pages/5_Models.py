@@ -1,5 +1,6 @@
 """Models: every shipped checkpoint side by side: what the paper's model is, its size and cost,
-its demo-corpus test scores next to the paper's own (different data), and learned choices."""
+its demo-corpus test scores next to the paper's own (different data), learned choices, and how
+faithful its attention is per corpus (the deletion test, when it was measured)."""
 
 import os
 
@@ -47,6 +48,31 @@ if not cards:
 
 def pct(x):
     return "–" if x is None else f"{100 * x:.1f}"
+
+
+def faithfulness_section(c) -> None:
+    """The deletion test per corpus stored in the checkpoint, or the command that measures it."""
+    name = c.checkpoint.rsplit("/", 1)[-1]
+    if not c.faithfulness:
+        corpora = " ".join(f"--corpus {k}" + ("" if k == "demo" else f" --root /path/to/{k}")
+                           for k in (c.trained_on or ["demo"]))
+        st.markdown(f"**Does its attention point at what it uses?** Not measured yet: run "
+                    f"`python -m ser_core faithfulness --checkpoint {name} {corpora} --limit 40 --write`")
+        return
+    st.markdown(
+        "**Does its attention point at what it uses?** For each clip, the words or stretches of "
+        "speech a method ranks most important are removed, the top 10 %, 20 %, … up to 50 %, and the "
+        "model runs again. **AOPC** is how much the probability of the emotion the model predicted "
+        "falls on average over those steps (0.10 = 10 percentage points): the higher it is, the "
+        "better the ranking found what the model uses. Removing at **random** is the yardstick: a "
+        "ranking worth reading scores above it. Integrated Gradients and gradient × input rank by "
+        "how the output changes with each input; attention rollout follows the attention through "
+        "all layers. The last columns: the fall when the top 20 % are removed by attention and at "
+        "random, and how many times larger attention's is."
+    )
+    st.dataframe(pd.DataFrame(c.faithfulness), hide_index=True, width="stretch")
+    st.caption(c.faithfulness_measured + " A dash: that ranking does not apply to this model, or (last "
+               "column) random removal hardly changes the probability, so there is nothing to compare with.")
 
 
 real_corpora = sorted({k for c in cards for k in c.by_corpus if k not in ("demo", "manifest")})
@@ -103,6 +129,7 @@ for c in cards:
                             width="stretch", key=f"alpha_{c.checkpoint}")
         st.markdown("**Settings**")
         st.table(settings_table(c), hide_index=True)
+    faithfulness_section(c)
 
 st.divider()
 st.header("The papers' experiments")

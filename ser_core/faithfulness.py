@@ -9,11 +9,20 @@ words is among its kept keys (kept by at least half of the heads). Three shares 
 * ``vanilla_top_half``: the same model with keep_ratio = 1 (vanilla attention), keeping, per
   layer and head, the top half of keys by the same column-sum score;
 * ``chance``: the expected share for a random set of the same size as the key-sparse one.
+
+Per corpus (:func:`faithfulness_by_corpus`, ``python -m ser_core faithfulness --corpus NAME ...``):
+the deletion test (``ser_core.deletion``) on up to ``--limit`` clips of each corpus's held-out
+speakers, averaged: per axis (words, speech frames or MESM's chunks) the AOPC of every ranking
+(the mean fall of the predicted emotion's probability as its top 10–50 % are removed), and the
+fall when the top 20 % are removed by attention and at random, with their ratio. The demo
+corpus's entry also carries the keyword-kept shares above (``keyword_kept``).
 """
 
 from __future__ import annotations
 
 import json
+import time
+from datetime import datetime
 from math import comb
 from pathlib import Path
 from typing import Any
@@ -66,29 +75,46 @@ def faithfulness_report(
     if limit:
         utts = utts[:limit]
     analyzer = Analyzer(checkpoint, device=device)
-    hits = {"key_sparse": [], "vanilla_top_half": [], "chance": []}
+    hits = new_hits()
     for utt in utts:
-        wanted = set(_emotion_indices(utt.meta))
         sparse = analyzer.analyze(utterance_audio(utt), transcript=utt.transcript, keep_ratio=keep_ratio)
-        vanilla = sparse.rerun(keep_ratio=1.0)
-        ks_layers = text_key_records(sparse.trace.records)
-        if not ks_layers:
+        if not add_keyword_hits(hits, sparse, _emotion_indices(utt.meta)):
             raise InputError(f"{analyzer.model_name} has no key-sparse layers over words.")
-        by_name = {r.name: r for r in vanilla.trace.records}
-        for rec in ks_layers:
-            L = rec.keep.shape[-1]
-            idx = {i for i in wanted if i < L}
-            kept = most_heads(rec.keep)
-            hits["key_sparse"].append(any(kept[i] for i in idx))
-            base = most_heads(top_half(by_name[rec.name].key_scores))
-            hits["vanilla_top_half"].append(any(base[i] for i in idx))
-            hits["chance"].append(chance_of_hit(L, int(kept.sum()), len(idx)))
+    return keyword_report(hits, checkpoint, split, keep_ratio, len(utts))
+
+
+def new_hits() -> dict[str, list]:
+    return {"key_sparse": [], "vanilla_top_half": [], "chance": []}
+
+
+def add_keyword_hits(hits: dict[str, list], sparse, wanted: list[int]) -> bool:
+    """Add one analysed utterance's (layer) cases to ``hits``; False when the model has no
+    key-sparse layer over words (nothing added)."""
+    ks_layers = text_key_records(sparse.trace.records)
+    if not ks_layers:
+        return False
+    vanilla = sparse.rerun(keep_ratio=1.0)
+    by_name = {r.name: r for r in vanilla.trace.records}
+    for rec in ks_layers:
+        L = rec.keep.shape[-1]
+        idx = {i for i in wanted if i < L}
+        kept = most_heads(rec.keep)
+        hits["key_sparse"].append(any(kept[i] for i in idx))
+        base = most_heads(top_half(by_name[rec.name].key_scores))
+        hits["vanilla_top_half"].append(any(base[i] for i in idx))
+        hits["chance"].append(chance_of_hit(L, int(kept.sum()), len(idx)))
+    return True
+
+
+def keyword_report(hits: dict[str, list], checkpoint: str | Path, split: str, keep_ratio: float | None,
+                   utterances: int) -> dict[str, Any]:
+    """The keyword-kept report (the keys ``ui.faithfulness_note`` reads)."""
     return {
         "checkpoint": Path(checkpoint).name,
         "split": split,
         "keep_ratio": keep_ratio if keep_ratio is not None else "model default",
-        "utterances": len(utts),
-        "layers": len(hits["chance"]) // max(len(utts), 1),
+        "utterances": utterances,
+        "layers": len(hits["chance"]) // max(utterances, 1),
         "key_sparse": float(np.mean(hits["key_sparse"])),
         "vanilla_top_half": float(np.mean(hits["vanilla_top_half"])),
         "chance": float(np.mean(hits["chance"])),
@@ -103,3 +129,153 @@ def _emotion_indices(meta: dict[str, Any]) -> list[int]:
         except json.JSONDecodeError:
             return []
     return [int(w["index"]) for w in words if isinstance(w, dict) and "index" in w]
+
+
+# --------------------------------------------------------------------------- per corpus
+
+SHARE_20 = 0.2  # the step reported beside AOPC: the top 20 % removed
+SELECTION = ("up to --limit clips, the same number of each emotion as far as a corpus has them "
+             "(each emotion's clips shuffled with --seed, then taken in turn)")
+
+
+def held_out_utterances(name: str, root: str | Path, labels: list[str], meta: dict[str, Any],
+                        split: str = "test") -> list:
+    """The clips of one corpus the checkpoint never heard, as ``evaluate --protocol speakers``
+    scores them: only the model's emotions, then the corpus's speaker split (``data.mix``) with the
+    training seed; the demo corpus keeps its own split. A corpus the run only tested on (a
+    ``test:NAME`` corpus of its mix) is used whole."""
+    from .data.mix import CorpusSpec, load_spec, speaker_split
+
+    training = meta.get("training", {})
+    utts = [u for u in load_spec(CorpusSpec(name, str(root))) if u.label in labels]
+    if not utts:
+        raise InputError(f"{name}: no clip has one of the model's emotions ({', '.join(labels)}).")
+    if any(m.get("name") == name and m.get("test_only") for m in training.get("mix") or []):
+        return utts
+    return list(getattr(speaker_split(utts, int(training.get("seed", 0))), split))
+
+
+def stratified_order(utts: list, seed: int = 0) -> list:
+    """Every clip, ordered so that any first N hold the emotions in equal numbers as far as they
+    go: each emotion's clips shuffled with ``seed``, then one of each emotion in turn."""
+    rng = np.random.default_rng(seed)
+    by_label: dict[str, list] = {}
+    for u in sorted(utts, key=lambda u: u.id):
+        by_label.setdefault(u.label, []).append(u)
+    queues = [[group[i] for i in rng.permutation(len(group))] for _, group in sorted(by_label.items())]
+    order = []
+    for i in range(max((len(q) for q in queues), default=0)):
+        order += [q[i] for q in queues if i < len(q)]
+    return order
+
+
+def drop_at(curve, length: int, share: float = SHARE_20) -> float | None:
+    """p(original) − p(after removing the top ``share`` of the axis), at that step of the curve
+    (⌊share × length⌋ positions, at least one, as the deletion test counts them)."""
+    count = min(max(int(np.floor(share * length + 1e-9)), 1), length - 1)
+    hit = np.flatnonzero(np.asarray(curve.counts) == count)
+    return float(curve.p_orig - curve.probs[hit[0]]) if len(hit) else None
+
+
+def corpus_deletion(analyzer, utts: list, limit: int | None, seed: int = 0, keep_ratio: float | None = None,
+                    keywords: bool = False, split: str = "test", log=None) -> dict[str, Any]:
+    """The deletion test on up to ``limit`` clips of ``utts`` (:func:`stratified_order`), averaged
+    per axis: AOPC of every ranking, the drop when the top 20 % are removed (attention, random and
+    the others) and attention ÷ random. Clips the analysis refuses (too little speech) are skipped
+    and the next one taken. ``keywords``: also the keyword-kept shares (the demo corpus)."""
+    from .train_data import utterance_audio
+
+    t0 = time.perf_counter()
+    order = stratified_order(utts, seed)
+    want = min(limit or len(order), len(order))
+    aopc: dict[str, dict[str, list[float]]] = {}
+    drops: dict[str, dict[str, list[float]]] = {}
+    counts: dict[str, int] = {}
+    p_orig, used, skipped = [], [], []
+    hits, n_keyword, no_keyword_layers = new_hits(), 0, False
+    for utt in order:
+        if len(used) == want:
+            break
+        try:
+            analysis = analyzer.analyze(utterance_audio(utt), transcript=utt.transcript, keep_ratio=keep_ratio)
+            result = analysis.deletion_test()
+        except InputError as exc:
+            skipped.append(f"{utt.id}: {exc}")
+            continue
+        used.append(utt)
+        p_orig.append(result.p_orig)
+        for axis, labels in result.axes.items():
+            kind = labels.kind
+            counts[kind] = counts.get(kind, 0) + 1
+            for curve in (c for c in result.curves if c.axis == axis):
+                aopc.setdefault(kind, {}).setdefault(curve.ranking, []).append(curve.aopc)
+                drop = drop_at(curve, len(labels))
+                if drop is not None:
+                    drops.setdefault(kind, {}).setdefault(curve.ranking, []).append(drop)
+        wanted = _emotion_indices(utt.meta)
+        if keywords and wanted and not no_keyword_layers:
+            no_keyword_layers = not add_keyword_hits(hits, analysis, wanted)
+            n_keyword += not no_keyword_layers
+        if log is not None:
+            log(f"{len(used)}/{want} clips ({time.perf_counter() - t0:.0f} s)")
+    axes = {}
+    for kind, by_ranking in aopc.items():
+        mean_drop = {r: float(np.mean(v)) for r, v in drops.get(kind, {}).items()}
+        att, rand = mean_drop.get("attention"), mean_drop.get("random")
+        axes[kind] = {
+            "utterances": counts[kind],
+            "aopc": {r: float(np.mean(v)) for r, v in by_ranking.items()},
+            "drop_top20": mean_drop,
+            # only when random removal lowers the probability by a point or more (else the ratio
+            # of two tiny numbers means nothing)
+            "attention_over_random": att / rand if att is not None and rand is not None and rand >= 0.01 else None,
+        }
+    report: dict[str, Any] = {
+        "utterances": len(used),
+        "emotions": {label: sum(u.label == label for u in used) for label in sorted({u.label for u in used})},
+        "held_out_clips": len(utts),
+        "skipped": skipped,
+        "mean_p_predicted": float(np.mean(p_orig)) if p_orig else None,
+        "axes": axes,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    if keywords:
+        report["keyword_kept"] = None if no_keyword_layers or not n_keyword else keyword_report(
+            hits, analyzer.checkpoint, split, keep_ratio, n_keyword)
+    return report
+
+
+def faithfulness_by_corpus(checkpoint: str | Path, corpora: list[tuple[str, str | None]], limit: int | None = 40,
+                           seed: int = 0, split: str = "test", keep_ratio: float | None = None,
+                           device: str | None = None, command: str | None = None, log=None) -> dict[str, Any]:
+    """The deletion test per corpus on its held-out speakers (:func:`held_out_utterances`).
+    ``corpora``: (name, folder) pairs; the demo corpus's folder may be None (the generated one), and
+    its report (or a manifest corpus's) also has the keyword-kept shares (``keyword_kept``, the keys
+    of :func:`faithfulness_report`; None when no clip records its emotion words). The result is
+    what ``--write`` stores as ``faithfulness_by_corpus`` in the checkpoint's meta."""
+    from .data.mix import demo_manifest
+    from .pipeline import Analyzer
+
+    analyzer = Analyzer(checkpoint, device=device)
+    report: dict[str, Any] = {
+        "checkpoint": Path(checkpoint).name,
+        "model": analyzer.model_name,
+        "date": datetime.now().isoformat(timespec="seconds"),
+        "settings": {"limit": limit, "seed": seed, "split": split,
+                     "keep_ratio": keep_ratio if keep_ratio is not None else "model default",
+                     "selection": SELECTION, "command": command},
+        "corpora": {},
+    }
+    for name, root in corpora:
+        name = name.strip().lower()
+        if not root and name not in ("demo",):
+            raise InputError(f"The corpus {name} needs its folder: put --root FOLDER after --corpus {name}.")
+        root = str(root or demo_manifest())
+        utts = held_out_utterances(name, root, analyzer.labels, analyzer.meta, split)
+        if not utts:
+            raise InputError(f"{name}: no held-out clip to test.")
+        say = None if log is None else (lambda text, name=name: log(f"{name}: {text}"))
+        result = corpus_deletion(analyzer, utts, limit, seed, keep_ratio, keywords=name in ("demo", "manifest"),
+                                 split=split, log=say)
+        report["corpora"][name] = {"root": root, **result}
+    return report

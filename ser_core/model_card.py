@@ -75,6 +75,10 @@ class ModelCard:
     # test scores per corpus on held-out speakers (a model trained on a mix), demo corpus included
     by_corpus: dict[str, dict[str, Any]] = field(default_factory=dict)
     trained_on: list[str] = field(default_factory=list)  # the corpora of its training data
+    # the deletion test per corpus (``faithfulness --corpus ... --write``): its table, and when and
+    # how it was measured; empty when it was never run on this checkpoint
+    faithfulness: list[dict[str, str]] = field(default_factory=list)
+    faithfulness_measured: str = ""
 
 
 #: What the Models page and model cards say about each real corpus (licence and citation).
@@ -151,6 +155,8 @@ def model_card(checkpoint: str | Path, device: str = "cpu") -> ModelCard:
         | {"epoch_seconds": meta.get("metrics", {}).get("epoch_seconds"),
            "best_epoch": meta.get("metrics", {}).get("epoch")},
         extras=extras,
+        faithfulness=faithfulness_table(meta.get("faithfulness_by_corpus")),
+        faithfulness_measured=faithfulness_measured(meta.get("faithfulness_by_corpus")),
     )
 
 
@@ -183,6 +189,53 @@ def trained_on(meta: dict[str, Any]) -> list[str]:
     corpus = training.get("corpus")
     return ["demo" if corpus == "manifest" and "demo_corpus" in str(training.get("root", "")) else corpus] \
         if corpus else []
+
+
+#: the deletion test's rankings, as the table's columns name them
+RANKING_COLUMNS = {"attention": "attention", "integrated_gradients": "Integrated Gradients",
+                   "input_x_gradient": "gradient × input", "rollout": "attention rollout", "random": "random"}
+AXIS_NAMES = {"words": "words", "frames": "speech frames", "chunks": "400 ms chunks"}
+CORPUS_NAMES = {"demo": "demo corpus (synthetic)", "ravdess": "RAVDESS", "tess": "TESS", "savee": "SAVEE"}
+
+
+def faithfulness_table(report: dict[str, Any] | None) -> list[dict[str, str]]:
+    """The stored per-corpus deletion test (``ser_core.faithfulness.faithfulness_by_corpus``) as
+    rows: corpus, what was removed, clips, AOPC of each ranking, the fall of the predicted emotion's
+    probability with the top 20 % removed by attention and at random, and their ratio. Numbers are
+    probabilities (0–1); "–" where a ranking does not apply to the model."""
+    if not report:
+        return []
+
+    def num(x, digits=3):
+        return "–" if x is None else f"{x:.{digits}f}".replace("-0.000", "0.000")
+
+    rows = []
+    for corpus, result in report.get("corpora", {}).items():
+        for axis, a in result.get("axes", {}).items():
+            drop = a.get("drop_top20", {})
+            ratio = a.get("attention_over_random")
+            rows.append({
+                "corpus": CORPUS_NAMES.get(corpus, corpus.upper()),
+                "removed": AXIS_NAMES.get(axis, axis),
+                "clips": str(a.get("utterances", result.get("utterances"))),
+                **{f"AOPC {name}": num(a.get("aopc", {}).get(r)) for r, name in RANKING_COLUMNS.items()},
+                "top 20 % removed: fall, attention": num(drop.get("attention")),
+                "top 20 % removed: fall, random": num(drop.get("random")),
+                "attention ÷ random": "–" if ratio is None else f"{ratio:.1f}×",
+            })
+    return rows
+
+
+def faithfulness_measured(report: dict[str, Any] | None) -> str:
+    """One line: when, on how many clips per corpus, and how long it took."""
+    if not report:
+        return ""
+    settings = report.get("settings", {})
+    took = sum(r.get("seconds", 0) for r in report.get("corpora", {}).values())
+    limit = settings.get("limit")
+    return (f"Measured {str(report.get('date', ''))[:10]} on speakers held out of training, "
+            f"{'up to ' + str(limit) if limit else 'all'} clips per corpus (the same number of each "
+            f"emotion as far as a corpus has them), in " + (f"{took:.0f} s." if took < 90 else f"{took / 60:.0f} min."))
 
 
 REAL_VOICES = "real_voices.json"

@@ -84,6 +84,7 @@ class TrainConfig:
     augment_seed: int = 0
     augment_corpora: list[str] | None = None  # corpora whose training utterances are augmented (None: all)
     epoch_items: int | None = None  # a balanced mix draws this many items per epoch (default: all of them)
+    corpus_shares: dict[str, float] | None = None  # a balanced mix: relative share per corpus (default 1 each)
     group_by_length: bool = False  # batches of similar length (less padding: faster epochs, same items)
     layer_mix_lr: float | None = None  # own learning rate for the encoder-layer mixing weights
 
@@ -150,7 +151,8 @@ def train(cfg: TrainConfig, progress: bool = True, log=print, on_event=None, sho
     index = {l: i for i, l in enumerate(labels)}
     y_train = torch.tensor([index[u.label] for u in train_utts])
     # a mix draws each epoch's items by balance_weights (with replacement), else a permutation
-    sample_weights = torch.tensor(balance_weights(train_utts)) if cfg.mix and cfg.balance else None
+    sample_weights = (torch.tensor(balance_weights(train_utts, cfg.corpus_shares))
+                      if cfg.mix and cfg.balance else None)
 
     if cfg.init_from:
         _init_from(model, cfg.init_from, device, log)
@@ -442,6 +444,9 @@ def add_cli(subparsers) -> None:
     p.add_argument("--augment-corpora", help="comma-separated corpora to augment (default: all)")
     p.add_argument("--epoch-items", type=int, help="a mix: items drawn per epoch (default: as many as "
                                                    "there are training items)")
+    p.add_argument("--corpus-share", action="append", default=[], metavar="NAME=SHARE",
+                   help="a balanced mix: this corpus's relative share of each epoch (default 1 each), "
+                        "e.g. ravdess=2 (repeatable)")
     p.add_argument("--group-by-length", action="store_true",
                    help="batches of utterances of similar length (less padding, faster epochs)")
     p.add_argument("--layer-mix-lr", type=float,
@@ -497,6 +502,20 @@ def _default_root(args) -> str:
     return str(manifest)
 
 
+def _parse_shares(items: list[str]) -> dict[str, float] | None:
+    """["ravdess=2", "tess=0.5"] → {"ravdess": 2.0, "tess": 0.5} (None when none is given)."""
+    shares = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            shares[name.strip().lower()] = float(value)
+        except ValueError:
+            raise InputError(f"--corpus-share takes NAME=SHARE, like ravdess=2; got {item!r}.") from None
+        if not sep:
+            raise InputError(f"--corpus-share takes NAME=SHARE, like ravdess=2; got {item!r}.")
+    return shares or None
+
+
 def _parse_model_args(items: list[str]) -> dict[str, Any]:
     out = {}
     for item in items:
@@ -541,6 +560,7 @@ def _train_cli(args: argparse.Namespace) -> int:
         augment_copies=args.augment, augment_seed=args.augment_seed,
         augment_corpora=args.augment_corpora.split(",") if args.augment_corpora else None,
         epoch_items=args.epoch_items, group_by_length=args.group_by_length, layer_mix_lr=args.layer_mix_lr,
+        corpus_shares=_parse_shares(args.corpus_share),
         model=args.model,
         fold=args.fold, preset=args.preset, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, dropout=args.dropout, seed=args.seed, out=args.out, run_dir=args.run_dir,

@@ -81,6 +81,16 @@ def test_balance_weights_give_each_corpus_and_class_an_equal_share():
         assert sum(v for (c, _), v in share.items() if c == corpus) == pytest.approx(1 / 3)
     assert share[("big", "ang")] == pytest.approx(share[("big", "neu")]) == pytest.approx(1 / 12)
     assert share[("small", "sad")] == pytest.approx(1 / 6)
+    # relative shares: big twice the others, classes inside each corpus still equal
+    w = balance_weights(utts, {"big": 2})
+    corpus_share = collections.defaultdict(float)
+    for u, wi in zip(utts, w):
+        corpus_share[u.meta["corpus"]] += wi
+    assert corpus_share["big"] == pytest.approx(0.5) and corpus_share["small"] == pytest.approx(0.25)
+    with pytest.raises(InputError, match="No training data from iemocap"):
+        balance_weights(utts, {"iemocap": 2})
+    with pytest.raises(InputError, match="above 0"):
+        balance_weights(utts, {"big": 0})
 
 
 def test_length_grouped_batches_keep_every_drawn_item_and_batch_similar_lengths():

@@ -157,13 +157,22 @@ def corpus_of(utt: Utterance) -> str:
     return str(utt.meta.get("corpus", "corpus"))
 
 
-def balance_weights(utts: Sequence[Utterance]) -> np.ndarray:
-    """Sampling weights that give every corpus the same share and, inside it, every class."""
+def balance_weights(utts: Sequence[Utterance], shares: dict[str, float] | None = None) -> np.ndarray:
+    """Sampling weights that give every corpus the same share (or the relative ``shares`` given,
+    e.g. {"ravdess": 2}: twice the others; a corpus not named counts 1) and, inside it, every
+    class the same share."""
     cells: dict[tuple[str, str], int] = {}
     for u in utts:
         cells[(corpus_of(u), u.label)] = cells.get((corpus_of(u), u.label), 0) + 1
     corpora = {c for c, _ in cells}
+    unknown = sorted(set(shares or {}) - corpora)
+    if unknown:
+        raise InputError(f"No training data from {', '.join(unknown)} to give a share to; "
+                         f"the corpora trained on are {', '.join(sorted(corpora))}.")
+    share = {c: float((shares or {}).get(c, 1.0)) for c in corpora}
+    if any(not v > 0 for v in share.values()):
+        raise InputError("Every corpus share must be above 0.")
     classes_in = {c: sum(1 for cc, _ in cells if cc == c) for c in corpora}
-    w = np.array([1.0 / (len(corpora) * classes_in[corpus_of(u)] * cells[(corpus_of(u), u.label)])
+    w = np.array([share[corpus_of(u)] / (classes_in[corpus_of(u)] * cells[(corpus_of(u), u.label)])
                   for u in utts])
     return w / w.sum()
