@@ -209,6 +209,25 @@ def test_padding_does_not_change_an_item(make):
     torch.testing.assert_close(fixed.probs, batched.probs, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("make", [ilt, cat])
+def test_utterance_mean_norm_cancels_a_fixed_colouring_and_ignores_padding(make):
+    m = make(6, utterance_mean_norm=True, fixed_length=False)
+    short, longer = feats(0.55, 7), feats(1.15, 8)
+    batch = type(m).collate([short, longer], m.config, "cpu")
+    warm_up_batch_norm(m, batch)
+    coloured = dict(batch)  # + a different constant per mel band: a microphone's colouring, a gain
+    coloured["log_mel"] = batch["log_mel"] + torch.linspace(-2.0, 3.0, m.config.n_mels)[None, :, None]
+    with torch.no_grad():
+        plain, shifted = m(batch), m(coloured)
+        alone = m(type(m).collate([short], m.config, "cpu"))
+    torch.testing.assert_close(shifted.probs, plain.probs, atol=1e-5, rtol=0)
+    torch.testing.assert_close(plain.probs[0], alone.probs[0], atol=1e-5, rtol=0)  # padding not counted
+    without = make(6, fixed_length=False)
+    warm_up_batch_norm(without, batch)
+    with torch.no_grad():
+        assert not torch.allclose(without(coloured).probs, without(batch).probs, atol=1e-3)
+
+
 def test_masked_batch_norm_statistics_ignore_padding():
     torch.manual_seed(0)
     bn, ref = MaskedBatchNorm(3).train(), torch.nn.BatchNorm2d(3).train()

@@ -101,6 +101,10 @@ class LogMelFrontEndConfig(ModelConfig):
     ff_dim: int = 256
     transformer_dropout: float = 0.1  # inside Transformer layers (FFN, residual)
     positional_encoding: bool = True  # eq. 3–4 before the first Transformer layer
+    # (ours) subtract each mel band's mean over the clip's real frames before the input batch
+    # norm: a fixed colouring (a microphone, a room, a voice's average timbre) and the gain
+    # cancel out; how the spectrum moves over time, and its spread, stay
+    utterance_mean_norm: bool = False
 
     def __post_init__(self) -> None:
         if len(self.labels) != self.num_classes:
@@ -429,6 +433,9 @@ class _LogMelModel(nn.Module):
         # changes no output (padding is masked throughout) and saves the work of padding to 7.5 s.
         T = int(lengths.max())
         x, valid = x[..., :T], ~mask[:, :T]
+        if cfg.utterance_mean_norm:
+            w = valid.to(x.dtype)[:, None, :]
+            x = x - (x * w).sum(-1, keepdim=True) / w.sum(-1, keepdim=True).clamp(min=1.0)
         # Per-mel-band batch norm of the input (ours): standardises the log-mels with corpus
         # statistics; padded frames become 0, what the convolutions pad with.
         return self.input_norm(x, valid) * valid.to(x.dtype)[:, None, :], lengths
