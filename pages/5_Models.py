@@ -13,7 +13,6 @@ from ser_core import ui, viz  # noqa: E402
 from ser_core.checkpoint import list_all_checkpoints  # noqa: E402
 from ser_core.errors import InputError  # noqa: E402
 from ser_core.experiments import EXPERIMENTS, load_results, results_dir  # noqa: E402
-from ser_core.model_card import model_card  # noqa: E402
 from ser_core.model_notes import MODEL_NOTES, settings_table  # noqa: E402
 
 ui.page_setup("Models")
@@ -28,15 +27,10 @@ st.caption(
 )
 
 
-@st.cache_data(show_spinner="Counting parameters and FLOPs…", max_entries=32)
-def card(path: str, mtime: float):
-    return model_card(path)
-
-
 cards, problems = [], []
 for path in list_all_checkpoints():
     try:
-        cards.append(card(str(path), path.stat().st_mtime))
+        cards.append(ui.model_card_of(path))
     except InputError as exc:
         problems.append(f"{path.name}: {exc}")
 for problem in problems:

@@ -116,7 +116,25 @@ def warm_up() -> float:
     analyzer.extractor.speech, analyzer.extractor.text_model  # load (the features may be on disk)
     transcribe(audio)  # Whisper's decoder loads and runs once
     analyzer.analyze(audio)
+    for path in list_all_checkpoints():  # the Models page's cards (parameters, FLOPs: ~0.4 s each)
+        try:
+            model_card_of(path)
+        except InputError:
+            pass  # the Models page says what is wrong with it
     return time.perf_counter() - started
+
+
+@st.cache_data(show_spinner="Counting parameters and FLOPs…", max_entries=32)
+def _model_card(path: str, mtime: float):
+    from .model_card import model_card
+
+    return model_card(path)
+
+
+def model_card_of(path: str | Path):
+    """``ser_core.model_card.model_card(path)``, once per file version and server (the warm-up
+    makes them all when the server starts, so the Models page opens without counting FLOPs)."""
+    return _model_card(str(path), Path(path).stat().st_mtime)
 
 
 @st.cache_resource(show_spinner=False)

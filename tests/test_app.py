@@ -241,3 +241,13 @@ def test_warm_up_loads_the_default_model_and_whisper_once():
     assert ("tiny.en", "cpu") in asr._whisper_cache
     analyzer = ui.get_analyzer(ui.default_checkpoint())
     assert analyzer is ui.get_analyzer(ui.default_checkpoint())  # one per server
+    # the Models page's cards are made too: asking again counts no FLOPs
+    from ser_core import model_card
+
+    original = model_card.model_card
+    model_card.model_card = lambda path: pytest.fail(f"{path}: the card was made again")
+    try:
+        for path in ui.list_all_checkpoints():
+            assert ui.model_card_of(path).checkpoint
+    finally:
+        model_card.model_card = original
