@@ -12,7 +12,7 @@ import streamlit as st  # noqa: E402
 from ser_core import ui, viz  # noqa: E402
 from ser_core.checkpoint import list_all_checkpoints  # noqa: E402
 from ser_core.errors import InputError  # noqa: E402
-from ser_core.experiments import EXPERIMENTS, load_results, results_dir  # noqa: E402
+from ser_core.experiments import EXPERIMENTS, SHIPPED_RESULTS, found_results_dir, load_results  # noqa: E402
 from ser_core.model_notes import MODEL_NOTES, settings_table  # noqa: E402
 
 ui.page_setup("Models")
@@ -137,10 +137,13 @@ for name in EXPERIMENTS:
             st.code(f"python -m ser_core experiment {name}  # add --epochs N / --max-utterances N for a quick run")
             continue
         settings = saved["settings"]
+        shipped = found_results_dir(name) == SHIPPED_RESULTS / name
         st.caption(f"corpus {settings.get('root') or 'demo'} · protocol {settings.get('protocol')} · "
                    f"epochs {settings.get('epochs') or 'preset'} · utterances "
-                   f"{settings.get('max_utterances') or 'all'}")
+                   f"{settings.get('max_utterances') or 'all'}"
+                   + (" · run by the project and shipped with it; the command above makes this machine's own"
+                      if shipped else ""))
         st.dataframe(pd.DataFrame(saved["rows"]), hide_index=True, width="stretch")
-        png = results_dir(name) / "results.png"
+        png = found_results_dir(name) / "results.png"
         if png.exists():
             st.image(str(png))

@@ -10,7 +10,7 @@ import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
 from ser_core import ui, viz  # noqa: E402
-from ser_core.experiments import load_results, results_dir  # noqa: E402
+from ser_core.experiments import found_results_dir, load_results  # noqa: E402
 
 ui.page_setup("Sparse masks")
 st.title("Sparse masks")
@@ -138,7 +138,7 @@ st.divider()
 st.subheader("Accuracy and FLOPs over top_p (paper Fig. 5)")
 sweep = load_results("mesm_top_p")
 if sweep:
-    st.image(str(results_dir("mesm_top_p") / "results.png"))
+    st.image(str(found_results_dir("mesm_top_p") / "results.png"))
     st.dataframe(pd.DataFrame(sweep["rows"]), hide_index=True, width="stretch")
 else:
     st.code("python -m ser_core experiment mesm_top_p   # the demo corpus's test voices, top_p 0.1 … 1.0")

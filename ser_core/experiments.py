@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
-from .paths import CHECKPOINTS_DIR, cache_dir
+from .paths import CHECKPOINTS_DIR, REPO_ROOT, cache_dir
 
 
 @dataclass(frozen=True)
@@ -70,8 +70,22 @@ def _rows(name: str) -> tuple[list[Row], str]:
 EXPERIMENTS = ("ks_ccab", "ks_keep_ratio", "ilt", "cat", "mesm_modality", "mesm_top_p")
 
 
+#: Results run by the project and shipped with it (small: results.json/csv/png, no checkpoints):
+#: what the app shows on a fresh machine until the experiment is run there.
+SHIPPED_RESULTS = REPO_ROOT / "results" / "experiments"
+
+
 def results_dir(name: str) -> Path:
+    """Where ``python -m ser_core experiment NAME`` writes (the cache)."""
     return cache_dir() / "experiments" / name
+
+
+def found_results_dir(name: str) -> Path | None:
+    """The folder whose results the app shows: this machine's run, else the shipped one, else None."""
+    for folder in (results_dir(name), SHIPPED_RESULTS / name):
+        if (folder / "results.json").is_file():
+            return folder
+    return None
 
 
 def run_experiment(name: str, corpus: str = "manifest", root: str = "", protocol: str = "predefined",
@@ -197,8 +211,10 @@ def plot_results(results: list[dict[str, Any]], x_title: str, name: str):
 
 
 def load_results(name: str, out: str | Path | None = None) -> dict[str, Any] | None:
-    path = Path(out or results_dir(name)) / "results.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    """An experiment's results.json: from ``out``, else this machine's run, else the shipped one."""
+    folder = Path(out) if out else found_results_dir(name)
+    path = folder / "results.json" if folder is not None else None
+    return json.loads(path.read_text()) if path is not None and path.exists() else None
 
 
 def _slug(text: str) -> str:

@@ -26,6 +26,23 @@ def test_every_experiment_names_its_rows():
         _rows("nope")
 
 
+def test_this_machines_results_come_first_then_the_shipped_ones(tmp_path, monkeypatch):
+    from ser_core import experiments
+
+    monkeypatch.setenv("SER_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(experiments, "SHIPPED_RESULTS", tmp_path / "shipped")
+    assert load_results("mesm_top_p") is None and experiments.found_results_dir("mesm_top_p") is None
+    shipped = tmp_path / "shipped" / "mesm_top_p"
+    shipped.mkdir(parents=True)
+    (shipped / "results.json").write_text(json.dumps({"rows": [{"setting": "shipped"}]}))
+    assert load_results("mesm_top_p")["rows"][0]["setting"] == "shipped"
+    assert experiments.found_results_dir("mesm_top_p") == shipped
+    own = experiments.results_dir("mesm_top_p")
+    own.mkdir(parents=True)
+    (own / "results.json").write_text(json.dumps({"rows": [{"setting": "own"}]}))
+    assert load_results("mesm_top_p")["rows"][0]["setting"] == "own"
+
+
 def test_ccab_experiment_writes_table_and_plot_and_reuses_rows(cache, corpus, tmp_path, monkeypatch):
     out = tmp_path / "ks_ccab"
     rows = run_experiment("ks_ccab", root=str(corpus), epochs=1, out=out, model_args=TINY,
