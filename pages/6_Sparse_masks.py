@@ -138,6 +138,9 @@ st.divider()
 st.subheader("Accuracy and FLOPs over top_p (paper Fig. 5)")
 sweep = load_results("mesm_top_p")
 if sweep:
+    if sweep["rows"] and sweep["rows"][0].get("test_clips_with_faces") == 0:
+        st.caption("The corpus this sweep ran on has no face videos: MESM used the text and the audio "
+                   "only, and the FLOPs are those of the spectrogram CNN.")
     st.image(str(found_results_dir("mesm_top_p") / "results.png"))
     st.dataframe(pd.DataFrame(sweep["rows"]), hide_index=True, width="stretch")
 else:

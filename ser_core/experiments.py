@@ -155,7 +155,9 @@ def _top_p_sweep(rows, checkpoint, corpus, root, protocol, fold, device, log) ->
     extractor = FeatureExtractor(device=dev)
     feats = extract_all(utts, extractor, "test features", False, model)
     y_true = [u.label for u in utts]
-    with_faces = [f for f in feats if len(f.extra.get("faces", ())) > 0] or feats
+    with_faces = [f for f in feats if len(f.extra.get("faces", ())) > 0]
+    n_faces = len(with_faces)  # a corpus made without --video: audio and text only (said in every row)
+    with_faces = with_faces or feats
     results = []
     for row in rows:
         probs = predict(model, feats, dev, top_p=row.value)
@@ -163,7 +165,8 @@ def _top_p_sweep(rows, checkpoint, corpus, root, protocol, fold, device, log) ->
         flops = float(np.mean([count_flops(model, f, top_p=row.value) for f in with_faces[:20]]))
         results.append({"setting": row.name, "value": row.value, "model": meta["model"],
                         **{f"test_{k}": v for k, v in metrics.summary(y_true, y_pred).items() if k != "n"},
-                        "gflops_per_utterance": flops / 1e9, "n_test": len(y_true)})
+                        "gflops_per_utterance": flops / 1e9, "n_test": len(y_true),
+                        "test_clips_with_faces": n_faces})
         log(json.dumps(results[-1]))
     return results
 

@@ -63,11 +63,12 @@ def test_analyze_sample_shows_prediction_and_reruns_on_keep_ratio():
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
     heads = [s.value for s in at.subheader]
-    # the first sample ("We were all livid after the exam", said angrily) is analysed with its
+    # the first sample ("That exam left me gloomy last night", said sadly) is analysed with its
     # known transcript, as on every other page, and comes out right
-    from ser_core.ui import label_name
+    from ser_core.ui import FIRST_SAMPLE, label_name, sample_clips
 
-    assert f"Prediction: {label_name('ang')}" in heads, heads
+    assert sample_clips()[0]["path"] == FIRST_SAMPLE and sample_clips()[0]["label"] == "sad"
+    assert f"Prediction: {label_name('sad')}" in heads, heads
     assert "words from the clip's known transcript" in _all_text(at)
     assert len(at.get("plotly_chart")) >= 3
     assert len(at.get("download_button")) == 3  # PNG, CSV, JSON (built only when clicked)

@@ -156,7 +156,7 @@ def test_transcribe_whisper_base(clip):
 
 
 def test_whisper_decodes_the_same_words_every_time_and_stops_a_loop_early():
-    """Temperature 0 without sampling fallback: one clip, one transcript. The first sample's
+    """Temperature 0 without sampling fallback: one clip, one transcript. Sample demo_00037's
     synthetic voice makes Whisper loop ("go on, go on, ..."): the loop stops at max_tokens."""
     assert asr.max_tokens(2.0) == asr.EXTRA_TOKENS + 2 * asr.TOKENS_PER_SECOND
     assert asr.max_tokens(600.0) == asr.WINDOW_TOKENS  # per 30 s window, under Whisper's 448

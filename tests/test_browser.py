@@ -124,7 +124,7 @@ def test_models_page_renders_every_checkpoint(server, browser, tmp_path):
 
 
 def _angry_sample() -> Path:
-    """"We were all livid after the exam", said angrily (the first sample)."""
+    """"We were all livid after the exam", said angrily (one of the sample clips)."""
     return REPO / "samples" / "wav" / "demo_00384.wav"
 
 
