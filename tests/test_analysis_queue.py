@@ -345,7 +345,7 @@ def test_analyze_stops_between_decoding_and_the_encoders():
         bare_analyzer().analyze(clip.read_bytes(), should_stop=lambda: next(answers))
 
 
-def test_a_cancelled_analysis_stops_inside_whisper_and_between_the_encoders(cache):
+def test_a_cancelled_analysis_stops_inside_whisper_and_between_the_encoders(cache, monkeypatch):
     from ser_core import asr
     from ser_core.audio import load_audio
     from ser_core.features import FeatureExtractor
@@ -362,8 +362,10 @@ def test_a_cancelled_analysis_stops_inside_whisper_and_between_the_encoders(cach
     extractor = FeatureExtractor(device="cpu")
     steps = []
     encode_speech = extractor.speech.encode
-    extractor.speech.encode = lambda x: steps.append("speech") or encode_speech(x)
-    extractor.text_model.encode_words = lambda words: pytest.fail("the text encoder ran after the stop")
+    # the encoders are shared by every extractor of the process: patched for this test only
+    monkeypatch.setattr(extractor.speech, "encode", lambda x: steps.append("speech") or encode_speech(x))
+    monkeypatch.setattr(extractor.text_model, "encode_words",
+                        lambda words, **kw: pytest.fail("the text encoder ran after the stop"))
     with pytest.raises(Stop):  # the tab went away while the speech encoder ran
         extractor.extract(audio, transcript="we were all livid",
                           stop_if_asked=lambda: steps and stop())
