@@ -103,6 +103,9 @@ if not records:
     st.info("No attention layer ran: FE2E is dense, or only the text modality is on.")
 else:
     st.subheader("Kept points per layer (Fig. 3 / 4 of the paper)")
+    st.caption("Tinted: the points each layer kept. The colour is the point's attention weight divided by "
+               "the mean weight of the kept points: 1 is an even share, 2 twice as much. Colours that all "
+               "sit close to 1 mean that, among the points it kept, the layer barely prefers one to another.")
     spec_records = [r for r in records if r.query_modality == "spectrogram"]
     face_records = [r for r in records if r.query_modality == "visual"]
     if spec_records:

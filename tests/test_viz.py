@@ -311,11 +311,18 @@ def test_nucleus_overlay_and_bar_figure():
     img = np.random.default_rng(6).random((32, 24))
     mask = np.zeros((4, 3), bool)
     mask[1, 2] = True
-    fig = viz.nucleus_overlay_figure(img, mask, weights=np.full((4, 3), 0.5))
+    mask[3, 0] = True
+    weights = np.full((4, 3), 0.08)
+    weights[1, 2], weights[3, 0] = 0.12, 0.04  # the tint: weight ÷ the kept points' mean weight
+    fig = viz.nucleus_overlay_figure(img, mask, weights=weights)
     overlay = fig.data[1]
     z = np.asarray(overlay.z, dtype=float)
-    assert np.isfinite(z).sum() == 1 and z[1, 2] == 0.5
+    assert np.isfinite(z).sum() == 2 and z[1, 2] == pytest.approx(1.5) and z[3, 0] == pytest.approx(0.5)
     assert np.asarray(overlay.x)[2] == pytest.approx(2.5 * 24 / 3 - 0.5)
+    # a spectrogram chunk fills its figure; a face keeps its proportions
+    assert fig.layout.yaxis.scaleanchor is None and fig.layout.yaxis.showticklabels is False
+    face = viz.nucleus_overlay_figure(np.zeros((32, 24, 3), np.uint8), mask, weights=weights)
+    assert face.layout.yaxis.scaleanchor == "x"
     with pytest.raises(InputError):
         viz.nucleus_overlay_figure(img, np.ones((64, 3), bool))
     bars = viz.bar_figure(["L1", "L2", "L3"], [0.2, 0.5, 0.3], "α", highlight=1)

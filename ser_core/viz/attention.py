@@ -225,7 +225,10 @@ def nucleus_overlay_figure(
     """A spectrogram chunk or face crop with the kept points of a nucleus mask overlaid.
 
     ``keep_mask`` is [H, W] like the image or a coarser grid [h, w] of patches laid evenly
-    over it; kept cells are tinted (by ``weights`` when given), dropped cells stay plain.
+    over it; kept cells are tinted (by ``weights`` when given), dropped cells stay plain. The
+    tint is each kept weight divided by the mean weight of the kept points (1 = an even share), so
+    that a nearly flat attention reads as values near 1 rather than as tiny raw numbers. A face
+    keeps its proportions; a spectrogram chunk (frequency × time) fills the figure.
     """
     img = np.asarray(image)
     mask = np.asarray(keep_mask, dtype=bool)
@@ -254,25 +257,29 @@ def nucleus_overlay_figure(
     # grid centres in image pixel coordinates
     xs = (np.arange(gw) + 0.5) * width / gw - 0.5
     ys = (np.arange(gh) + 0.5) * height / gh - 0.5
-    value = weights if weights is not None else np.ones(mask.shape)
+    mean = float(np.mean(weights[mask])) if weights is not None and mask.any() else 0.0
+    value = weights / mean if weights is not None and mean > 0 else np.ones(mask.shape)
     overlay = np.where(mask, value, np.nan)
     fig.add_trace(
         go.Heatmap(
             z=overlay, x=xs, y=ys, colorscale="Viridis" if weights is not None
             else [[0, KEPT_COLOR], [1, KEPT_COLOR]],
             opacity=0.5, showscale=weights is not None,
-            colorbar={"title": {"text": "weight"}},
-            hovertemplate="row %{y:.0f}, col %{x:.0f}<br>value %{z:.4f}<extra>kept</extra>",
+            colorbar={"title": {"text": "÷ mean"}, "thickness": 12},
+            hovertemplate="row %{y:.0f}, col %{x:.0f}<br>%{z:.3f} × the mean weight<extra>kept</extra>",
             name="kept point",
         )
     )
+    face = img.ndim == 3
     fig.update_layout(
         title={"text": f"{html.escape(title)}<br><sup>{int(mask.sum())} of {mask.size} "
                        "points kept (tinted)</sup>"},
-        xaxis={"title": {"text": "column"}, "range": [-0.5, width - 0.5], "showgrid": False},
-        yaxis={"title": {"text": "row"}, "range": [height - 0.5, -0.5], "showgrid": False,
-               "scaleanchor": "x"},
-        height=520,
-        width=int(min(1100, max(420, 400 * width / height + 200))),
+        xaxis={"title": {"text": "column" if face else "frame (10 ms)"}, "range": [-0.5, width - 0.5],
+               "showgrid": False, "constrain": "domain"},
+        yaxis={"title": {"text": "row" if face else "mel bands (low at the bottom)"},
+               "range": [height - 0.5, -0.5], "showgrid": False, "constrain": "domain",
+               **({"scaleanchor": "x"} if face else {"showticklabels": False})},
+        height=460,
+        margin={"l": 40, "r": 5, "t": 70, "b": 45},
     )
     return fig
