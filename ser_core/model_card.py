@@ -151,7 +151,7 @@ def model_card(checkpoint: str | Path, device: str = "cpu") -> ModelCard:
         by_corpus=held_out_scores(meta),
         trained_on=trained_on(meta),
         paper_results=PAPER_RESULTS.get(name, {}),
-        training={k: meta.get("training", {}).get(k) for k in ("preset", "epochs", "hyper", "sizes")}
+        training={k: meta.get("training", {}).get(k) for k in ("preset", "epochs", "hyper", "sizes", "init_from")}
         | {"epoch_seconds": meta.get("metrics", {}).get("epoch_seconds"),
            "best_epoch": meta.get("metrics", {}).get("epoch")},
         extras=extras,
