@@ -116,7 +116,7 @@ for c in cards:
             st.caption(f"Trained {len(epochs)} epochs, {sum(epochs) / len(epochs):.0f} s per epoch on "
                        f"average (chosen epoch {c.training.get('best_epoch')})"
                        + (f", starting from an earlier model's weights ({start.rsplit('/', 1)[-1]} at the "
-                          "time; checkpoints/README.md gives every step)." if start else "."))
+                          "time; the README beside the shipped checkpoints gives every step)." if start else "."))
     with right:
         alpha = c.extras.get("alpha")
         if alpha:
