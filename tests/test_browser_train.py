@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from browser import CHROMIUM_FLAGS, REPO, chromium_path, streamlit_server, wait_idle
+from browser import CHROMIUM_FLAGS, REPO, chromium_path, settle_time, streamlit_server, wait_idle
 
 playwright = pytest.importorskip("playwright.sync_api")
 TINY = "d_model=32 ff_dim=64 feature_layers=1 ccab_layers=1 fusion_layers=1"
@@ -49,10 +49,12 @@ def _loss_points(page) -> int:
 
 
 def _fill(page, label: str, value: str) -> None:
+    """Type a new value and wait for the rerun it starts to finish and paint (``settle_time``).
+    A fixed pause was not enough on a loaded machine: the rerun could start after the pause, so
+    the next click raced it (the Start button's click was then lost)."""
     box = page.get_by_label(label, exact=True)
     box.fill(value)
-    box.press("Enter")
-    wait_idle(page)
+    settle_time(page, lambda: box.press("Enter"))
 
 
 def test_train_page_live_loss_curve_and_stop(cache, corpus, tmp_path):
@@ -82,7 +84,10 @@ def test_train_page_live_loss_curve_and_stop(cache, corpus, tmp_path):
             _fill(page, "Checkpoint name", name)
             page.screenshot(path=str(shots / "train_settings.png"), full_page=True)
             page.locator(".st-key-train_start_button button").click()
-            page.get_by_text(f"Run {name}: running").wait_for(timeout=60_000)
+            try:
+                page.get_by_text(f"Run {name}: running").wait_for(timeout=60_000)
+            except Exception:
+                raise AssertionError(f"the run did not start\n{_what_happened(page)}") from None
 
             deadline = time.time() + 300  # features are extracted first; a loaded machine is slow
             while _loss_points(page) == 0 and time.time() < deadline:
