@@ -7,6 +7,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import streamlit as st  # noqa: E402
 
 from ser_core import kept, ui, viz  # noqa: E402
+from ser_core.deletion import AXIS_NAMES  # noqa: E402
 
 ui.page_setup("Analyze")
 st.title("Analyze an utterance")
@@ -175,7 +176,7 @@ with st.expander("Is this faithful? (deletion test)", expanded=False):
             tested = list(deletion.axes)
             for column, axis in zip(st.columns(max(len(tested), 1)), tested):
                 curves = {c.ranking: (c.shares, c.probs) for c in deletion.curves if c.axis == axis}
-                unit = {"words": "words", "chunks": "400 ms chunks"}.get(deletion.axes[axis].kind, "speech frames")
+                unit = AXIS_NAMES.get(deletion.axes[axis].kind, "speech frames")
                 column.plotly_chart(viz.deletion_curves_figure(curves, deletion.p_orig, deletion.emotion, unit,
                                                                deletion.aopc(axis)),
                                     width="stretch", key=f"deletion_{axis}")

@@ -127,9 +127,10 @@ def _read_source(source: AudioSource, max_bytes: int | None) -> _Source:
     if len(data) == 0:
         raise InputError(f"The file {name!r} is empty (0 bytes)." if name != "the recording"
                          else "The recording is empty (0 bytes).")
+    src = _Source(name=name, data=data)
     if len(data) > limit:
-        raise too_big(len(data), limit, None if name == "the recording" else name)
-    return _Source(name=name, data=data)
+        raise too_big(len(data), limit, src.file_name)
+    return src
 
 
 # --------------------------------------------------------------------------------------------

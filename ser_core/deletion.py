@@ -53,7 +53,7 @@ from .data.base import LABEL_NAMES
 from .errors import InputError
 from .trace import AttentionRecord, AttentionTrace, AxisLabels
 
-__all__ = ["DEFAULT_RANKINGS", "RANKINGS", "STEPS", "DeletionCurve", "DeletionResult", "attention_ranking",
+__all__ = ["AXIS_NAMES", "DEFAULT_RANKINGS", "RANKINGS", "RANKING_NAMES", "STEPS", "DeletionCurve", "DeletionResult", "attention_ranking",
            "run_deletion_test"]
 
 STEPS = (0.1, 0.2, 0.3, 0.4, 0.5)
@@ -135,7 +135,7 @@ class DeletionResult:
             p_rand = float(rand.probs[i]) if rand is not None and i < len(rand.probs) else None
             removed = main.removed(n)
             who = ("this layer ranks highest" if main.ranking == "attention"
-                   else f"{_RANKING_NAMES[main.ranking]} ranks highest")
+                   else f"{RANKING_NAMES[main.ranking]} ranks highest")
         what = _what(self.axes[axis], n, removed)
         p0 = self.p_orig
         if p1 < p0 - 0.005:
@@ -158,8 +158,10 @@ class DeletionResult:
         return text + "."
 
 
-_RANKING_NAMES = {"attention": "attention", "integrated_gradients": "Integrated Gradients",
-                  "input_x_gradient": "gradient × input", "rollout": "attention rollout", "random": "random"}
+#: What is removed on each kind of axis, in the words the views use.
+AXIS_NAMES = {"words": "words", "frames": "speech frames", "chunks": "400 ms chunks"}
+RANKING_NAMES = {"attention": "attention", "integrated_gradients": "Integrated Gradients",
+                 "input_x_gradient": "gradient × input", "rollout": "attention rollout", "random": "random"}
 
 
 def _pct(p: float) -> str:

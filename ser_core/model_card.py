@@ -191,10 +191,6 @@ def trained_on(meta: dict[str, Any]) -> list[str]:
         if corpus else []
 
 
-#: the deletion test's rankings, as the table's columns name them
-RANKING_COLUMNS = {"attention": "attention", "integrated_gradients": "Integrated Gradients",
-                   "input_x_gradient": "gradient × input", "rollout": "attention rollout", "random": "random"}
-AXIS_NAMES = {"words": "words", "frames": "speech frames", "chunks": "400 ms chunks"}
 CORPUS_NAMES = {"demo": "demo corpus (synthetic)", "ravdess": "RAVDESS", "tess": "TESS", "savee": "SAVEE"}
 
 
@@ -203,6 +199,8 @@ def faithfulness_table(report: dict[str, Any] | None) -> list[dict[str, str]]:
     rows: corpus, what was removed, clips, AOPC of each ranking, the fall of the predicted emotion's
     probability with the top 20 % removed by attention and at random, and their ratio. Numbers are
     probabilities (0–1); "–" where a ranking does not apply to the model."""
+    from .deletion import AXIS_NAMES, RANKING_NAMES  # the names the deletion view uses
+
     if not report:
         return []
 
@@ -218,7 +216,7 @@ def faithfulness_table(report: dict[str, Any] | None) -> list[dict[str, str]]:
                 "corpus": CORPUS_NAMES.get(corpus, corpus.upper()),
                 "removed": AXIS_NAMES.get(axis, axis),
                 "clips": str(a.get("utterances", result.get("utterances"))),
-                **{f"AOPC {name}": num(a.get("aopc", {}).get(r)) for r, name in RANKING_COLUMNS.items()},
+                **{f"AOPC {name}": num(a.get("aopc", {}).get(r)) for r, name in RANKING_NAMES.items()},
                 "top 20 % removed: fall, attention": num(drop.get("attention")),
                 "top 20 % removed: fall, random": num(drop.get("random")),
                 "attention ÷ random": "–" if ratio is None else f"{ratio:.1f}×",

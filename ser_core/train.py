@@ -221,6 +221,7 @@ def train(cfg: TrainConfig, progress: bool = True, log=print, on_event=None, sho
         _atomic_torch_save(state_path, state)
 
     n = len(train_f) if sample_weights is None else (cfg.epoch_items or len(train_f))
+    lengths = [len(f.frame_times) for f in train_f] if cfg.group_by_length else None
     bs = hyper["batch_size"]
     n_batches = (n + bs - 1) // bs
     emit({"event": "start", "epochs": hyper["epochs"], "batches": n_batches, "history": history,
@@ -232,9 +233,8 @@ def train(cfg: TrainConfig, progress: bool = True, log=print, on_event=None, sho
         generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
         order = (torch.multinomial(sample_weights, n, replacement=True, generator=generator)
                  if sample_weights is not None else torch.randperm(n, generator=generator))
-        epoch_batches = ([order[i : i + bs].tolist() for i in range(0, n, bs)] if not cfg.group_by_length
-                         else length_grouped_batches(order.tolist(), [len(f.frame_times) for f in train_f],
-                                                     bs, generator))
+        epoch_batches = ([order[i : i + bs].tolist() for i in range(0, n, bs)] if lengths is None
+                         else length_grouped_batches(order.tolist(), lengths, bs, generator))
         batches = range(pos["batch"], n_batches)
         for b in tqdm(batches, desc=f"epoch {epoch + 1}", disable=not progress, leave=False):
             if should_stop is not None and should_stop():
@@ -506,13 +506,11 @@ def _parse_shares(items: list[str]) -> dict[str, float] | None:
     """["ravdess=2", "tess=0.5"] → {"ravdess": 2.0, "tess": 0.5} (None when none is given)."""
     shares = {}
     for item in items:
-        name, sep, value = item.partition("=")
+        name, _, value = item.partition("=")
         try:
             shares[name.strip().lower()] = float(value)
-        except ValueError:
+        except ValueError:  # no "=" leaves value empty: the same message
             raise InputError(f"--corpus-share takes NAME=SHARE, like ravdess=2; got {item!r}.") from None
-        if not sep:
-            raise InputError(f"--corpus-share takes NAME=SHARE, like ravdess=2; got {item!r}.")
     return shares or None
 
 

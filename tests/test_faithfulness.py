@@ -173,7 +173,13 @@ def test_per_corpus_deletion_report_is_written_into_a_copy_and_shown_on_the_mode
     with safe_open(str(measured), "pt") as a, safe_open(str(small_checkpoint), "pt") as b:
         assert all(torch.equal(a.get_tensor(k), b.get_tensor(k)) for k in b.keys())  # weights untouched
 
-    monkeypatch.setattr("ser_core.checkpoint.list_all_checkpoints", lambda: [measured, unmeasured])
+    from ser_core import ui  # imported before the patch: imported under it, ui would keep the fake list
+
+    def listed():
+        return [measured, unmeasured]
+
+    monkeypatch.setattr("ser_core.checkpoint.list_all_checkpoints", listed)  # what the page lists
+    monkeypatch.setattr(ui, "list_all_checkpoints", listed)  # and the sidebar's picker
     at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "pages" / "5_Models.py"),
                            default_timeout=120).run()
     assert not at.exception, at.exception
