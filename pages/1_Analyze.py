@@ -7,7 +7,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import streamlit as st  # noqa: E402
 
 from ser_core import kept, ui, viz  # noqa: E402
-from ser_core.deletion import AXIS_NAMES  # noqa: E402
+from ser_core.deletion import AXIS_NAMES, QUICK_RANKINGS  # noqa: E402
 
 ui.page_setup("Analyze")
 st.title("Analyze an utterance")
@@ -43,10 +43,14 @@ def run(clip):
         ui.show_error(exc)
 
 
-if checkpoint and requested is not None:
-    run(requested)
-elif checkpoint and clip and st.button("Analyze", type="primary", key="analyze_button"):
-    run(clip)
+clicked = bool(checkpoint and clip) and st.button("Analyze", type="primary", key="analyze_button")
+# The analysis's spinner, place in the line and messages live in one container made on every run:
+# elements after it keep their places (an expander that moved would be drawn anew, closed).
+run_area = st.container()
+to_run = requested if checkpoint and requested is not None else clip if clicked else None
+if to_run is not None:
+    with run_area:
+        run(to_run)
 
 base = st.session_state.get("analysis")
 if base is None:
@@ -83,6 +87,10 @@ with right:
         st.markdown(f"**Words by key importance** in `{word_record.name}` "
                     "(shade = mean key score over heads; bold = kept by most heads)")
         st.html(viz.word_importance_html(feats.words, scores, kept.kept_by_most_heads(word_record)))
+        if ui.words_in_context(base):
+            st.caption("Each word's features are made from the whole sentence (the text encoder reads it in "
+                       "context), so a kept word shows where this layer looked, not that only that word's "
+                       "meaning was used. The deletion test below checks what removing words does.")
     elif sees_text and not feats.words:
         st.warning("No words were recognised in this clip: the text side sees a 'no words' token.")
     elif not sees_text:
@@ -159,8 +167,29 @@ with st.expander("Is this faithful? (deletion test)", expanded=False):
         "Integrated Gradients, gradient × input and attention rollout."
     )
     if st.toggle("Run the deletion test", key="analyze_faithful",
-                 help="Re-runs the model about 50 times on the cached features (a few seconds on a long clip)."):
+                 help="Re-runs the model about 50 times on the cached features: attention against random "
+                      "first (about a second on a 10 s clip), then the gradient attributions (a few seconds more)."):
+        sentence_box, curves_box, pending = st.empty(), st.empty(), st.empty()
+
+        def show(test, stage):
+            sentence_box.markdown(test.sentence())
+            tested = list(test.axes)
+            with curves_box.container():
+                for column, axis in zip(st.columns(max(len(tested), 1)), tested):
+                    curves = {c.ranking: (c.shares, c.probs) for c in test.curves if c.axis == axis}
+                    unit = AXIS_NAMES.get(test.axes[axis].kind, "speech frames")
+                    column.plotly_chart(viz.deletion_curves_figure(curves, test.p_orig, test.emotion, unit,
+                                                                   test.aopc(axis)),
+                                        width="stretch", key=f"deletion_{axis}_{stage}")
+
         try:
+            # 1. attention against random: the sentence's answer, from a dozen model runs
+            quick = ui.run_queued(lambda should_stop: analysis.deletion_test(layer=layer, rankings=QUICK_RANKINGS))
+            if quick.attention_layers:
+                show(quick, "quick")
+                pending.caption("Integrated Gradients, gradient × input and attention rollout are being added…")
+
+            # 2. every ranking (the removals of step 1 are reused), and the words' IG scores
             def deletion_and_words(should_stop):  # in the shared line of analyses, like an analysis
                 test = analysis.deletion_test(layer=layer)
                 words = (analysis.attribution("integrated_gradients")["words"]
@@ -172,14 +201,8 @@ with st.expander("Is this faithful? (deletion test)", expanded=False):
         except Exception as exc:  # a message, never a traceback
             ui.show_error(exc)
         else:
-            st.markdown(deletion.sentence())
-            tested = list(deletion.axes)
-            for column, axis in zip(st.columns(max(len(tested), 1)), tested):
-                curves = {c.ranking: (c.shares, c.probs) for c in deletion.curves if c.axis == axis}
-                unit = AXIS_NAMES.get(deletion.axes[axis].kind, "speech frames")
-                column.plotly_chart(viz.deletion_curves_figure(curves, deletion.p_orig, deletion.emotion, unit,
-                                                               deletion.aopc(axis)),
-                                    width="stretch", key=f"deletion_{axis}")
+            pending.empty()
+            show(deletion, "full")
             if ig_words is not None and len(ig_words) == len(feats.words):
                 st.markdown("**Words by Integrated Gradients** (shade = how much the word raises the "
                             f"probability of {deletion.emotion}; words that lower it stay pale)")
@@ -190,5 +213,8 @@ with st.expander("Is this faithful? (deletion test)", expanded=False):
                  "This model's attention does not rank whole words or frames: no attention line. ")
                 + "AOPC = mean drop of the probability over the five steps (higher = the ranking found "
                 "what the model needs). Removed positions become padding in the model's input batch; "
-                f"{deletion.forward_items} model runs in {deletion.seconds:.1f} s."
+                f"{quick.forward_items + deletion.forward_items} model runs in "
+                f"{quick.seconds + deletion.seconds:.1f} s"
+                + (f" (attention against random, shown first: {quick.forward_items} runs in {quick.seconds:.1f} s)."
+                   if quick.attention_layers else ".")
             )

@@ -141,9 +141,13 @@ for name in EXPERIMENTS:
             continue
         settings = saved["settings"]
         shipped = found_results_dir(name) == SHIPPED_RESULTS / name
-        st.caption(f"corpus {settings.get('root') or 'demo'} · protocol {settings.get('protocol')} · "
+        root = str(settings.get("root") or "")
+        corpus = "the demo corpus" if not root or "demo_corpus" in root else f"corpus {root}"
+        model_args = ", ".join(f"{k} = {v}" for k, v in (settings.get("model_args") or {}).items())
+        st.caption(f"{corpus} · protocol {settings.get('protocol')} · "
                    f"epochs {settings.get('epochs') or 'preset'} · utterances "
                    f"{settings.get('max_utterances') or 'all'}"
+                   + (f" · every row with {model_args}" if model_args else "")
                    + (" · run by the project and shipped with it; the command above makes this machine's own"
                       if shipped else ""))
         st.dataframe(pd.DataFrame(saved["rows"]), hide_index=True, width="stretch")

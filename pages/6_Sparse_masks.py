@@ -28,15 +28,18 @@ meta = ui.checkpoint_meta(checkpoint)
 clip = ui.clip_picker("sparse", video=True)
 if clip is not None and clip.video is None:
     st.caption("No video with this clip: MESM then predicts from text and audio only.")
-if clip and st.button("Analyze", type="primary", key="sparse_button"):
-    try:
-        with st.spinner("Transcribing, finding faces, encoding and running the model…"):
-            st.session_state["sparse_analysis"] = ui.analyze_queued(
-                checkpoint, clip.data, transcript=clip.transcript, video=clip.video, name=clip.name)
-        st.session_state["sparse_clip"] = clip
-    except Exception as exc:  # e.g. a video without a face: a message, never a traceback
-        st.session_state.pop("sparse_analysis", None)
-        ui.show_error(exc)
+clicked = bool(clip) and st.button("Analyze", type="primary", key="sparse_button")
+run_area = st.container()  # made on every run: later elements keep their places (see Analyze)
+if clicked:
+    with run_area:
+        try:
+            with st.spinner("Transcribing, finding faces, encoding and running the model…"):
+                st.session_state["sparse_analysis"] = ui.analyze_queued(
+                    checkpoint, clip.data, transcript=clip.transcript, video=clip.video, name=clip.name)
+            st.session_state["sparse_clip"] = clip
+        except Exception as exc:  # e.g. a video without a face: a message, never a traceback
+            st.session_state.pop("sparse_analysis", None)
+            ui.show_error(exc)
 base = st.session_state.get("sparse_analysis")
 if base is None or base.trace.model != meta["model"]:
     st.info("Pick a sample (those marked with a face have video), or upload audio and a face video, "
@@ -105,7 +108,9 @@ else:
     st.subheader("Kept points per layer (Fig. 3 / 4 of the paper)")
     st.caption("Tinted: the points each layer kept. The colour is the point's attention weight divided by "
                "the mean weight of the kept points: 1 is an even share, 2 twice as much. Colours that all "
-               "sit close to 1 mean that, among the points it kept, the layer barely prefers one to another.")
+               "sit close to 1 mean that, among the points it kept, the layer barely prefers one to another. "
+               "On a face the kept cells are also outlined in yellow, with a lighter tint, so the face stays "
+               "visible.")
     spec_records = [r for r in records if r.query_modality == "spectrogram"]
     face_records = [r for r in records if r.query_modality == "visual"]
     if spec_records:

@@ -34,10 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="SER attention explorer: demo corpus, training, evaluation and analysis.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    from . import corpus, experiments, expressive, probe, real_voices, train
+    from . import corpus, experiments, expressive, probe, real_voices, train_cli
 
     corpus.add_cli(sub)
-    train.add_cli(sub)
+    train_cli.add_cli(sub)
     experiments.add_cli(sub)
     expressive.add_cli(sub)
     probe.add_cli(sub)

@@ -53,12 +53,15 @@ from .data.base import LABEL_NAMES
 from .errors import InputError
 from .trace import AttentionRecord, AttentionTrace, AxisLabels
 
-__all__ = ["AXIS_NAMES", "DEFAULT_RANKINGS", "RANKINGS", "RANKING_NAMES", "STEPS", "DeletionCurve", "DeletionResult", "attention_ranking",
+__all__ = ["AXIS_NAMES", "DEFAULT_RANKINGS", "QUICK_RANKINGS", "RANKINGS", "RANKING_NAMES", "STEPS", "DeletionCurve", "DeletionResult", "attention_ranking",
            "run_deletion_test"]
 
 STEPS = (0.1, 0.2, 0.3, 0.4, 0.5)
 RANKINGS = ("attention", "integrated_gradients", "input_x_gradient", "rollout", "random")
 DEFAULT_RANKINGS = RANKINGS
+#: What the page's sentence needs: the attention ranking against random (about a dozen model runs,
+#: no gradients); the Analyze page shows these first, then every ranking.
+QUICK_RANKINGS = ("attention", "random")
 AXES = ("words", "frames")
 
 

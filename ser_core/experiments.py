@@ -92,11 +92,18 @@ def run_experiment(name: str, corpus: str = "manifest", root: str = "", protocol
                    fold: int = 0, epochs: int | None = None, max_utterances: int | None = None,
                    preset: str = "fast", out: str | Path | None = None, checkpoint: str | None = None,
                    model_args: dict[str, Any] | None = None, device: str | None = None,
-                   log=print) -> list[dict[str, Any]]:
-    """Run every row (skipping rows already finished in ``out``), write CSV/PNG/JSON, return rows."""
+                   values: list[float] | None = None, log=print) -> list[dict[str, Any]]:
+    """Run every row (skipping rows already finished in ``out``), write CSV/PNG/JSON, return rows.
+
+    ``values`` keeps only the rows of a sweep at those values (e.g. k 0.1, 0.3 … 0.9 of nine).
+    """
     from .train import TrainConfig, train
 
     rows, x_title = _rows(name)
+    if values:
+        rows = [r for r in rows if r.value is not None and any(abs(r.value - v) < 1e-9 for v in values)]
+        if not rows:
+            raise InputError(f"None of the values {values} is a setting of {name}.")
     out = Path(out) if out else results_dir(name)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     results: list[dict[str, Any]] = []
@@ -114,6 +121,7 @@ def run_experiment(name: str, corpus: str = "manifest", root: str = "", protocol
             cfg = TrainConfig(model=row.model, corpus=corpus, root=root, protocol=protocol, fold=fold,
                               preset=preset, epochs=epochs, out=str(path), max_utterances=max_utterances,
                               model_args={**(model_args or {}), **row.model_args}, device=device,
+                              group_by_length=True,  # less padding: faster epochs, the same items
                               resume=path.with_suffix("").with_name(path.stem + ".run").exists())
             t0 = time.perf_counter()
             meta = train(cfg, progress=False, log=lambda *_: None)
@@ -129,7 +137,7 @@ def run_experiment(name: str, corpus: str = "manifest", root: str = "", protocol
             log(json.dumps(result))
     _write(out, name, results, x_title, {"corpus": corpus, "root": root, "protocol": protocol, "fold": fold,
                                          "epochs": epochs, "max_utterances": max_utterances,
-                                         "preset": preset})
+                                         "preset": preset, "model_args": model_args or {}})
     return results
 
 
@@ -196,6 +204,12 @@ def plot_results(results: list[dict[str, Any]], x_title: str, name: str):
         ax.plot(xs, [r["test_ua"] for r in results], "o-", label="test UA")
         ax.plot(xs, [r["test_wa"] for r in results], "s--", label="test WA")
         ax.set_xlabel(x_title)
+        # at least 0.2 of accuracy on the axis: a spread of a point or two (one test set's noise)
+        # must not look like a trend
+        scores = [r[k] for r in results for k in ("test_ua", "test_wa")]
+        mid = (min(scores) + max(scores)) / 2
+        half = max(0.1, (max(scores) - min(scores)) / 2 + 0.02)
+        ax.set_ylim(max(0.0, mid - half), min(1.0, mid + half))
         if "gflops_per_utterance" in results[0]:
             ax2 = ax.twinx()
             ax2.plot(xs, [r["gflops_per_utterance"] for r in results], "^:", color="grey", label="GFLOPs")
@@ -244,16 +258,18 @@ def add_cli(subparsers) -> None:
     p.add_argument("--checkpoint", help="mesm_top_p: the MESM checkpoint to sweep")
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="extra model config for every row, e.g. d_model=64")
+    p.add_argument("--values", help="a sweep's settings to run, comma-separated (default: all), e.g. 0.1,0.5,0.9")
     p.add_argument("--device")
     p.set_defaults(func=_cli)
 
 
 def _cli(args: argparse.Namespace) -> int:
-    from .train import _default_root, _parse_model_args
+    from .train_cli import _default_root, _parse_model_args
 
     rows = run_experiment(args.name, args.corpus, _default_root(args), args.protocol, args.fold, args.epochs,
                           args.max_utterances, args.preset, args.out, args.checkpoint,
-                          _parse_model_args(args.model_arg), args.device)
+                          _parse_model_args(args.model_arg), args.device,
+                          [float(v) for v in args.values.split(",")] if args.values else None)
     out = Path(args.out) if args.out else results_dir(args.name)
     print(f"{len(rows)} rows → {out / 'results.csv'} and {out / 'results.png'}")
     return 0

@@ -1,7 +1,9 @@
 """Does key-sparse attention keep the words that carry the emotion?
 
 The demo corpus records, for every utterance, which words carry emotion (``emotion_words`` with
-their word index). For each test utterance that has such a word we ask every text-side
+their word index) and which emotion they say (``text_emotion``). For each test utterance whose
+emotion word agrees with its label (not the conflicting ones, where the voice says another
+emotion than the words, as issue 11 defines the measure) we ask every text-side
 key-sparse layer (a record whose keys are words and which has a keep mask) whether one of those
 words is among its kept keys (kept by at least half of the heads). Three shares are reported:
 
@@ -69,7 +71,7 @@ def faithfulness_report(
 
     manifest = Path(root) if root else default_corpus_dir() / "manifest.csv"
     utts = [u for u in load_corpus("manifest", manifest) if u.meta.get("split") == split]
-    utts = [u for u in utts if _emotion_indices(u.meta)]
+    utts = [u for u in utts if _agreeing_emotion_indices(u)]
     if not utts:
         raise InputError(f"{manifest} has no {split} utterances with recorded emotion words.")
     if limit:
@@ -78,7 +80,7 @@ def faithfulness_report(
     hits = new_hits()
     for utt in utts:
         sparse = analyzer.analyze(utterance_audio(utt), transcript=utt.transcript, keep_ratio=keep_ratio)
-        if not add_keyword_hits(hits, sparse, _emotion_indices(utt.meta)):
+        if not add_keyword_hits(hits, sparse, _agreeing_emotion_indices(utt)):
             raise InputError(f"{analyzer.model_name} has no key-sparse layers over words.")
     return keyword_report(hits, checkpoint, split, keep_ratio, len(utts))
 
@@ -119,6 +121,15 @@ def keyword_report(hits: dict[str, list], checkpoint: str | Path, split: str, ke
         "vanilla_top_half": float(np.mean(hits["vanilla_top_half"])),
         "chance": float(np.mean(hits["chance"])),
     }
+
+
+def _agreeing_emotion_indices(utt) -> list[int]:
+    """The emotion words' indices of an utterance whose words say its labelled emotion ([] when
+    they say another one, or nothing); a manifest without ``text_emotion`` counts every word."""
+    said = utt.meta.get("text_emotion")
+    if said not in (None, "", utt.label):
+        return []
+    return _emotion_indices(utt.meta)
 
 
 def _emotion_indices(meta: dict[str, Any]) -> list[int]:
@@ -212,7 +223,7 @@ def corpus_deletion(analyzer, utts: list, limit: int | None, seed: int = 0, keep
                 drop = drop_at(curve, len(labels))
                 if drop is not None:
                     drops.setdefault(kind, {}).setdefault(curve.ranking, []).append(drop)
-        wanted = _emotion_indices(utt.meta)
+        wanted = _agreeing_emotion_indices(utt)
         if keywords and wanted and not no_keyword_layers:
             no_keyword_layers = not add_keyword_hits(hits, analysis, wanted)
             n_keyword += not no_keyword_layers

@@ -119,7 +119,7 @@ class FeatureExtractor:
     """Audio (+ optional transcript) → :class:`Features`, with a memory and a disk cache.
 
     Encoders load lazily on first use, so constructing one is free. ``speech_encoder`` and
-    ``text_encoder`` name the encoders (``"whisper:tiny.en"``, ``"minilm"``); their identities
+    ``text_encoder`` name the encoders (``"whisper:tiny.en"``, ``"minilm"``, ``"minilm-isolated"``); their identities
     (which include a hash of the weights) name the cache folder.
     """
 
@@ -165,10 +165,10 @@ class FeatureExtractor:
     def text_model(self):
         if self._text is None:
             kind, _, path = self.text_encoder_name.partition(":")
-            if kind == "minilm":
+            if kind in ("minilm", "minilm-isolated"):  # isolated: each word encoded on its own
                 from .encoders.text import load_text_encoder
 
-                self._text = load_text_encoder(path or None, device=self.device)
+                self._text = load_text_encoder(path or None, device=self.device, isolated=kind == "minilm-isolated")
             elif kind == "hf":
                 from .encoders.hf import HFTextEncoder
 

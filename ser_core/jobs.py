@@ -431,7 +431,8 @@ def start_training(
     instead of by a failed job.
     """
     from .models.base import model_class
-    from .train import PRESETS, TrainConfig, corpus_choice, load_fold
+    from .train import PRESETS, TrainConfig, load_fold
+    from .train_cli import corpus_choice
 
     _refuse_if_running(current_job())  # at once; checked again below, under the lock
     out = checkpoint_path(name)

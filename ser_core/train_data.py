@@ -185,3 +185,22 @@ def length_grouped_batches(order: list[int], lengths: list[int], batch_size: int
         batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
     shuffled = torch.randperm(len(batches), generator=generator).tolist()
     return [batches[i] for i in shuffled]
+
+
+def drop_inputs(batch: dict, shares: dict[str, float], generator: torch.Generator) -> dict:
+    """Modality dropout: for each input named in ``shares`` (e.g. {"audio": 0.3}), that share of
+    the batch's items, drawn with ``generator``, get the input set to zeros, what padding and the
+    attribution baseline look like to the models. With the audio gone the model must decide from
+    the words alone, so its text side has to find the words that carry the emotion; nothing tells
+    it where they are (the labels only). A new dict; the batch's tensors are not changed."""
+    out = dict(batch)
+    for key, share in shares.items():
+        if not 0.0 <= share <= 1.0:
+            raise InputError(f"The share of items whose {key} is dropped must be between 0 and 1; got {share}.")
+        x = batch.get(key)
+        if not isinstance(x, torch.Tensor):
+            raise InputError(f"This model has no input {key!r} to drop (it has {', '.join(sorted(batch))}).")
+        drop = torch.rand(x.shape[0], generator=generator) < share
+        if bool(drop.any()):
+            out[key] = x.masked_fill(drop.to(x.device).view(-1, *([1] * (x.dim() - 1))), 0.0)
+    return out

@@ -386,6 +386,14 @@ def requested_clip() -> Clip | None:
                 video if video is not None and video.exists() else None, request.get("label"))
 
 
+def words_in_context(analysis) -> bool:
+    """Whether the analysis's word features were encoded in context (every word's state carries
+    the sentence: see ``encoders/text.py``), not each word on its own."""
+    analyzer = analysis.analyzer
+    name = analyzer.extractor.text_encoder_name if analyzer is not None else "minilm"
+    return not name.startswith("minilm-isolated")
+
+
 def sparsity_knob(analysis, key: str) -> dict:
     """The model's inference knob as a slider (keep_ratio for key-sparse layers, top_p for
     nucleus sampling); returns the rerun arguments ({} for models without one)."""

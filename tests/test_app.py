@@ -70,6 +70,7 @@ def test_analyze_sample_shows_prediction_and_reruns_on_keep_ratio():
     assert sample_clips()[0]["path"] == FIRST_SAMPLE and sample_clips()[0]["label"] == "sad"
     assert f"Prediction: {label_name('sad')}" in heads, heads
     assert "words from the clip's known transcript" in _all_text(at)
+    assert "made from the whole sentence" in _all_text(at)  # contextual word features, said plainly
     assert len(at.get("plotly_chart")) >= 3
     assert len(at.get("download_button")) == 3  # PNG, CSV, JSON (built only when clicked)
     # one view drawn at a time: the chosen one, beside the probabilities and the waveform

@@ -93,6 +93,30 @@ def test_upload_on_analyze_shows_prediction_and_figures(server, browser, tmp_pat
     page.screenshot(path=str(_shots(tmp_path) / f"analyze_{checkpoint}.png"), full_page=True)
 
 
+def test_deletion_view_answers_attention_against_random_then_adds_the_attributions(server, browser, tmp_path):
+    """Analyze → "Is this faithful?": the sentence comes first, then every ranking's curve."""
+    page = browser.new_page(viewport={"width": 1400, "height": 3200})
+    page.goto(server + "/Analyze", wait_until="domcontentloaded")
+    page.get_by_role("button", name="Analyze").wait_for(timeout=90_000)
+    wait_idle(page)
+    page.get_by_role("button", name="Analyze").click()
+    page.get_by_text("Prediction:").wait_for(timeout=180_000)
+    wait_idle(page)
+    page.get_by_text("Is this faithful? (deletion test)").click()
+    page.get_by_text("Run the deletion test").click()
+    page.get_by_text("model runs in", exact=False).wait_for(timeout=180_000)  # the last line it writes
+    wait_idle(page)
+    text = page.inner_text("body")
+    assert "random" in text and "probability of" in text
+    assert "being added" not in text  # the interim caption is gone once every ranking is in
+    assert "Integrated Gradients" in text and "model runs in" in text
+    legend = page.eval_on_selector_all(".js-plotly-plot .legendtext", "els => els.map(e => e.textContent)")
+    assert any(t.startswith("attention") for t in legend) and any(t.startswith("random") for t in legend)
+    assert any(t.startswith("Integrated Gradients") for t in legend)
+    assert "Traceback" not in page.content()
+    page.screenshot(path=str(_shots(tmp_path) / "analyze_deletion_test.png"), full_page=True)
+
+
 def test_sparse_masks_page_shows_kept_points_and_flops(server, browser, tmp_path):
     if not (REPO / "checkpoints" / "mesm_demo.safetensors").exists():
         pytest.skip("no shipped MESM checkpoint")

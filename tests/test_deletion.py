@@ -237,7 +237,7 @@ def test_analyze_page_shows_the_deletion_view(cache, monkeypatch):
     text = " ".join(str(m.value) for m in at.markdown)
     assert "Removing" in text and "random" in text and "probability of" in text
     assert len(at.get("plotly_chart")) >= n_charts + 2  # the words' and the frames' curves
-    assert len(queued) == 2
+    assert len(queued) == 3  # the analysis; attention against random; every ranking
 
 
 def test_deletion_curves_figure_has_one_line_per_ranking():

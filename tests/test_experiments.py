@@ -65,3 +65,22 @@ def test_ccab_experiment_writes_table_and_plot_and_reuses_rows(cache, corpus, tm
     again = run_experiment("ks_ccab", root=str(corpus), epochs=1, out=out, model_args=TINY,
                            device="cpu", log=lambda *_: None)
     assert again == rows
+
+
+def test_a_sweep_runs_only_the_values_asked_for(cache, corpus, tmp_path):
+    out = tmp_path / "ks_keep_ratio"
+    rows = run_experiment("ks_keep_ratio", root=str(corpus), epochs=1, out=out, model_args=TINY,
+                          device="cpu", values=[0.1, 0.9], log=lambda *_: None)
+    assert [r["value"] for r in rows] == [0.1, 0.9]
+    saved = load_results("ks_keep_ratio", out)
+    assert saved["settings"]["model_args"] == TINY and len(saved["rows"]) == 2
+    with pytest.raises(InputError, match="0.25"):
+        run_experiment("ks_keep_ratio", root=str(corpus), epochs=1, out=out, values=[0.25], log=lambda *_: None)
+
+
+def test_a_curve_of_close_scores_is_drawn_flat_not_as_a_trend():
+    from ser_core.experiments import plot_results
+
+    rows = [{"value": k, "test_ua": 0.77 + 0.01 * i, "test_wa": 0.76 + 0.01 * i} for i, k in enumerate((0.1, 0.5, 0.9))]
+    lo, hi = plot_results(rows, "keep_ratio k", "ks_keep_ratio").axes[0].get_ylim()
+    assert hi - lo >= 0.2 - 1e-9 and lo <= 0.76 and hi >= 0.79

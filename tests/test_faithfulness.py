@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from ser_core.faithfulness import _emotion_indices, chance_of_hit, text_key_records, top_half
+from ser_core.faithfulness import _agreeing_emotion_indices, _emotion_indices, chance_of_hit, text_key_records, top_half
 from ser_core.kept import most_heads
 from ser_core.trace import AttentionRecord, AxisLabels
 
@@ -51,6 +51,14 @@ def test_text_key_records_and_emotion_indices():
     assert [r.name for r in text_key_records(recs)] == ["x"]
     assert _emotion_indices({"emotion_words": '[{"word": "mad", "index": 3}]'}) == [3]
     assert _emotion_indices({"emotion_words": []}) == []
+    from ser_core.data.base import Utterance
+
+    def utt(label, said):
+        return Utterance("u", "x.wav", None, label, "s", "s1", meta={"text_emotion": said,
+                                                    "emotion_words": '[{"word": "mad", "index": 3}]'})
+    # the keyword-kept rate counts only words that say the labelled emotion (issue 11)
+    assert _agreeing_emotion_indices(utt("ang", "ang")) == [3]
+    assert _agreeing_emotion_indices(utt("sad", "ang")) == []  # a conflict: the voice says sad
 
 
 # --------------------------------------------------------------------------- per corpus

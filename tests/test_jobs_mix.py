@@ -72,7 +72,7 @@ def _corpus_flags(cmd: list[str]) -> list[tuple[str, str]]:
 
 
 def _parse(cmd: list[str]) -> argparse.Namespace:
-    from ser_core.train import add_cli
+    from ser_core.train_cli import add_cli
 
     parser = argparse.ArgumentParser()
     add_cli(parser.add_subparsers())
@@ -160,7 +160,9 @@ def test_start_training_checks_the_mix_the_way_the_trainer_loads_it(cache, check
     args = _parse(spawned[-1])
     (cfg,) = seen
     # what the job will run gives the config the check used
-    assert cfg.mix == train.corpus_choice(args.corpus, args.root)["mix"] and cfg.seed == args.seed == 1
+    from ser_core.train_cli import corpus_choice as trainer_corpus_choice
+
+    assert cfg.mix == trainer_corpus_choice(args.corpus, args.root)["mix"] and cfg.seed == args.seed == 1
     assert [(m["name"], m["test_only"]) for m in cfg.mix] == [("tess", False), ("demo", False)]
     assert (args.augment, args.augment_corpora) == (2, "tess")
     s = job.settings

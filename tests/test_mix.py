@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from fixtures.corpora import build_ravdess, build_tess
 from ser_core.data import ravdess, tess
@@ -113,6 +114,26 @@ def test_length_grouped_batches_keep_every_drawn_item_and_batch_similar_lengths(
     assert padding(first) < 0.4 * padding(plain)  # 10 400 against 31 632 frames of padding
 
 
+def test_input_dropout_zeroes_that_share_of_items_reproducibly_and_leaves_the_batch_alone():
+    from ser_core.errors import InputError
+    from ser_core.train_data import drop_inputs
+
+    batch = {"audio": torch.ones(400, 5, 7, 3), "text": torch.ones(400, 4, 6)}
+    out = drop_inputs(batch, {"audio": 0.3}, torch.Generator().manual_seed(1))
+    dropped = (out["audio"].flatten(1) == 0).all(dim=1)
+    kept = (out["audio"].flatten(1) == 1).all(dim=1)
+    assert bool((dropped | kept).all()) and 0.22 < float(dropped.float().mean()) < 0.38  # whole items only
+    assert torch.equal(out["text"], batch["text"]) and bool((batch["audio"] == 1).all())  # input unchanged
+    again = drop_inputs(batch, {"audio": 0.3}, torch.Generator().manual_seed(1))
+    assert torch.equal(again["audio"], out["audio"])
+    other = drop_inputs(batch, {"audio": 0.3}, torch.Generator().manual_seed(2))
+    assert not torch.equal(other["audio"], out["audio"])
+    with pytest.raises(InputError, match="no input 'faces'"):
+        drop_inputs(batch, {"faces": 0.5}, torch.Generator())
+    with pytest.raises(InputError, match="between 0 and 1"):
+        drop_inputs(batch, {"audio": 1.5}, torch.Generator())
+
+
 def test_mixed_fold_maps_labels_tags_corpora_and_keeps_test_only_corpora_whole(tmp_path):
     rav, tes = build_ravdess(tmp_path / "rav", suffix=".flac"), build_tess(tmp_path / "tess")
     n_rav = sum(u.label in ("ang", "hap", "neu", "sad") for u in ravdess.load(rav))
@@ -153,7 +174,7 @@ def test_probe_pools_mean_and_spread_of_each_level():
 
 
 def test_corpus_choice_one_corpus_keeps_its_protocol_several_make_a_mix(tmp_path):
-    from ser_core.train import corpus_choice
+    from ser_core.train_cli import corpus_choice
 
     assert corpus_choice(["ravdess"], ["/r"]) == {"corpus": "ravdess", "root": "/r"}
     assert corpus_choice([], ["/m.csv"]) == {"corpus": "manifest", "root": "/m.csv"}  # --root alone: a manifest
@@ -187,10 +208,12 @@ def test_two_epoch_training_on_a_mix_with_augmented_copies(cache, corpus, tmp_pa
     out = tmp_path / "mix.safetensors"
     cfg = TrainConfig(corpus="mix", mix=[{"name": "tess", "root": str(tes)}, {"name": "demo", "root": str(corpus)}],
                       out=str(out), epochs=2, batch_size=8, augment_copies=1, augment_corpora=["tess"],
+                      input_dropout={"audio": 0.25},
                       model_args={"d_model": 32, "ff_dim": 64, "feature_layers": 1, "ccab_layers": 1,
                                   "fusion_layers": 1}, device="cpu")
     meta = train(cfg, progress=False, log=lambda *_: None)
     sizes = meta["training"]["sizes"]
+    assert meta["training"]["input_dropout"] == {"audio": 0.25}
     n_tess_train = sizes["train"] - 16  # the tiny demo corpus has 16 training utterances
     assert n_tess_train > 0 and n_tess_train % 2 == 0  # every TESS training clip plus one augmented copy
     test = meta["metrics"]["test"]

@@ -34,6 +34,22 @@ def test_identity_and_sizes(enc):
     assert load_text_encoder() is enc  # cached per process
 
 
+def test_isolated_words_carry_no_context(enc):
+    iso = load_text_encoder(isolated=True)
+    assert iso.model is enc.model and iso.identity == DEFAULT_IDENTITY + "+isolated"
+    assert load_text_encoder(isolated=True) is iso
+    with torch.no_grad():
+        states = iso.encode_words(WORDS)
+        alone = iso.encode_words(["happy"])[0]
+        context = enc.encode_words(WORDS)
+    assert states.shape == (len(WORDS), 384)
+    assert torch.allclose(states[3], alone, atol=1e-5)  # "happy" is "happy" whatever surrounds it
+    assert not torch.allclose(context[3], alone, atol=1e-2)  # in context it is not
+    from ser_core.features import FeatureExtractor
+
+    assert FeatureExtractor(text_encoder="minilm-isolated").identity != FeatureExtractor().identity
+
+
 def test_word_states_average_their_pieces(enc):
     with torch.no_grad():
         states = enc.encode_words(WORDS)

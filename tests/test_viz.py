@@ -323,6 +323,16 @@ def test_nucleus_overlay_and_bar_figure():
     assert fig.layout.yaxis.scaleanchor is None and fig.layout.yaxis.showticklabels is False
     face = viz.nucleus_overlay_figure(np.zeros((32, 24, 3), np.uint8), mask, weights=weights)
     assert face.layout.yaxis.scaleanchor == "x"
+    # kept face cells are outlined: two lone cells = 8 sides; a 2×2 block = its 8 outer sides only
+    outline = face.data[-1]
+    assert outline.mode == "lines" and list(outline.x).count(None) == 8 and "outlined" in face.layout.title.text
+    block = np.zeros((4, 3), bool)
+    block[1:3, 0:2] = True
+    sides = viz.nucleus_overlay_figure(np.zeros((32, 24, 3), np.uint8), block).data[-1]
+    xs, ys = np.array(sides.x, dtype=float), np.array(sides.y, dtype=float)
+    assert list(sides.x).count(None) == 8
+    assert np.nanmin(xs) == pytest.approx(-0.5) and np.nanmax(xs) == pytest.approx(2 * 8 - 0.5)
+    assert np.nanmin(ys) == pytest.approx(8 - 0.5) and np.nanmax(ys) == pytest.approx(3 * 8 - 0.5)
     with pytest.raises(InputError):
         viz.nucleus_overlay_figure(img, np.ones((64, 3), bool))
     bars = viz.bar_figure(["L1", "L2", "L3"], [0.2, 0.5, 0.3], "α", highlight=1)

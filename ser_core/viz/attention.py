@@ -22,7 +22,7 @@ from ser_core.errors import InputError
 from ser_core.trace import AttentionRecord
 
 from .palette import (
-    ACCENT_COLOR, ATTENTION_COLORSCALE, DROPPED_COLOR, KEPT_COLOR, MAX_CELLS_PER_AXIS,
+    ACCENT_COLOR, ATTENTION_COLORSCALE, DROPPED_COLOR, KEPT_COLOR, KEPT_OUTLINE, MAX_CELLS_PER_AXIS,
 )
 from .records import (
     Head, _any_pool_1d, _axis, _axis_layout, _head_index, _head_label, head_key_scores,
@@ -229,6 +229,8 @@ def nucleus_overlay_figure(
     tint is each kept weight divided by the mean weight of the kept points (1 = an even share), so
     that a nearly flat attention reads as values near 1 rather than as tiny raw numbers. A face
     keeps its proportions; a spectrogram chunk (frequency × time) fills the figure.
+    On a face the kept region is also outlined (one line trace along the borders between kept and
+    dropped cells) and the tint is lighter, so the brows, eyes and mouth under it stay visible.
     """
     img = np.asarray(image)
     mask = np.asarray(keep_mask, dtype=bool)
@@ -271,9 +273,14 @@ def nucleus_overlay_figure(
         )
     )
     face = img.ndim == 3
+    if face:
+        fig.data[-1].opacity = 0.3
+        ex, ey = _outline(mask, width / gw, height / gh)
+        fig.add_trace(go.Scatter(x=ex, y=ey, mode="lines", line={"color": KEPT_OUTLINE, "width": 2},
+                                 hoverinfo="skip", showlegend=False, name="kept cells' outline"))
     fig.update_layout(
         title={"text": f"{html.escape(title)}<br><sup>{int(mask.sum())} of {mask.size} "
-                       "points kept (tinted)</sup>"},
+                       f"points kept ({'outlined' if face else 'tinted'})</sup>"},
         xaxis={"title": {"text": "column" if face else "frame (10 ms)"}, "range": [-0.5, width - 0.5],
                "showgrid": False, "constrain": "domain"},
         yaxis={"title": {"text": "row" if face else "mel bands (low at the bottom)"},
@@ -283,3 +290,20 @@ def nucleus_overlay_figure(
         margin={"l": 40, "r": 5, "t": 70, "b": 45},
     )
     return fig
+
+
+def _outline(mask: np.ndarray, cell_w: float, cell_h: float) -> tuple[list[float | None], list[float | None]]:
+    """Line segments (x, y with None between segments) along every side of a kept cell whose
+    neighbour is dropped or outside the grid; pixel coordinates as the image's (-0.5 at the edge)."""
+    padded = np.pad(mask, 1)
+    inner = padded[1:-1, 1:-1]
+    xs: list[float | None] = []
+    ys: list[float | None] = []
+    # (neighbour slice, the side's two corners as (row, col) offsets from the cell's top-left)
+    sides = ((padded[:-2, 1:-1], (0, 0), (0, 1)), (padded[2:, 1:-1], (1, 0), (1, 1)),
+             (padded[1:-1, :-2], (0, 0), (1, 0)), (padded[1:-1, 2:], (0, 1), (1, 1)))
+    for neighbour, a, b in sides:
+        for r, c in zip(*np.nonzero(inner & ~neighbour)):
+            xs += [(c + a[1]) * cell_w - 0.5, (c + b[1]) * cell_w - 0.5, None]
+            ys += [(r + a[0]) * cell_h - 0.5, (r + b[0]) * cell_h - 0.5, None]
+    return xs, ys

@@ -33,6 +33,7 @@ EXTRA_COLORS: tuple[str, ...] = (
     "#AA4499",
 )
 KEPT_COLOR = "#009E73"
+KEPT_OUTLINE = "#F0E442"  # kept face cells' outline: yellow, readable on a dark or a light face
 DROPPED_COLOR = "#BBBBBB"
 ACCENT_COLOR = "#D55E00"
 ATTENTION_COLORSCALE = "Viridis"

@@ -1,0 +1,214 @@
+"""``python -m ser_core train`` and ``evaluate``: the command line of :mod:`ser_core.train`.
+
+Parses the options (corpora and their folders, a mix, augmentation, presets, model settings) into a
+:class:`~ser_core.train.TrainConfig`; the Train page builds the same command (``ser_core.jobs``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from .data.mix import corpus_specs
+from .errors import InputError
+from .scoring import evaluate
+from .train import PRESETS, Stopped, TrainConfig, train
+
+
+# --- command line ------------------------------------------------------------------------------
+def add_cli(subparsers) -> None:
+    p = subparsers.add_parser("train", help="train a model on a corpus (features cached)",
+                              description="Train a model; the epoch is chosen on validation UA.")
+    p.add_argument("--model", default="ks_transformer")
+    p.add_argument("--corpus", action="append", default=[],
+                   help="iemocap | ravdess | tess | savee | cremad | meld | manifest | demo; repeat it to "
+                        "train on a mix (each corpus split by speaker, classes balanced); test:NAME scores "
+                        "a corpus without training on it (default: the demo corpus)")
+    p.add_argument("--root", action="append", default=[],
+                   help="each corpus's folder (or manifest CSV), in the order of --corpus; demo needs none")
+    p.add_argument("--protocol", default="predefined",
+                   help="one corpus: predefined | loso | lospk | random | speakers (a mix always uses speakers)")
+    p.add_argument("--classes", help="a mix's labels, comma-separated (default ang,hap,neu,sad)")
+    p.add_argument("--no-balance", action="store_true", help="a mix: do not balance corpora and classes")
+    p.add_argument("--augment", type=int, default=0, metavar="N",
+                   help="add N augmented copies of each training utterance (noise, room, microphone, "
+                        "speed, pitch; reproducible from --augment-seed)")
+    p.add_argument("--augment-seed", type=int, default=0)
+    p.add_argument("--augment-corpora", help="comma-separated corpora to augment (default: all)")
+    p.add_argument("--epoch-items", type=int, help="a mix: items drawn per epoch (default: as many as "
+                                                   "there are training items)")
+    p.add_argument("--corpus-share", action="append", default=[], metavar="NAME=SHARE",
+                   help="a balanced mix: this corpus's relative share of each epoch (default 1 each), "
+                        "e.g. ravdess=2 (repeatable)")
+    p.add_argument("--group-by-length", action="store_true",
+                   help="batches of utterances of similar length (less padding, faster epochs)")
+    p.add_argument("--layer-mix-lr", type=float,
+                   help="own learning rate for the weights that mix the speech encoder's layers")
+    p.add_argument("--input-dropout", action="append", default=[], metavar="INPUT=SHARE",
+                   help="modality dropout: this share of training items get the input zeroed, e.g. audio=0.3")
+    p.add_argument("--fold", type=int, default=0)
+    p.add_argument("--preset", default="fast", choices=sorted(PRESETS))
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--dropout", type=float)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="checkpoints/model.safetensors")
+    p.add_argument("--run-dir", default=None, help="metrics.jsonl and resume state (default: beside --out)")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--max-utterances", type=int)
+    p.add_argument("--device")
+    p.add_argument("--half", action="store_true", help="store the final weights as float16")
+    p.add_argument("--init-from", help="fine-tune: start from this checkpoint's weights")
+    p.add_argument("--text-encoder", default="minilm", choices=("minilm", "minilm-isolated"),
+                   help="minilm-isolated: each word encoded on its own (no sentence context in a word)")
+    p.add_argument("--sec-encoder", help="MFSN: second speech encoder, hf:<local data2vec/wav2vec2 dir> "
+                   "(then also --model-arg sec_source=extra --model-arg sec_dim=<its width>)")
+    p.add_argument("--max-seconds", type=float, default=9.2, help="cut training utterances to this (0: no cut)")
+    p.add_argument("--state-every", type=int, default=20, help="write the resume state every N batches")
+    p.add_argument("--events", help="append progress events here as JSON lines (for the Train page)")
+    p.add_argument("--stop-file", help="stop (after saving the resume state) when this file appears")
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="model config override, e.g. --model-arg d_model=96 (repeatable)")
+    p.set_defaults(func=_train_cli)
+
+    e = subparsers.add_parser("evaluate", help="score a checkpoint on a corpus (WA, UA, confusion matrix)")
+    e.add_argument("checkpoint")
+    e.add_argument("--corpus", default="manifest", help="a corpus name (demo needs no --root)")
+    e.add_argument("--root", default=None)
+    e.add_argument("--protocol", default="predefined",
+                   help="predefined | loso | lospk | random | speakers (a mix's split) | all (cross-corpus)")
+    e.add_argument("--fold", type=int, default=0)
+    e.add_argument("--split", default="test", choices=["train", "val", "test"])
+    e.add_argument("--keep-ratio", type=float)
+    e.add_argument("--top-p", type=float)
+    e.add_argument("--device")
+    e.add_argument("--write", action="store_true",
+                   help="with --protocol speakers: store the scores in the checkpoint (the Models page shows them)")
+    e.set_defaults(func=_evaluate_cli)
+
+
+def _default_root(args) -> str:
+    if args.root:
+        return args.root
+    from .paths import default_corpus_dir
+
+    manifest = default_corpus_dir() / "manifest.csv"
+    if not manifest.exists():
+        raise InputError(f"No corpus given and no demo corpus at {manifest}: run `python -m ser_core corpus` first.")
+    return str(manifest)
+
+
+def _parse_shares(items: list[str], option: str, example: str = "ravdess=2") -> dict[str, float] | None:
+    """["ravdess=2", "tess=0.5"] → {"ravdess": 2.0, "tess": 0.5} (None when none is given)."""
+    shares = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        try:
+            shares[name.strip().lower()] = float(value)
+        except ValueError:  # no "=" leaves value empty: the same message
+            raise InputError(f"{option} takes NAME=SHARE, like {example}; got {item!r}.") from None
+    return shares or None
+
+
+def _parse_model_args(items: list[str]) -> dict[str, Any]:
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def corpus_choice(corpora: list[str], roots: list[str]) -> dict[str, Any]:
+    """TrainConfig fields for the ``--corpus/--root`` lists (shared by the CLI and the Train page):
+    one corpus keeps its protocol; several (or one marked test:) become a mix."""
+    corpora = [c for c in corpora if c]
+    if not corpora:  # no --corpus: a manifest at --root, else the demo corpus
+        if len(roots) > 1:
+            raise InputError("Several --root folders but no --corpus: name each folder's corpus.")
+        if roots:
+            return {"corpus": "manifest", "root": roots[0]}
+        corpora = ["demo"]
+    if len(corpora) == 1 and not corpora[0].lower().startswith("test:"):
+        name = corpora[0].lower()
+        if name == "demo":
+            from .data.mix import demo_manifest
+
+            return {"corpus": "manifest", "root": str(demo_manifest())}
+        if not roots:
+            raise InputError(f"The corpus {name} needs a folder: give --root.")
+        return {"corpus": name, "root": roots[0]}
+    specs = corpus_specs(corpora, roots)
+    return {"corpus": "mix", "root": "", "mix": [dataclasses.asdict(s) for s in specs]}
+
+
+def _train_cli(args: argparse.Namespace) -> int:
+    choice = corpus_choice(args.corpus, args.root)
+    if args.protocol != "predefined" and "mix" in choice:
+        raise InputError("A mix of corpora is always split by speaker per corpus; leave out --protocol.")
+    cfg = TrainConfig(
+        **choice, protocol=args.protocol,
+        classes=args.classes.split(",") if args.classes else None, balance=not args.no_balance,
+        augment_copies=args.augment, augment_seed=args.augment_seed,
+        augment_corpora=args.augment_corpora.split(",") if args.augment_corpora else None,
+        epoch_items=args.epoch_items, group_by_length=args.group_by_length, layer_mix_lr=args.layer_mix_lr,
+        corpus_shares=_parse_shares(args.corpus_share, "--corpus-share"),
+        input_dropout=_parse_shares(args.input_dropout, "--input-dropout", "audio=0.3"),
+        model=args.model,
+        fold=args.fold, preset=args.preset, epochs=args.epochs, batch_size=args.batch_size,
+        lr=args.lr, dropout=args.dropout, seed=args.seed, out=args.out, run_dir=args.run_dir,
+        resume=args.resume, max_utterances=args.max_utterances, device=args.device,
+        half=args.half, model_args=_parse_model_args(args.model_arg), init_from=args.init_from,
+        max_seconds=args.max_seconds or None, state_every=args.state_every, sec_encoder=args.sec_encoder,
+        text_encoder=args.text_encoder,
+    )
+    on_event = should_stop = None
+    if args.events:
+        events = Path(args.events)
+        events.parent.mkdir(parents=True, exist_ok=True)
+
+        def on_event(event: dict[str, Any]) -> None:
+            with open(events, "a") as f:
+                f.write(json.dumps({**event, "time": time.time()}) + "\n")
+
+    if args.stop_file:
+        stop_file = Path(args.stop_file)
+        should_stop = stop_file.exists
+    try:
+        train(cfg, on_event=on_event, should_stop=should_stop)
+    except Stopped as stopped:
+        print(f"{stopped}; continue with --resume")
+        if on_event is not None:
+            on_event({"event": "stopped", "message": str(stopped)})
+        return 3
+    return 0
+
+
+def _evaluate_cli(args: argparse.Namespace) -> int:
+    if args.corpus == "demo":
+        from .data.mix import demo_manifest
+
+        args.corpus, args.root = "manifest", str(demo_manifest())
+    result = evaluate(args.checkpoint, args.corpus, _default_root(args), args.protocol, args.fold,
+                      args.split, args.device, keep_ratio=args.keep_ratio, top_p=args.top_p)
+    print(json.dumps({k: v for k, v in result.items() if k != "predictions"}, indent=2))
+    if args.write:
+        if args.protocol != "speakers":
+            raise InputError("--write stores held-out-speaker scores: use it with --protocol speakers.")
+        from .checkpoint import read_meta, update_meta
+
+        metrics_ = read_meta(args.checkpoint).get("metrics", {})
+        held = dict(metrics_.get("held_out_speakers", {}))
+        name = "demo" if args.corpus == "manifest" else args.corpus
+        held[name] = {k: result[k] for k in ("wa", "ua", "macro_f1", "n", "fold")}
+        held[name]["predicted_share"] = {label: sum(p["pred"] == label for p in result["predictions"]) / result["n"]
+                                         for label in result["labels"]}
+        update_meta(args.checkpoint, {"metrics": {**metrics_, "held_out_speakers": held}})
+    return 0
