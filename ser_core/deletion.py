@@ -53,8 +53,8 @@ from .data.base import LABEL_NAMES
 from .errors import InputError
 from .trace import AttentionRecord, AttentionTrace, AxisLabels
 
-__all__ = ["AXIS_NAMES", "DEFAULT_RANKINGS", "QUICK_RANKINGS", "RANKINGS", "RANKING_NAMES", "STEPS", "DeletionCurve", "DeletionResult", "attention_ranking",
-           "run_deletion_test"]
+__all__ = ["AXIS_NAMES", "DEFAULT_RANKINGS", "QUICK_RANKINGS", "RANKINGS", "RANKING_NAMES", "STEPS",
+           "DeletionCurve", "DeletionResult", "attention_ranking", "run_deletion_test"]
 
 STEPS = (0.1, 0.2, 0.3, 0.4, 0.5)
 RANKINGS = ("attention", "integrated_gradients", "input_x_gradient", "rollout", "random")

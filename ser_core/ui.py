@@ -390,8 +390,7 @@ def words_in_context(analysis) -> bool:
     """Whether the analysis's word features were encoded in context (every word's state carries
     the sentence: see ``encoders/text.py``), not each word on its own."""
     analyzer = analysis.analyzer
-    name = analyzer.extractor.text_encoder_name if analyzer is not None else "minilm"
-    return not name.startswith("minilm-isolated")
+    return analyzer is None or not getattr(analyzer.extractor.text_model, "isolated", False)
 
 
 def sparsity_knob(analysis, key: str) -> dict:

@@ -262,19 +262,18 @@ def nucleus_overlay_figure(
     mean = float(np.mean(weights[mask])) if weights is not None and mask.any() else 0.0
     value = weights / mean if weights is not None and mean > 0 else np.ones(mask.shape)
     overlay = np.where(mask, value, np.nan)
+    face = img.ndim == 3
     fig.add_trace(
         go.Heatmap(
             z=overlay, x=xs, y=ys, colorscale="Viridis" if weights is not None
             else [[0, KEPT_COLOR], [1, KEPT_COLOR]],
-            opacity=0.5, showscale=weights is not None,
+            opacity=0.3 if face else 0.5, showscale=weights is not None,
             colorbar={"title": {"text": "÷ mean"}, "thickness": 12},
             hovertemplate="row %{y:.0f}, col %{x:.0f}<br>%{z:.3f} × the mean weight<extra>kept</extra>",
             name="kept point",
         )
     )
-    face = img.ndim == 3
     if face:
-        fig.data[-1].opacity = 0.3
         ex, ey = _outline(mask, width / gw, height / gh)
         fig.add_trace(go.Scatter(x=ex, y=ey, mode="lines", line={"color": KEPT_OUTLINE, "width": 2},
                                  hoverinfo="skip", showlegend=False, name="kept cells' outline"))
