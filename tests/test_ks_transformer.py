@@ -49,7 +49,7 @@ def word_labels(n: int) -> AxisLabels:
 
 def expected_names(cfg: KSTransformerConfig) -> list[str]:
     names = [f"audio_encoder.{i}" for i in range(cfg.feature_layers)]
-    names += [f"text_encoder.{i}" for i in range(cfg.feature_layers)]
+    names += [f"text_encoder.{i}" for i in range(cfg.text_layers)]
     for d in ("ccab_a2t", "ccab_t2a"):
         for i in range(cfg.ccab_layers):
             names += [f"{d}.{i}.cross", f"{d}.{i}.self"]
@@ -171,6 +171,26 @@ def test_ccab_count_builds_and_runs(ccab_layers):
     out = m(make_batch([12, 8], [3, 2]), record=True)
     assert [r.name for r in out.attentions] == expected_names(m.config)
     assert torch.isfinite(out.probs).all()
+
+
+def test_word_side_feature_layers_can_differ_from_the_speech_side():
+    # text_feature_layers=0: each word's state stays its own until the key-sparse layers
+    m = small_model(text_feature_layers=0)
+    assert len(m.text_encoder.layers) == 0 and len(m.audio_encoder.layers) == SMALL["feature_layers"]
+    batch = make_batch([12, 8], [3, 2])
+    out = m(batch, record=True)
+    assert [r.name for r in out.attentions] == expected_names(m.config)
+    assert not any(r.name.startswith("text_encoder") for r in out.attentions)
+    # a word's state before the interaction depends on that word alone
+    changed = {k: v.clone() for k, v in batch.items()}
+    changed["text"][0, 1] += 1.0
+    t0, t1 = m.extract(batch).text, m.extract(changed).text
+    torch.testing.assert_close(t0[0, [0, 2]], t1[0, [0, 2]])
+    assert not torch.allclose(t0[0, 1], t1[0, 1])
+    assert small_model(text_feature_layers=1).config.text_layers == 1
+    assert small_model().config.text_layers == SMALL["feature_layers"]  # None: as the speech side
+    with pytest.raises(InputError):
+        KSTransformerConfig(**SMALL, text_feature_layers=-1)
 
 
 def test_config_round_trip_and_registry():

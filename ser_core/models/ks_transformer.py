@@ -67,6 +67,10 @@ class KSTransformerConfig(ModelConfig):
     heads: int = 8  # "Eight attention heads are used" (sec. 3.2)
     ff_dim: int = 256
     feature_layers: int = 5  # vanilla Transformers per modality (sec. 3.2)
+    # Vanilla Transformers on the word side; None = feature_layers. 0 leaves each word's state
+    # its own (with isolated word features, only the emotion word then carries the emotion, so
+    # the key-sparse layers have to find it: issue 11's architecture change, not in the paper).
+    text_feature_layers: int | None = None
     ccab_layers: int = 3  # CCABs per direction; 3 is best in Table 1 (0..4 supported)
     fusion_layers: int = 2  # KS-Transformers in the deep fusion module (sec. 3.2)
     dropout: float = 0.5  # "Dropout with p = 0.5" (sec. 3.2): input projections, classifier
@@ -86,11 +90,17 @@ class KSTransformerConfig(ModelConfig):
             raise InputError(f"num_classes={self.num_classes} but {len(self.labels)} labels {self.labels}.")
         if self.d_model % self.heads:
             raise InputError(f"d_model={self.d_model} must be divisible by heads={self.heads}.")
-        if not 0 <= self.ccab_layers <= 16 or self.feature_layers < 0 or self.fusion_layers < 0:
+        if not 0 <= self.ccab_layers <= 16 or min(self.feature_layers, self.fusion_layers,
+                                                  self.text_layers) < 0:
             raise InputError("Layer counts must be ≥ 0 (and ccab_layers ≤ 16).")
         for r in (self.ccab_keep_ratio, self.fusion_keep_ratio):
             if not r > 0:
                 raise InputError(f"keep ratios must be > 0; got {r}.")
+
+    @property
+    def text_layers(self) -> int:
+        """Vanilla Transformer layers over the words (``text_feature_layers`` or ``feature_layers``)."""
+        return self.feature_layers if self.text_feature_layers is None else self.text_feature_layers
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -168,7 +178,7 @@ class KSTransformerLayer(nn.Module):
 class ModalityEncoder(nn.Module):
     """Feature extraction for one modality: projection + positional encoding + vanilla layers."""
 
-    def __init__(self, in_dim: int, cfg: KSTransformerConfig, max_len: int, what: str) -> None:
+    def __init__(self, in_dim: int, cfg: KSTransformerConfig, max_len: int, what: str, layers: int) -> None:
         super().__init__()
         self.proj = nn.Linear(in_dim, cfg.d_model)
         self.position = SinusoidalPositionalEncoding(cfg.d_model, max_len, what)
@@ -176,7 +186,7 @@ class ModalityEncoder(nn.Module):
         self.layers = nn.ModuleList(
             KSTransformerLayer(cfg.d_model, cfg.heads, cfg.ff_dim, cfg.transformer_dropout,
                                         cfg.attention_dropout)
-            for _ in range(cfg.feature_layers)
+            for _ in range(layers)
         )
 
     def forward(self, x: Tensor, mask: Tensor, record: bool) -> tuple[Tensor, list[AttentionInfo | None]]:
@@ -248,8 +258,9 @@ class KSTransformer(nn.Module):
         d = cfg.d_model
         # 1. Feature extraction module (vanilla Transformers).
         self.audio_layer_mix = LayerWeightedSum(cfg.audio_layers)
-        self.audio_encoder = ModalityEncoder(cfg.audio_dim, cfg, cfg.audio_max_len, "audio")
-        self.text_encoder = ModalityEncoder(cfg.text_dim, cfg, cfg.text_max_len, "transcript")
+        self.audio_encoder = ModalityEncoder(cfg.audio_dim, cfg, cfg.audio_max_len, "audio", cfg.feature_layers)
+        self.text_encoder = ModalityEncoder(cfg.text_dim, cfg, cfg.text_max_len, "transcript",
+                                            cfg.text_layers)
         self.no_words = nn.Parameter(torch.randn(d) * 0.02)  # stands in for an empty transcript
         # 2. Modality interaction module (CCAB stacks, both directions).
         self.ccab_a2t = ModalityInteraction(cfg)  # audio queries, text keys/values

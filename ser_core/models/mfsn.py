@@ -4,7 +4,8 @@ Paper: H. Sun, F. Zhang, Y. Gao, Z. Lian, S. Zhang, J. Feng, "MFSN: Multi-perspe
 Search Network For Pre-training Knowledge in Speech Emotion Recognition", arXiv 2306.09361
 (papers/mfsn_001_*.txt; an earlier version of that arXiv entry was titled "MFAS").
 
-Read top to bottom; the parts of Fig. 1/2 come in order:
+Read top to bottom; the parts of Fig. 1/2 come in order (the Fusion Cell's operations are in
+``mfsn_fusion_operations.py``, the cutting into 3 s segments in ``mfsn_segments.py``):
 
 1. TEC and SEC (sec. 2.1). Textual-related Emotional Content h_T comes from an ASR-trained
    encoder (the paper: a fine-tuned wav2vec2); here the LAST hidden state of the Whisper tiny.en
@@ -61,26 +62,28 @@ Then :meth:`MFSN.derive` and retrain the derived cell (``derived=True`` in the m
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, NamedTuple
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ser_core.encoders import spectral
 from ser_core.errors import InputError
 from ser_core.features import Features
 from ser_core.models.base import ModelConfig, ModelOutput, RawAttention, register_model
+from ser_core.models.mfsn_fusion_operations import (ISM, MASK_FILL, Attention, ConcatFC, FusionOperation, Product,
+                                                    Sum, Zero, _masked_mean)
+from ser_core.models.mfsn_segments import (SAMPLE_RATE, SPECTRAL_HOP, _resample_levels, _Segmented,
+                                           _spectral_segments, segment_layout)
 from ser_core.trace import AxisLabels
 
 __all__ = ["MFSN", "MFSNConfig", "ChoiceCell", "FusionCell", "FusionOperation", "OPERATIONS",
-           "CoAttention", "segment_layout"]
+           "CoAttention", "segment_layout",
+           # moved to mfsn_fusion_operations.py / mfsn_segments.py, still importable from here
+           "Sum", "Product", "Zero", "Attention", "ConcatFC", "ISM", "MASK_FILL", "SAMPLE_RATE", "SPECTRAL_HOP"]
 
-SAMPLE_RATE = 16000
-SPECTRAL_HOP = 160  # 10 ms: spectral.log_spectrogram / spectral.mfcc defaults
 LEVEL_NAMES = ("early", "middle", "last")  # sec. 2.1: h_S^1 (early), h_S^{L/2} (middle), h_S^L (last)
 
 # The operation pool of one Fusion Cell (sec. 2.2), x = h_T (TEC), y = h_S^i (SEC), [frames, d]:
@@ -95,7 +98,6 @@ LEVEL_NAMES = ("early", "middle", "last")  # sec. 2.1: h_S^1 (early), h_S^{L/2} 
 #   zero         Zero(x, y)         = 0   (DARTS's "none"; not in the default pool)
 OPERATIONS = ("sum", "product", "attention", "attention_r", "concat_fc", "concat_fc_r", "ism", "ism_r")
 AVAILABLE_OPERATIONS = (*OPERATIONS, "zero")
-MASK_FILL = -1e9  # finite: a segment without frames gives uniform (then zeroed) weights, no NaN
 
 
 @dataclass
@@ -161,90 +163,6 @@ class MFSNConfig(ModelConfig):
         return self.audio_dim if (self.sec_source == "whisper" or self.sec_dim is None) else self.sec_dim
 
 
-# --------------------------------------------------------------------------- segments and frames
-
-def segment_layout(n_samples: int, frame_times: np.ndarray, cfg: MFSNConfig
-                   ) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
-    """Which 3 s segment and which position in it each kept speech frame has.
-
-    Segment s covers [s·seconds, (s+1)·seconds) (``spectral.spectrogram_segments``); a frame
-    belongs to the segment that holds its centre time. Returns (n_segments, frame index,
-    segment, position) for the kept frames, in time order. Shared by :meth:`MFSN.collate` and
-    :meth:`MFSN.axis_labels`, so the trace's labels match the batch's frames exactly.
-    """
-    seg_samples = int(round(cfg.segment_seconds * SAMPLE_RATE))
-    n_segments = min(max(1, math.ceil(n_samples / seg_samples)), cfg.max_segments)
-    t = np.asarray(frame_times, dtype=np.float64)
-    seg = np.floor(t / cfg.segment_seconds).astype(np.int64)
-    idx = np.flatnonzero((seg >= 0) & (seg < n_segments))
-    seg_k = seg[idx]
-    pos = np.arange(len(idx)) - np.searchsorted(seg_k, seg_k, side="left")
-    keep = pos < cfg.frames_per_segment
-    return n_segments, idx[keep], seg_k[keep], pos[keep]
-
-
-def _spectral_segments(audio: np.ndarray, cfg: MFSNConfig, n_segments: int
-                       ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Log spectrogram [S, 257, Ts] and MFCC [S, n_mfcc, Ts] of each segment, normalised.
-
-    Zou et al. min-max scale spectrograms with training-set statistics and L2-normalise each
-    MFCC frame. The MFCC frames are L2-normalised here too; without training statistics at
-    collate time the log spectrogram is standardised per utterance (one mean and std over its
-    real frames, so the spectral shape and its changes over time stay). Padding frames (past
-    the audio's end) are zeroed. Returns (spec, mfcc, frame_mask True = pad, starts).
-    """
-    segs = spectral.spectrogram_segments(audio, cfg.segment_seconds)
-    pieces, starts, lengths = segs.segments[:n_segments], segs.start_times[:n_segments], segs.lengths[:n_segments]
-    spec = spectral.log_spectrogram(pieces)  # [S, 257, Ts]
-    mfcc = spectral.mfcc(pieces, n_mfcc=cfg.n_mfcc)  # [S, n_mfcc, Ts]
-    Ts = spec.shape[-1]
-    valid_frames = torch.clamp(1 + lengths // SPECTRAL_HOP, max=Ts)
-    pad = torch.arange(Ts)[None, :] >= valid_frames[:, None]  # [S, Ts]
-    keep = (~pad)[:, None, :].float()
-    n = keep.sum()
-    mean = (spec * keep).sum() / (n * spec.shape[1])
-    std = (((spec - mean) ** 2 * keep).sum() / (n * spec.shape[1])).sqrt().clamp(min=1e-5)
-    spec = (spec - mean) / std * keep
-    mfcc = F.normalize(mfcc, p=2.0, dim=1) * keep  # each frame's coefficients to unit L2 norm (Zou et al.)
-    return spec, mfcc, pad, starts
-
-
-def _resample_levels(levels: np.ndarray, times: np.ndarray | None, duration: float,
-                     target_times: np.ndarray) -> np.ndarray:
-    """Linear interpolation of [levels, T', D] frames (at ``times``, or evenly spaced over the
-    utterance) onto the Whisper frame times: TEC and SEC must share one frame axis for the
-    frame-wise fusion operations."""
-    if levels.ndim != 3 or levels.shape[1] == 0:
-        raise InputError(f"sec_levels must be [levels, frames, dim] with frames; got {levels.shape}.")
-    n = levels.shape[1]
-    if times is not None:
-        times = np.asarray(times, dtype=np.float64)
-        if times.shape != (n,):
-            raise InputError(f"sec_times has {times.size} times for {n} sec_levels frames.")
-    else:
-        times = (np.arange(n) + 0.5) * (duration / max(n, 1))
-    pos = np.interp(target_times, times, np.arange(n, dtype=np.float64))
-    lo = np.floor(pos).astype(np.int64)
-    hi = np.minimum(lo + 1, n - 1)
-    w = (pos - lo)[None, :, None]
-    return ((1 - w) * levels[:, lo] + w * levels[:, hi]).astype(np.float32)
-
-
-class _Segmented(NamedTuple):
-    """One utterance cut into segments, before padding into a batch (see MFSN.collate)."""
-
-    n_segments: int
-    frame_index: np.ndarray  # kept speech frames (segment_layout)
-    segment: np.ndarray  # their segment
-    position: np.ndarray  # their position in it
-    tec: np.ndarray  # [T, D] the TEC layer
-    sec: np.ndarray  # [levels, T, D'] the SEC levels on the same frames
-    spec: Tensor  # [S, 257, Ts]
-    mfcc: Tensor  # [S, n_mfcc, Ts]
-    spectral_pad: Tensor  # [S, Ts]
-    starts: Tensor  # [S] seconds
-
-
 # --------------------------------------------------------------------------- 2. Choice Cell
 
 class ChoiceCell(nn.Module):
@@ -261,97 +179,7 @@ class ChoiceCell(nn.Module):
         return chosen
 
 
-# --------------------------------------------------------------------------- 2. Fusion Cell operations
-
-def _masked_mean(x: Tensor, mask: Tensor) -> Tensor:
-    """Mean over the valid frames (mask False): [N, F, d] → [N, d]; 0 for a segment without any."""
-    valid = (~mask).to(x.dtype)[..., None]
-    return (x * valid).sum(dim=1) / valid.sum(dim=1).clamp(min=1.0)
-
-
-class Sum(nn.Module):
-    """Sum(x, y) = x + y (BM-NAS)."""
-
-    def forward(self, x: Tensor, y: Tensor, mask: Tensor) -> tuple[Tensor, None]:
-        return x + y, None
-
-
-class Product(nn.Module):
-    """Product(x, y) = x ⊙ y (element-wise)."""
-
-    def forward(self, x: Tensor, y: Tensor, mask: Tensor) -> tuple[Tensor, None]:
-        return x * y, None
-
-
-class Zero(nn.Module):
-    """Zero(x, y) = 0 (DARTS's "none": the search may drop TEC)."""
-
-    def forward(self, x: Tensor, y: Tensor, mask: Tensor) -> tuple[Tensor, None]:
-        return torch.zeros_like(x), None
-
-
-class Attention(nn.Module):
-    """Attention(x, y) = LN(softmax(x yᵀ / √d) y): x's frames query y's (BM-NAS ScaleDotAttn:
-    no projections, LayerNorm after). Padding frames of y get weight 0."""
-
-    def __init__(self, d: int) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(d)
-
-    def forward(self, x: Tensor, y: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        scores = x @ y.transpose(1, 2) / math.sqrt(x.shape[-1])  # [N, Fq, Fk]
-        scores = scores.masked_fill(mask[:, None, :], MASK_FILL)
-        weights = torch.softmax(scores, dim=-1).masked_fill(mask[:, None, :], 0.0)
-        return self.norm(weights @ y), weights
-
-
-class ConcatFC(nn.Module):
-    """ConcatFC(x, y) = ReLU(W [x ; y] + b) (BM-NAS's 1×1 conv; its BatchNorm left out so that
-    no statistic mixes utterances), then dropout."""
-
-    def __init__(self, d: int, dropout: float) -> None:
-        super().__init__()
-        self.fc = nn.Linear(2 * d, d)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x: Tensor, y: Tensor, mask: Tensor) -> tuple[Tensor, None]:
-        return self.dropout(F.relu(self.fc(torch.cat([x, y], dim=-1)))), None
-
-
-class ISM(nn.Module):
-    """Information Supplement Module (EmotionNAS): y's segment-level summary ȳ gates x's
-    channels, ISM(x, y) = x ⊙ (1 + σ(W ȳ + b)) — an SE-style gate as in the ISM of STIL, the
-    residual keeping x. (Reconstruction: the formula was lost from the extracted text.)"""
-
-    def __init__(self, d: int) -> None:
-        super().__init__()
-        self.gate = nn.Linear(d, d)
-
-    def forward(self, x: Tensor, y: Tensor, mask: Tensor) -> tuple[Tensor, None]:
-        gate = torch.sigmoid(self.gate(_masked_mean(y, mask)))  # [N, d]
-        return x * (1.0 + gate[:, None, :]), None
-
-
-class FusionOperation(nn.Module):
-    """One entry of the pool: a base operation, applied as op(x, y), or reversed as op(y, x)
-    ("Attention_r(x, y) = Attention(y, x)", sec. 2.2). TEC and SEC lie on the same frames (one
-    mask), so a reversed operation's output lies on that axis too."""
-
-    def __init__(self, name: str, d: int, dropout: float) -> None:
-        super().__init__()
-        self.name = name
-        self.reverse = name.endswith("_r")
-        base = name[:-2] if self.reverse else name
-        self.base = base
-        self.op = {
-            "sum": lambda: Sum(), "product": lambda: Product(), "zero": lambda: Zero(),
-            "attention": lambda: Attention(d), "concat_fc": lambda: ConcatFC(d, dropout),
-            "ism": lambda: ISM(d),
-        }[base]()
-
-    def forward(self, x: Tensor, y: Tensor, mask: Tensor) -> tuple[Tensor, Tensor | None]:
-        return self.op(y, x, mask) if self.reverse else self.op(x, y, mask)
-
+# --------------------------------------------------------------------------- 2. Fusion Cell
 
 class FusionCell(nn.Module):
     """DARTS mixed operation (eq. 6): ō(x, y) = Σ_o softmax(α)_o · o(x, y).
