@@ -8,7 +8,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import streamlit as st  # noqa: E402
 
+from types import SimpleNamespace  # noqa: E402
+
 from ser_core import ui, viz  # noqa: E402
+from ser_core.session_memo import remembered  # noqa: E402
 
 ui.page_setup("Compare k")
 st.title("Compare keep ratios")
@@ -64,6 +67,20 @@ layer = st.selectbox("Layer shown in every column", names, index=ui.default_laye
                      key="compare_layer")
 st.caption(ui.record_caption(base.trace[layer], setting=False))  # each column has its own k
 
+
+
+def column_result(path: str | None, k: float):
+    """The model of ``path`` (None: the analysis's own) at this k: the prediction and the shown
+    layer only, remembered, so that a move of one column's slider re-runs only that column."""
+    key = (base.features.key, path or str(base.analyzer.checkpoint), knob, k, layer)
+
+    def run():
+        result = ui.run_checkpoint_on(path, base, keep_ratio=k) if path else base.rerun(**{knob: k})
+        return SimpleNamespace(key=key, predicted=result.predicted, confidence=result.confidence,
+                               labels=result.labels, probs=result.probs, record=result.trace[layer])
+    return remembered("compare_k", key, run, size=12)
+
+
 columns = st.columns(n_columns)
 results = []
 for i, col in enumerate(columns):
@@ -74,18 +91,20 @@ for i, col in enumerate(columns):
                                   key=f"compare_model{i}")
             path, trained_k = trained[choice]
             k = st.slider(f"run at {knob}", 0.05, 1.0, float(trained_k), 0.05, key=f"compare_run{i}_{choice}")
-            results.append(ui.run_checkpoint_on(path, base, keep_ratio=k))
+            results.append(column_result(path, k))
         else:
             k = st.slider(f"{knob} {chr(65 + i)}", 0.05, 1.0, defaults[i], 0.05, key=f"compare_k{i}")
-            results.append(base.rerun(**{knob: k}))
-top = max(float(np.max(r.trace[layer].weights)) for r in results)  # one colour scale for the row
+            results.append(column_result(None, k))
+top = max(float(np.max(r.record.weights)) for r in results)  # one colour scale for the row
 for i, (col, result) in enumerate(zip(columns, results)):
     with col:
         st.markdown(f"**{ui.label_name(result.predicted)}** · {result.confidence:.0%}")
-        st.plotly_chart(viz.probabilities_figure(result.labels, result.probs), width="stretch",
-                        key=f"compare_probs{i}")
-        st.plotly_chart(viz.attention_heatmap(result.trace[layer], "mean", zmax=top, compact=n_columns > 2),
-                        width="stretch", key=f"compare_map{i}")
+        probs_fig, map_fig = remembered(
+            "compare_k_figures", (result.key, top, n_columns > 2),
+            lambda: (viz.probabilities_figure(result.labels, result.probs),
+                     viz.attention_heatmap(result.record, "mean", zmax=top, compact=n_columns > 2)), size=8)
+        st.plotly_chart(probs_fig, width="stretch", key=f"compare_probs{i}")
+        st.plotly_chart(map_fig, width="stretch", key=f"compare_map{i}")
 
 
 @st.cache_data(show_spinner="Sweeping the setting…", max_entries=16)

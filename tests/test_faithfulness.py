@@ -176,6 +176,9 @@ def test_per_corpus_deletion_report_is_written_into_a_copy_and_shown_on_the_mode
             assert {"attention", "random"} <= set(a["drop_top20"])
     kept = stored["corpora"]["demo"]["keyword_kept"]  # the old report's keys, under the demo corpus
     assert {"key_sparse", "vanilla_top_half", "chance", "utterances", "split"} <= set(kept)
+    by_layer = kept["key_sparse_by_layer"]  # every text-side key-sparse layer, its own rate
+    assert len(by_layer) == kept["layers"] and all(name.startswith("ccab_") for name in by_layer)
+    assert np.mean(list(by_layer.values())) == pytest.approx(kept["key_sparse"])
     assert "keyword_kept" not in stored["corpora"]["tess"]
     assert "faithfulness" not in read_meta(measured)  # the demo-only report is left as it was
     with safe_open(str(measured), "pt") as a, safe_open(str(small_checkpoint), "pt") as b:

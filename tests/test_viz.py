@@ -78,13 +78,15 @@ def test_word_word_heatmap_axes_hover_and_dropped(word_word):
     assert fig.layout.yaxis.title.text == "query words"
     assert list(fig.layout.xaxis.ticktext) == [w.text for w in WORDS]
     assert fig.layout.yaxis.range[0] > fig.layout.yaxis.range[1]  # first query on top
-    text = np.asarray(heat.text)
-    assert "query: happy" in text[3, 0] and "key: see" in text[0, 5]
-    assert "0.40 s" in text[1, 0]  # word times in the hover
+    # word axes are categories (word and times, unique): the hover reads them, no text per cell
+    assert heat.text is None and heat.hovertemplate.startswith("query: %{y}<br>key: %{x}")
+    assert fig.layout.xaxis.type == "category" and list(heat.x) == list(fig.layout.xaxis.categoryarray)
+    assert heat.y[3].startswith("happy (") and heat.x[5].startswith("see (") and "0.40 s" in heat.x[1]
+    assert list(fig.layout.xaxis.tickvals) == list(heat.x)
     dropped = next(t for t in fig.data if isinstance(t, go.Bar))
     assert dropped.marker.pattern.shape == "/"
-    expected = np.flatnonzero(~word_word.keep[0]).astype(float)
-    assert np.allclose(np.asarray(dropped.x), expected)
+    assert list(dropped.x) == [heat.x[i] for i in np.flatnonzero(~word_word.keep[0])]
+    assert dropped.yaxis == "y2" and set(dropped.y) == {1.0} and fig.layout.yaxis2.range == (0, 1)
 
 
 def test_word_frame_heatmap_uses_seconds(word_frame):
@@ -94,9 +96,9 @@ def test_word_frame_heatmap_uses_seconds(word_frame):
     x = np.asarray(heat.x)
     assert np.allclose(x, np.arange(150) * FRAME + FRAME / 2)
     assert fig.layout.xaxis.range[1] == pytest.approx(150 * FRAME)
-    # hover: the key's time from x, the query word from a per-row text (no per-cell time strings)
-    assert "key %{x:.3f} s" in heat.hovertemplate
-    assert np.asarray(heat.text)[0, 20] == np.asarray(heat.text)[0, 0] != np.asarray(heat.text)[1, 0]
+    # hover: the key's time from x, the query word from the categorical y axis (no per-cell text)
+    assert "key %{x:.3f} s" in heat.hovertemplate and "query: %{y}" in heat.hovertemplate
+    assert heat.text is None and fig.layout.yaxis.type == "category" and heat.y[0].startswith("i (")
     bar = next(t for t in fig.data if isinstance(t, go.Bar))
     assert np.allclose(np.asarray(bar.x), x[~word_frame.keep[1]])
     assert np.allclose(np.asarray(bar.width), FRAME)
@@ -221,9 +223,11 @@ def test_waveform_figure_shades_kept_and_places_words(word_frame):
     spans = viz.kept_intervals(word_frame, 0)
     assert np.allclose(_band_spans(fig, viz.KEPT_COLOR), spans)  # all spans in one trace
     assert not fig.layout.shapes
-    texts = [a.text for a in fig.layout.annotations]
-    assert texts == [w.text for w in WORDS]
-    assert fig.layout.annotations[3].x == pytest.approx((WORDS[3].start + WORDS[3].end) / 2)
+    marks = next(t for t in fig.data if t.name == "words")  # one text trace, no annotations
+    assert not fig.layout.annotations and marks.mode == "text" and marks.cliponaxis is False
+    assert list(marks.text) == [w.text for w in WORDS]
+    assert marks.x[3] == pytest.approx((WORDS[3].start + WORDS[3].end) / 2)
+    assert min(marks.y) >= fig.layout.yaxis.range[1] - 1e-9  # above the waveform
     assert fig.layout.xaxis.title.text == "time (s)"
     wave = next(t for t in fig.data if t.name == "waveform")
     assert len(wave.x) <= viz.MAX_WAVEFORM_POINTS  # envelope, not 48k points
@@ -245,7 +249,7 @@ def test_spectrogram_figure(word_frame):
     strip = next(t for t in fig.data if getattr(t, "fillcolor", None) == viz.KEPT_COLOR)
     assert min(v for v in strip.y if v is not None) >= 39  # above the mel bins
     assert _band_spans(fig, "black"), "dropped frames are dimmed"
-    assert {a.text for a in fig.layout.annotations} == {w.text for w in WORDS}
+    assert set(next(t for t in fig.data if t.name == "words").text) == {w.text for w in WORDS}
     with pytest.raises(InputError):
         viz.spectrogram_figure(spec, times[:-1])
 
@@ -505,3 +509,22 @@ def test_a_compact_heatmap_keeps_only_the_short_notes_for_a_narrow_column():
     assert record.name in full.layout.title.text and record.name not in small.layout.title.text
     assert "keep_ratio" in small.layout.title.text and "hatched" not in small.layout.title.text
     assert small.layout.showlegend is False and small.data[0].zmax == 1.0
+
+
+def test_repeated_words_stay_apart_on_a_categorical_axis_and_in_the_png():
+    words = AxisLabels("words", ["no", "no", "no"])  # no times: the labels alone would collide
+    w = np.full((1, 3, 3), 1 / 3, np.float32)
+    rec = AttentionRecord("t.self", "self", "text", "text", w, words, words)
+    fig = viz.attention_heatmap(rec, head=0)
+    heat = heatmap_trace(fig)
+    assert list(heat.x) == ["no", "no #2", "no #3"] and list(fig.layout.xaxis.ticktext) == ["no"] * 3
+    png = viz.figure_to_png(fig, width=300, height=300)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_many_words_on_the_waveform_alternate_between_two_rows():
+    many = [Word(f"w{i}", 0.2 * i, 0.2 * i + 0.15) for i in range(20)]
+    fig = viz.waveform_figure(np.sin(np.linspace(0, 300, 4 * 16000)), 16000, many)
+    marks = next(t for t in fig.data if t.name == "words")
+    assert len(set(marks.y)) == 2 and marks.y[0] != marks.y[1] == marks.y[3]
+    assert viz.figure_to_png(fig, width=500, height=300)[:4] == b"\x89PNG"

@@ -62,46 +62,35 @@ def attention_heatmap(
     if record.top_p is not None:
         notes.append(f"top_p {record.top_p:.2f}")
 
+    # A word axis is categorical (its labels unique): hover shows the word from the axis itself,
+    # so no text per cell is sent (that text was 70 % of a 10 s clip's map and slowed every redraw).
+    xs = ka.positions if ka.is_time else ka.categories
+    ys = qa.positions if qa.is_time else qa.categories
     heat = go.Heatmap(
         z=z,
-        x=ka.positions,
-        y=qa.positions,
+        x=xs,
+        y=ys,
         colorscale=ATTENTION_COLORSCALE,
         zmin=0.0,
         zmax=float(zmax) if zmax is not None and zmax > 0 else float(z.max()) if z.max() > 0 else 1.0,
         colorbar={"title": {"text": "max weight" if (bq > 1 or bk > 1) else "weight"}},
         name="attention",
     )
-    weight_fmt = "%{z:.4f}"
-    if qa.is_time and ka.is_time:
-        q_span = "%{y:.3f} s" if bq == 1 else "≈%{y:.3f} s"
-        k_span = "%{x:.3f} s" if bk == 1 else "≈%{x:.3f} s"
-        heat.hovertemplate = f"query {q_span}<br>key {k_span}<br>weight {weight_fmt}<extra></extra>"
-    elif qa.is_time:  # time queries × word keys: only the word goes in the per-cell text
-        heat.text = np.broadcast_to(ka.hover.astype(str)[None, :], z.shape)
-        q_span = "%{y:.3f} s" if bq == 1 else "≈%{y:.3f} s"
-        heat.hovertemplate = f"query {q_span}<br>key: %{{text}}<br>weight {weight_fmt}<extra></extra>"
-    elif ka.is_time:  # word queries × time keys
-        heat.text = np.broadcast_to(qa.hover.astype(str)[:, None], z.shape)
-        k_span = "%{x:.3f} s" if bk == 1 else "≈%{x:.3f} s"
-        heat.hovertemplate = f"query: %{{text}}<br>key {k_span}<br>weight {weight_fmt}<extra></extra>"
-    else:
-        text = np.char.add(
-            np.char.add(np.char.add("query: ", qa.hover.astype(str))[:, None], "<br>key: "),
-            ka.hover.astype(str)[None, :],
-        )
-        heat.text = text
-        heat.hovertemplate = f"%{{text}}<br>weight {weight_fmt}<extra></extra>"
+    approx = {"q": "" if bq == 1 else "≈", "k": "" if bk == 1 else "≈"}
+    query = f"query {approx['q']}%{{y:.3f}} s" if qa.is_time else "query: %{y}"
+    key = f"key {approx['k']}%{{x:.3f}} s" if ka.is_time else "key: %{x}"
+    heat.hovertemplate = f"{query}<br>{key}<br>weight %{{z:.4f}}<extra></extra>"
     fig = go.Figure(heat)
 
     if keep is not None and keep.over == "columns":
         dropped = ~(_any_pool_1d(keep.mask, bk) if bk > 1 else keep.mask)
         if dropped.any():
             fig.add_trace(
-                go.Bar(
-                    x=ka.positions[dropped],
-                    y=np.full(int(dropped.sum()), qa.hi - qa.lo),
-                    base=qa.lo,
+                go.Bar(  # on a hidden 0–1 axis over the map: full height whatever the query axis
+                    x=np.asarray(xs, dtype=object)[dropped] if not ka.is_time else ka.positions[dropped],
+                    y=np.ones(int(dropped.sum())),
+                    base=0.0,
+                    yaxis="y2",
                     width=ka.widths[dropped],
                     marker={
                         "color": "rgba(187,187,187,0.55)",
@@ -125,8 +114,8 @@ def attention_heatmap(
             fig.add_trace(
                 go.Heatmap(
                     z=overlay,
-                    x=ka.positions,
-                    y=qa.positions,
+                    x=xs,
+                    y=ys,
                     colorscale=[[0, DROPPED_COLOR], [1, DROPPED_COLOR]],
                     showscale=False,
                     opacity=0.8,
@@ -145,8 +134,9 @@ def attention_heatmap(
     fig.update_layout(
         title={"text": title},
         showlegend=not compact,
-        xaxis=_axis_layout(ka),
-        yaxis=_axis_layout(qa, reversed_=True),
+        xaxis=_axis_layout(ka, categorical=not ka.is_time),
+        yaxis=_axis_layout(qa, reversed_=True, categorical=not qa.is_time),
+        yaxis2={"overlaying": "y", "range": [0, 1], "visible": False, "fixedrange": True},
         barmode="overlay",
         legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 1, "xanchor": "right"},
         height=max(420, min(800, 24 * len(qa.names) + 200)) if not qa.is_time else 600,

@@ -163,6 +163,8 @@ def _draw_bar(ax, trace, labels: list) -> None:
     label = trace.name if trace.showlegend is not False and trace.name else None
     kw = {"color": rgba, "hatch": hatch, "edgecolor": "white" if hatch else None,
           "linewidth": 0, "label": label}
+    if trace.yaxis == "y2":  # the heatmaps' hidden 0–1 axis over the whole map
+        kw["transform"] = ax.get_xaxis_transform()
     if trace.orientation == "h":
         bars = ax.barh(ys, xs, height=widths, left=base, **kw)
         values = xs
@@ -205,6 +207,11 @@ def _draw_scatter(ax, trace, labels: list) -> None:
         ax.scatter(x, y, marker=_SYMBOLS.get(m.symbol or "circle", "o") if m else "o",
                    s=((m.size or 6) if m else 6) ** 2 * 0.6,
                    color=_mpl_color(color, m.opacity if m else None), label=label, zorder=3)
+    if "text" in mode and trace.text is not None:  # words above the plot (clip_on off)
+        size = (trace.textfont.size if trace.textfont and trace.textfont.size else 11) * 0.85
+        va = "bottom" if (trace.textposition or "").startswith("top") else "center"
+        for xx, yy, t in zip(x, y, np.broadcast_to(np.asarray(trace.text, dtype=object), x.shape)):
+            ax.text(xx, yy, _plain(t), ha="center", va=va, fontsize=size, clip_on=False, zorder=4)
     labels.append(trace.name)
 
 
@@ -253,6 +260,30 @@ def _style_axis(ax, axis, which: str) -> None:
         (ax.invert_xaxis if which == "x" else ax.invert_yaxis)()
 
 
+def _categories_at_positions(fig: go.Figure) -> go.Figure:
+    """A copy whose category axes (the heatmaps' word axes) are numbers: each category at its
+    index, where plotly draws it."""
+    index = {}
+    for letter in ("x", "y"):
+        axis = fig.layout[f"{letter}axis"]
+        if axis.type == "category" and axis.categoryarray is not None:
+            index[letter] = {c: float(i) for i, c in enumerate(axis.categoryarray)}
+    if not index:
+        return fig
+    fig = go.Figure(fig)
+    for trace in fig.data:
+        for letter, where in index.items():
+            on_axis = (getattr(trace, f"{letter}axis", None) or letter) == letter
+            if on_axis and getattr(trace, letter, None) is not None:
+                trace[letter] = [where.get(v, v) for v in trace[letter]]
+    for letter, where in index.items():
+        axis = fig.layout[f"{letter}axis"]
+        axis.type = "linear"
+        if axis.tickvals is not None:
+            axis.tickvals = [where.get(v, v) for v in axis.tickvals]
+    return fig
+
+
 def figure_to_png(
     fig: go.Figure, width: int | None = None, height: int | None = None, scale: float = 1.0
 ) -> bytes:
@@ -271,6 +302,7 @@ def figure_to_png(
     if width < 50 or height < 50 or scale <= 0:
         raise InputError("A PNG needs a width and height of at least 50 pixels.")
     dpi = 100 * scale
+    fig = _categories_at_positions(fig)
     fig_mpl = Figure(figsize=(width / 100, height / 100), dpi=dpi)
     FigureCanvasAgg(fig_mpl)
     ax = fig_mpl.add_subplot(1, 1, 1)
@@ -294,7 +326,9 @@ def figure_to_png(
         ax.set_aspect("equal")
     title = _plain(fig.layout.title.text)
     if title:
-        ax.set_title(title, fontsize=11, loc="left", pad=24 if fig.layout.annotations else 8)
+        above = fig.layout.annotations or any(
+            isinstance(t, go.Scatter) and "text" in (t.mode or "") and t.cliponaxis is False for t in fig.data)
+        ax.set_title(title, fontsize=11, loc="left", pad=24 if above else 8)
     named = [x for x in labels if x]
     asked = any(getattr(t, "showlegend", None) is True for t in fig.data)
     if named and fig.layout.showlegend is not False and (

@@ -168,6 +168,21 @@ class _Axis:
         return float(self.positions[0] - self.widths[0] / 2)
 
     @property
+    def categories(self) -> list[str]:
+        """The hover labels made unique (a repeated word gets " #2", " #3"…): a word axis drawn
+        as categories shows its word on hover without a text per cell."""
+        seen: set[str] = set()
+        out = []
+        for label in self.hover:
+            unique, n = str(label), 1
+            while unique in seen:
+                n += 1
+                unique = f"{label} #{n}"
+            seen.add(unique)
+            out.append(unique)
+        return out
+
+    @property
     def hi(self) -> float:
         return float(self.positions[-1] + self.widths[-1] / 2)
 
@@ -229,7 +244,8 @@ def _axis(labels: AxisLabels, role: str, block: int = 1) -> _Axis:
     )
 
 
-def _axis_layout(axis: _Axis, reversed_: bool = False) -> dict:
+def _axis_layout(axis: _Axis, reversed_: bool = False, categorical: bool = False) -> dict:
+    """Plotly axis settings; ``categorical``: the data on a word axis are ``axis.categories``."""
     out: dict = {"title": {"text": axis.title}}
     if axis.is_time:
         out["range"] = [axis.hi, axis.lo] if reversed_ else [axis.lo, axis.hi]
@@ -237,9 +253,12 @@ def _axis_layout(axis: _Axis, reversed_: bool = False) -> dict:
         n = len(axis.names)
         stride = max(1, math.ceil(n / 60))
         idx = list(range(0, n, stride))
+        if categorical:
+            cats = axis.categories
+            out.update(type="category", categoryorder="array", categoryarray=cats)
         out.update(
             tickmode="array",
-            tickvals=[float(axis.positions[i]) for i in idx],
+            tickvals=[cats[i] if categorical else float(axis.positions[i]) for i in idx],
             ticktext=[axis.names[i] for i in idx],
             range=[axis.hi, axis.lo] if reversed_ else [axis.lo, axis.hi],
         )
