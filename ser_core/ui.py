@@ -102,8 +102,9 @@ def default_checkpoint() -> str | None:
 
 def warm_up() -> float:
     """Load the default model, its encoders and Whisper, and analyse the first sample clip with
-    Whisper's words: what the first analysis of a visitor would otherwise wait for. Returns the
-    seconds it took (0 when there is no default checkpoint or sample)."""
+    Whisper's words: what the first analysis of a visitor would otherwise wait for; then the
+    Models page's cards, each only while no analysis runs or waits. Returns the seconds it took
+    (0 when there is no default checkpoint or sample)."""
     started = time.perf_counter()
     checkpoint, samples = default_checkpoint(), sample_clips()
     if checkpoint is None or not samples:
@@ -116,7 +117,10 @@ def warm_up() -> float:
     analyzer.extractor.speech, analyzer.extractor.text_model  # load (the features may be on disk)
     transcribe(audio)  # Whisper's decoder loads and runs once
     analyzer.analyze(audio)
+    line = analysis_queue()
     for path in list_all_checkpoints():  # the Models page's cards (parameters, FLOPs: ~0.4 s each)
+        while sum(line.counts()):  # never beside a visitor's analysis: it would wait for the cores
+            time.sleep(0.2)
         try:
             model_card_of(path)
         except InputError:

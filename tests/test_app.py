@@ -253,3 +253,31 @@ def test_warm_up_loads_the_default_model_and_whisper_once():
             assert ui.model_card_of(path).checkpoint
     finally:
         model_card.model_card = original
+
+
+def test_warm_up_makes_the_model_cards_only_while_no_analysis_runs(monkeypatch):
+    """A visitor's analysis started during the warm-up gets the cores: the cards wait for it."""
+    import threading
+    import time
+
+    from ser_core import ui
+
+    made, asked = [], []
+    monkeypatch.setattr(ui, "model_card_of", lambda path: made.append(time.monotonic()))
+    line = ui.analysis_queue()
+    counts = line.counts
+    monkeypatch.setattr(line, "counts", lambda: asked.append(1) or counts())
+    ticket = line.submit("a visitor")
+    assert line.wait_turn(ticket, timeout=5)  # running
+    warm = threading.Thread(target=ui.warm_up)
+    warm.start()
+    deadline = time.monotonic() + 120
+    while not asked and time.monotonic() < deadline:  # the warm-up has reached the cards
+        time.sleep(0.05)
+    time.sleep(0.5)
+    assert asked and not made  # … and waits while the visitor's analysis runs
+    finished = time.monotonic()
+    line.finish(ticket, completed=True)
+    warm.join(timeout=120)
+    assert not warm.is_alive()
+    assert len(made) == len(ui.list_all_checkpoints()) and min(made) >= finished
