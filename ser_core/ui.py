@@ -19,7 +19,7 @@ from typing import Callable, TypeVar
 import numpy as np
 import streamlit as st
 
-from . import limits
+from . import limits, ui_corpus, ui_model_notes
 from .analysis_queue import AnalysisQueue, Cancelled, Place
 from .checkpoint import list_all_checkpoints, read_meta
 from .data.base import emotion_word
@@ -29,6 +29,13 @@ from .paths import SAMPLES_DIR
 
 log = logging.getLogger("ser_core.ui")
 T = TypeVar("T")
+
+# Pages call these as ui.<name>; they live in ui_corpus (the corpus picker) and ui_model_notes
+# (what a model was trained on, how it does, how faithful its kept keys are).
+corpus_picker = ui_corpus.corpus_picker
+faithfulness_note = ui_model_notes.faithfulness_note
+real_voices_section = ui_model_notes.real_voices_section
+training_summary = ui_model_notes.training_summary
 
 
 RECORDING_NAME = "recording.wav"  # a Clip recorded with the microphone (not an uploaded file)
@@ -553,162 +560,3 @@ def log_mel_for_display(audio):
 
     spec = log_mel(audio).cpu().numpy()
     return spec, frame_times(spec.shape[1], 10)
-
-
-def faithfulness_note(checkpoint: str | None) -> str | None:
-    """One sentence from the checkpoint's stored faithfulness report (see ser_core.faithfulness)."""
-    if not checkpoint:
-        return None
-    try:
-        report = checkpoint_meta(checkpoint).get("faithfulness")
-    except InputError:
-        return None
-    if not report:
-        return None
-    return (
-        f"**Faithfulness** on {report['utterances']} demo-corpus {report['split']}-voice utterances: "
-        f"the emotion-bearing word is among the keys kept by the text-side key-sparse layers in "
-        f"**{report['key_sparse']:.0%}** of (utterance, layer) cases, against "
-        f"{report['vanilla_top_half']:.0%} when vanilla attention keeps its top half of words by the "
-        f"same column sums, and {report['chance']:.0%} for a random choice of the same size."
-    )
-
-
-def corpus_picker(key: str, mix: bool = False):
-    """Corpus kind + path widgets (demo corpus, a corpus folder or a manifest CSV); returns
-    (kind, path or None). Each kind says what layout it expects; a missing demo corpus names
-    the command that makes it.
-
-    With ``mix`` (the Train page) more corpora can be added to the first one, each with its own
-    path box and a "test only" tick (cross-corpus: scored, never trained on); it then returns a
-    list of (kind, path or None, test_only), the first corpus first. A path outside the folders
-    the server allows (``ser_core.access``) gets a warning naming them."""
-    from . import access, corpus_choice
-    from .paths import default_corpus_dir
-
-    def title(kind: str) -> str:
-        return corpus_choice.CORPUS_KINDS[kind]["title"]
-
-    def where(kind: str, box, path_key: str, label: str) -> str | None:
-        layout = corpus_choice.CORPUS_KINDS[kind]["layout"]
-        if kind == "demo":
-            manifest = default_corpus_dir() / "manifest.csv"
-            if manifest.exists():
-                box.caption(f"`{manifest}`")
-            else:
-                box.warning(f"No demo corpus at `{manifest}`: generate it with `python -m ser_core corpus`.")
-            return None
-        path = box.text_input(label, key=path_key, help=f"Expected: {layout}.",
-                              placeholder=corpus_choice.CORPUS_KINDS[kind]["example"])
-        box.caption(f"Expected: {layout}.")
-        if (path or "").strip() and not access.is_allowed(path.strip()):
-            box.warning(access.outside_message())  # said at once; Start and Evaluate refuse it too
-        return path
-
-    c1, c2 = st.columns([1, 2])
-    kind = c1.selectbox("Corpus", list(corpus_choice.CORPUS_KINDS), key=f"{key}_corpus_kind", format_func=title)
-    path = where(kind, c2, f"{key}_corpus_path", "Path on this machine")
-    if not mix:
-        return kind, path
-    chosen = [(kind, path, False)]
-    more = st.multiselect("Mix in more corpora (optional)", list(corpus_choice.CORPUS_KINDS), key=f"{key}_mix_kinds",
-                          format_func=title, placeholder="none: train on the corpus above only",
-                          help=corpus_choice.MIX_NOTE)
-    for extra in more:
-        if extra == kind:
-            st.caption(f"The {title(extra)} is already the first corpus.")
-            continue
-        c1, c2 = st.columns([1, 2])
-        c1.markdown(f"**{title(extra)}**")
-        test_only = c1.checkbox("Test only (cross-corpus)", key=f"{key}_test_only_{extra}",
-                                help="Scored at the end, never trained on: how the model does on a "
-                                     "corpus it never heard.")
-        chosen.append((extra, where(extra, c2, f"{key}_corpus_path_{extra}", f"Path of the {title(extra)}"),
-                       test_only))
-    return chosen
-
-
-def real_voices_section(cards) -> None:
-    """The Models page's "real voices" tables: held-out speakers per corpus beside the linear
-    probe, cross-corpus runs, what augmentation and mixing bought, and the corpora's licences."""
-    import pandas as pd
-
-    from .model_card import CORPUS_NOTES, real_voices_report
-
-    report = real_voices_report()
-    st.subheader("On real voices it never heard")
-    if report is None:
-        st.caption("No real-voice evaluation ships with these checkpoints.")
-        return
-
-    def pct(x):
-        return "–" if x is None else f"{100 * x:.1f}"
-
-    corpora = report.get("corpora", [])
-    st.markdown(
-        "Real acted speech, scored on **speakers held out of training** (each corpus split by "
-        "speaker). The **linear probe** is the baseline to beat: a logistic regression on the same "
-        "frozen Whisper states, averaged over time, trained on the same data."
-    )
-    rows = [{"model": c.name, "checkpoint": c.checkpoint.rsplit("/", 1)[-1].removesuffix(".safetensors"),
-             **{f"{k.upper()} UA %": pct(c.by_corpus.get(k, {}).get("ua")) for k in corpora},
-             **{f"{k.upper()} WA %": pct(c.by_corpus.get(k, {}).get("wa")) for k in corpora}} for c in cards]
-    probe = report.get("probe", {}).get("by_corpus", {})
-    rows.append({"model": "linear probe (baseline)", "checkpoint": "–",
-                 **{f"{k.upper()} UA %": pct(probe.get(k, {}).get("ua")) for k in corpora},
-                 **{f"{k.upper()} WA %": pct(probe.get(k, {}).get("wa")) for k in corpora}})
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
-    cross = report.get("cross_corpus", [])
-    if cross:
-        st.markdown("**A corpus the model never trained on** (every one of its clips is test data):")
-        st.dataframe(pd.DataFrame([{
-            "tested on": r["test"].upper(), "trained on": ", ".join(r["trained_on"]),
-            "KS-Transformer UA %": pct(r["model"].get("ua")), "KS-Transformer WA %": pct(r["model"].get("wa")),
-            "linear probe UA %": pct(r["probe"].get("ua")), "linear probe WA %": pct(r["probe"].get("wa")),
-        } for r in cross]), hide_index=True, width="stretch")
-    ablation = report.get("ablation", []) + report.get("probe_ablation", [])
-    if len(ablation) > 1:
-        st.markdown("**What augmentation and mixing bought** (same held-out speakers):")
-        st.dataframe(pd.DataFrame([{"training data": r["setting"],
-                                    **{f"{k.upper()} UA %": pct(r["by_corpus"].get(k, {}).get("ua"))
-                                       for k in corpora + ["demo"]}} for r in ablation]),
-                     hide_index=True, width="stretch")
-    st.caption("Data: " + "; ".join(CORPUS_NOTES[k] for k in corpora + ["demo"] if k in CORPUS_NOTES)
-               + ". The real corpora are non-commercial research licences: they are not part of this "
-                 "project, and the models trained on them are for research and teaching.")
-
-
-def training_summary(checkpoint: str | None) -> str | None:
-    """In plain words: what the checkpoint was trained on and how it does on voices it never heard
-    (read from its meta, so it always matches the file)."""
-    from .model_card import CORPUS_NOTES, held_out_scores, trained_on
-
-    if not checkpoint:
-        return None
-    try:
-        meta = checkpoint_meta(checkpoint)
-    except InputError:
-        return None
-    corpora = trained_on(meta)
-    names = {"ravdess": "RAVDESS (real actors)", "tess": "TESS (two real actresses)",
-             "savee": "SAVEE (real actors)", "demo": "the synthetic demo corpus"}
-    voices = {"ravdess": "RAVDESS's real actors", "tess": "TESS's real actresses",
-              "savee": "SAVEE's real actors", "demo": "synthetic voices"}
-    by = held_out_scores(meta)
-    order = sorted(by, key=lambda k: k == "demo")  # real voices first
-    scores = [f"{100 * by[k]['ua']:.0f} % of the time on {voices.get(k, k)}" for k in order if "ua" in by[k]]
-    if not corpora:
-        return None
-    listed = [names.get(c, c) for c in corpora]
-    text = "This model was trained on " + (", ".join(listed[:-1]) + " and " + listed[-1] if len(listed) > 1
-                                           else listed[0]) + "."
-    if scores:
-        text += (" On speakers it never heard, it names the right emotion " + ", ".join(scores)
-                 + " (averaged over the four emotions; guessing gives 25 %).")
-    if any(k != "demo" and v.get("ua", 1) < 0.35 for k, v in by.items()):
-        text += (" On real voices that is no better than guessing: this model shows what was learned "
-                 "from synthetic speech, not how people sound.")
-    elif any(c in CORPUS_NOTES and c != "demo" for c in corpora):
-        text += (" Actors exaggerate emotions: on everyday speech, other microphones and rooms, expect it "
-                 "to be right less often.")
-    return text
