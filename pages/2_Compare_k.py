@@ -68,6 +68,8 @@ layer = st.selectbox("Layer shown in every column", names, index=ui.default_laye
 st.caption(ui.record_caption(base.trace[layer], setting=False))  # each column has its own k
 
 
+MAX_KEPT_BYTES = 16 * 2**20  # a remembered column's map at most (a long clip's fusion map: 100s of MB)
+
 
 def column_result(path: str | None, k: float):
     """The model of ``path`` (None: the analysis's own) at this k: the prediction and the shown
@@ -78,7 +80,7 @@ def column_result(path: str | None, k: float):
         result = ui.run_checkpoint_on(path, base, keep_ratio=k) if path else base.rerun(**{knob: k})
         return SimpleNamespace(key=key, predicted=result.predicted, confidence=result.confidence,
                                labels=result.labels, probs=result.probs, record=result.trace[layer])
-    return remembered("compare_k", key, run, size=12)
+    return remembered("compare_k", key, run, size=8, keep=lambda r: r.record.weights.nbytes <= MAX_KEPT_BYTES)
 
 
 columns = st.columns(n_columns)

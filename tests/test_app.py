@@ -148,6 +148,24 @@ def test_compare_k_columns_and_curve():
     assert not at.exception
 
 
+def test_compare_k_moving_one_slider_re_runs_only_that_column(monkeypatch):
+    from ser_core.pipeline import Analyzer
+
+    at = _page("2_Compare_k").run()
+    at.button(key="compare_button").click().run()
+    at.radio(key="compare_n").set_value(4).run()
+    assert not at.exception
+    calls = []
+    run_model = Analyzer.run_model
+    monkeypatch.setattr(Analyzer, "run_model", lambda self, *a, **kw: calls.append(kw) or run_model(self, *a, **kw))
+    at.slider(key="compare_k1").set_value(0.7).run()
+    assert not at.exception and calls == [{"keep_ratio": 0.7, "top_p": None}]
+    at.slider(key="compare_k1").set_value(0.5).run()  # back to a setting seen before: remembered
+    assert len(calls) == 1
+    maps = [c for c in at.get("plotly_chart") if c.proto.id.rsplit("-", 1)[-1].startswith("compare_map")]
+    assert len(maps) == 4
+
+
 def test_compare_k_puts_models_trained_at_different_k_side_by_side(tmp_path, monkeypatch):
     """With a second KS-Transformer trained at another keep ratio (here: the default's weights
     with its meta saying 0.2), Compare k offers "trained at k" columns, each run at its own k,

@@ -25,3 +25,19 @@ def test_each_key_is_computed_once_and_only_the_latest_are_kept():
     at.session_state["keys"] = ["c", "b", "a"]  # "c" pushes out "b" (least recently used) …
     at.run()
     assert at.session_state["calls"] == ["a", "b", "c", "b", "a"]  # … and then "b" pushes out "a"
+
+
+def _app_keep():
+    import streamlit as st
+
+    from ser_core.session_memo import remembered
+
+    calls = st.session_state.setdefault("calls", [])
+    for key in ("small", "big", "big"):
+        remembered("k", key, lambda key=key: calls.append(key) or key, keep=lambda v: v != "big")
+
+
+def test_a_value_that_keep_refuses_is_returned_but_computed_again_next_time():
+    at = AppTest.from_function(_app_keep).run()
+    assert not at.exception
+    assert at.session_state["calls"] == ["small", "big", "big"]
