@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import os
 import threading
 import time
 import traceback
@@ -151,12 +150,10 @@ def model_card_of(path: str | Path):
 
 @st.cache_resource(show_spinner=False)
 def _one_thread_per_analysis() -> int:
-    """In the server, Whisper's decoding uses one thread per analysis and ``limits.max_analyses()``
-    (one per core) run at once; torch starts on one thread too (``run_queued`` gives an analysis
-    that runs alone every core: ``_threads_for_this_analysis``). Measured with bench/bench_load.py
-    (12 sessions and a training job on 2 cores): p95 from ≈ 96 s (one analysis at a time, two
-    threads each) to ≈ 59 s; with the cores of an analysis that runs alone, unchanged (64.5 s
-    against 65.5 s), and a 60 s clip 8.3 s instead of 9.8–11.2 s. Returns the number at once."""
+    """In the server, each analysis (Whisper, the encoders, the model) uses one thread and
+    ``limits.max_analyses()`` (one per core) run at once. Measured with bench/bench_load.py (12
+    sessions and a training job on 2 cores): p95 from ≈ 96 s (one analysis at a time, two threads
+    each) to ≈ 59 s. Returns the number at once."""
     import torch
 
     from . import asr
@@ -165,20 +162,6 @@ def _one_thread_per_analysis() -> int:
     torch.set_num_threads(1)
     asr.use_threads(1, slots)
     return slots
-
-
-def _threads_for_this_analysis() -> int:
-    """An analysis that starts while no other runs uses every core; with others running, its
-    share (cores ÷ analyses running). torch's thread count set here holds for this thread (a
-    thread keeps the count it set; threads started later begin with it), so analyses running
-    together each keep their own; ``run_queued`` sets one thread again when the analysis ends.
-    Returns the count."""
-    import torch
-
-    running = max(1, analysis_queue().counts()[0])
-    threads = max(1, (os.cpu_count() or 1) // running)
-    torch.set_num_threads(threads)
-    return threads
 
 
 @st.cache_resource(show_spinner=False)
@@ -251,15 +234,7 @@ def run_queued(work: Callable[[Callable[[], bool]], T], status_box=None) -> T:
     def start(should_stop: Callable[[], bool]) -> T:
         if shown:
             box.empty()
-        if not st.runtime.exists():
-            return work(should_stop)
-        _threads_for_this_analysis()
-        try:
-            return work(should_stop)
-        finally:  # reruns of the page (a slider) stay on one thread, beside the browser
-            import torch
-
-            torch.set_num_threads(1)
+        return work(should_stop)
 
     return analysis_queue().run(session, start, on_wait=show)
 

@@ -299,28 +299,3 @@ def test_warm_up_makes_the_model_cards_only_while_no_analysis_runs(monkeypatch):
     warm.join(timeout=120)
     assert not warm.is_alive()
     assert len(made) == len(ui.list_all_checkpoints()) and min(made) >= finished
-
-
-def test_an_analysis_alone_uses_every_core_and_shares_them_with_others(monkeypatch):
-    import torch
-
-    from ser_core import ui
-
-    class Line:
-        def __init__(self, running):
-            self.running = running
-
-        def counts(self):
-            return self.running, 0
-
-    before = torch.get_num_threads()
-    monkeypatch.setattr(ui.os, "cpu_count", lambda: 4)
-    try:
-        monkeypatch.setattr(ui, "analysis_queue", lambda: Line(1))
-        assert ui._threads_for_this_analysis() == 4 and torch.get_num_threads() == 4
-        monkeypatch.setattr(ui, "analysis_queue", lambda: Line(2))
-        assert ui._threads_for_this_analysis() == 2
-        monkeypatch.setattr(ui, "analysis_queue", lambda: Line(6))
-        assert ui._threads_for_this_analysis() == 1
-    finally:
-        torch.set_num_threads(before)
