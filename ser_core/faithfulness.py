@@ -101,8 +101,9 @@ def add_keyword_hits(hits: dict[str, list], sparse, wanted: list[int]) -> bool:
         L = rec.keep.shape[-1]
         idx = {i for i in wanted if i < L}
         kept = most_heads(rec.keep)
-        hits["key_sparse"].append(any(kept[i] for i in idx))
-        hits["by_layer"].setdefault(rec.name, []).append(hits["key_sparse"][-1])
+        hit = any(kept[i] for i in idx)
+        hits["key_sparse"].append(hit)
+        hits["by_layer"].setdefault(rec.name, []).append(hit)
         base = most_heads(top_half(by_name[rec.name].key_scores))
         hits["vanilla_top_half"].append(any(base[i] for i in idx))
         hits["chance"].append(chance_of_hit(L, int(kept.sum()), len(idx)))
@@ -122,7 +123,7 @@ def keyword_report(hits: dict[str, list], checkpoint: str | Path, split: str, ke
         "vanilla_top_half": float(np.mean(hits["vanilla_top_half"])),
         "chance": float(np.mean(hits["chance"])),
         # each layer's own rate (the chance level is about the same for every layer)
-        "key_sparse_by_layer": {name: float(np.mean(v)) for name, v in hits.get("by_layer", {}).items()},
+        "key_sparse_by_layer": {name: float(np.mean(v)) for name, v in hits["by_layer"].items()},
     }
 
 

@@ -64,8 +64,8 @@ def attention_heatmap(
 
     # A word axis is categorical (its labels unique): hover shows the word from the axis itself,
     # so no text per cell is sent (that text was 70 % of a 10 s clip's map and slowed every redraw).
-    xs = ka.positions if ka.is_time else ka.categories
-    ys = qa.positions if qa.is_time else qa.categories
+    xs = ka.positions if ka.is_time else np.asarray(ka.categories)
+    ys = qa.positions if qa.is_time else np.asarray(qa.categories)
     heat = go.Heatmap(
         z=z,
         x=xs,
@@ -76,9 +76,8 @@ def attention_heatmap(
         colorbar={"title": {"text": "max weight" if (bq > 1 or bk > 1) else "weight"}},
         name="attention",
     )
-    approx = {"q": "" if bq == 1 else "≈", "k": "" if bk == 1 else "≈"}
-    query = f"query {approx['q']}%{{y:.3f}} s" if qa.is_time else "query: %{y}"
-    key = f"key {approx['k']}%{{x:.3f}} s" if ka.is_time else "key: %{x}"
+    query = f"query {'≈' if bq > 1 else ''}%{{y:.3f}} s" if qa.is_time else "query: %{y}"
+    key = f"key {'≈' if bk > 1 else ''}%{{x:.3f}} s" if ka.is_time else "key: %{x}"
     heat.hovertemplate = f"{query}<br>{key}<br>weight %{{z:.4f}}<extra></extra>"
     fig = go.Figure(heat)
 
@@ -87,7 +86,7 @@ def attention_heatmap(
         if dropped.any():
             fig.add_trace(
                 go.Bar(  # on a hidden 0–1 axis over the map: full height whatever the query axis
-                    x=np.asarray(xs, dtype=object)[dropped] if not ka.is_time else ka.positions[dropped],
+                    x=xs[dropped],
                     y=np.ones(int(dropped.sum())),
                     base=0.0,
                     yaxis="y2",

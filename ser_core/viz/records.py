@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
@@ -167,10 +168,10 @@ class _Axis:
     def lo(self) -> float:
         return float(self.positions[0] - self.widths[0] / 2)
 
-    @property
+    @cached_property
     def categories(self) -> list[str]:
         """The hover labels made unique (a repeated word gets " #2", " #3"…): a word axis drawn
-        as categories shows its word on hover without a text per cell."""
+        as categories shows its word on hover without a text per cell (made once per axis)."""
         seen: set[str] = set()
         out = []
         for label in self.hover:
