@@ -52,9 +52,9 @@ class Clip:
     label: str | None = None
 
 
-#: The app's pages in the sidebar's order: (name, script relative to app.py, icon).
+#: The app's pages in the sidebar's order: (name, script relative to home.py, icon).
 PAGES: tuple[tuple[str, str, str], ...] = (
-    ("Home", "app.py", "🎙️"),
+    ("Home", "home.py", "🎙️"),
     ("Classroom", "pages/0_Classroom.py", "🎓"),
     ("Analyze", "pages/1_Analyze.py", "🔍"),
     ("Compare k", "pages/2_Compare_k.py", "⚖️"),
@@ -63,7 +63,8 @@ PAGES: tuple[tuple[str, str, str], ...] = (
     ("Models", "pages/5_Models.py", "🧩"),
     ("Sparse masks", "pages/6_Sparse_masks.py", "🎭"),
 )
-APP_SCRIPT = Path(__file__).resolve().parent.parent / "app.py"
+#: The home page: the main script of the Streamlit app that ``app.py`` serves.
+APP_SCRIPT = Path(__file__).resolve().parent.parent / "home.py"
 
 
 def page_setup(name: str) -> None:
@@ -71,8 +72,8 @@ def page_setup(name: str) -> None:
     the first one called "Home" (Streamlit's own list would call it "app", after the file; it is
     hidden in ``.streamlit/config.toml``). The links are drawn only when the whole app runs (a
     single page run alone, e.g. by ``streamlit.testing``, has no other pages to link to). The
-    first page a server shows starts loading the default model in the background (``warm_up``),
-    so the first analysis does not wait for it."""
+    server has started loading the default model in the background (``warm_up``, from
+    ``app.py``'s lifespan); a server started some other way starts it with its first page."""
     from streamlit.runtime.scriptrunner import get_script_run_ctx
 
     icon = next(page_icon for page, _, page_icon in PAGES if page == name)
@@ -82,8 +83,7 @@ def page_setup(name: str) -> None:
     if ctx is None or Path(ctx.main_script_path).resolve() != APP_SCRIPT:
         return
     if st.runtime.exists():  # a real server (not streamlit.testing): load the models meanwhile
-        _one_thread_per_analysis()
-        _warm_up_in_background()
+        start_server_work()
     with st.sidebar:
         for page, script, _ in PAGES:
             st.page_link(script, label=page)
@@ -122,17 +122,24 @@ def warm_up() -> float:
     analyzer = get_analyzer(checkpoint)
     audio = load_audio((SAMPLES_DIR / samples[0]["path"]).read_bytes())
     analyzer.extractor.speech, analyzer.extractor.text_model  # load (the features may be on disk)
-    transcribe(audio)  # Whisper's decoder loads and runs once
-    analyzer.analyze(audio)
     line = analysis_queue()
+    _while_analyses_run(line)  # a visitor's analysis loads what it needs itself
+    transcribe(audio)  # Whisper's decoder loads and runs once
+    _while_analyses_run(line)
+    analyzer.analyze(audio)
     for path in list_all_checkpoints():  # the Models page's cards (parameters, FLOPs: ~0.4 s each)
-        while sum(line.counts()):  # never beside a visitor's analysis: it would wait for the cores
-            time.sleep(0.2)
+        _while_analyses_run(line)
         try:
             model_card_of(path)
         except InputError:
             pass  # the Models page says what is wrong with it
     return time.perf_counter() - started
+
+
+def _while_analyses_run(line) -> None:
+    """Wait while a visitor's analysis runs or waits: the warm-up never takes cores from one."""
+    while sum(line.counts()):
+        time.sleep(0.2)
 
 
 @st.cache_data(show_spinner="Counting parameters and FLOPs…", max_entries=32)
@@ -146,6 +153,14 @@ def model_card_of(path: str | Path):
     """``ser_core.model_card.model_card(path)``, once per file version and server (the warm-up
     makes them all when the server starts, so the Models page opens without counting FLOPs)."""
     return _model_card(str(path), Path(path).stat().st_mtime)
+
+
+def start_server_work() -> None:
+    """One thread per analysis, and the models' warm-up started in the background: once per
+    server (both are cached resources), whoever calls first (``app.py``'s lifespan when the
+    server starts, else the first page)."""
+    _one_thread_per_analysis()
+    _warm_up_in_background()
 
 
 @st.cache_resource(show_spinner=False)

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(not CHECKPOINT.exists(), reason="shipped checkpo
 
 
 def _page(name: str) -> AppTest:
-    path = REPO / ("app.py" if name == "home" else f"pages/{name}.py")
+    path = REPO / ("home.py" if name == "home" else f"pages/{name}.py")
     return AppTest.from_file(str(path), default_timeout=TIMEOUT)
 
 
@@ -44,7 +44,7 @@ def test_the_sidebar_lists_every_page_with_the_first_called_home():
 
     config = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())
     assert config["client"]["showSidebarNavigation"] is False
-    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=60).run()
+    at = AppTest.from_file(str(REPO / "home.py"), default_timeout=60).run()
     names = [name for name, *_ in ui.PAGES]
     assert names[0] == "Home" and "app" not in names
     assert [link.proto.label for link in at.sidebar.get("page_link")] == names
@@ -252,6 +252,36 @@ def test_sparse_masks_page_reruns_top_p_and_modalities_on_cached_features():
     assert table.loc[table["modality"] == "visual", "weight in the sum"].item() == 0
 
 
+def test_the_server_script_starts_the_warm_up_when_the_server_starts(monkeypatch):
+    """``streamlit run app.py`` serves home.py through app.py's ``st.App``, whose lifespan starts
+    the models' warm-up once per process, before any page is opened."""
+    import asyncio
+    import importlib.util
+    import threading
+
+    from streamlit.web.server.app_discovery import discover_asgi_app
+
+    from ser_core import server_start, ui
+
+    found = discover_asgi_app(REPO / "app.py")
+    assert found.is_asgi_app and found.app_name == "app"
+    spec = importlib.util.spec_from_file_location("ser_app_under_test", REPO / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.app.script_path.resolve() == ui.APP_SCRIPT == REPO / "home.py"
+
+    started = threading.Event()
+    monkeypatch.setattr(server_start, "_started", threading.Event())
+    monkeypatch.setattr(ui, "start_server_work", started.set)
+
+    async def serve() -> None:
+        async with module.lifespan(module.app):
+            assert started.wait(timeout=60)
+
+    asyncio.run(serve())
+    assert server_start.start_warm_up() is None  # once per process
+
+
 def test_warm_up_loads_the_default_model_and_whisper_once():
     """What the first page of a server starts in the background: afterwards the first analysis
     of an uploaded clip finds the model, the encoders and Whisper loaded."""
@@ -274,7 +304,8 @@ def test_warm_up_loads_the_default_model_and_whisper_once():
 
 
 def test_warm_up_makes_the_model_cards_only_while_no_analysis_runs(monkeypatch):
-    """A visitor's analysis started during the warm-up gets the cores: the cards wait for it."""
+    """A visitor's analysis started during the warm-up gets the cores: the warm-up's own Whisper
+    run, its sample analysis and the cards wait for it."""
     import threading
     import time
 

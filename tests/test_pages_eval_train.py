@@ -199,7 +199,7 @@ def test_bad_input_fails_with_the_trainers_message_and_stop_while_loading_ends_a
 
 # --- pages ---------------------------------------------------------------------------------------
 def _evaluate_page() -> AppTest:
-    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT).run()  # so switch_page resolves
+    at = AppTest.from_file(str(REPO / "home.py"), default_timeout=TIMEOUT).run()  # so switch_page resolves
     return at.switch_page("pages/3_Evaluate.py").run()
 
 
