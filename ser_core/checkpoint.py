@@ -139,12 +139,23 @@ def list_checkpoints(folder: Path | str = CHECKPOINTS_DIR) -> list[Path]:
     return sorted(folder.glob("*.safetensors"), key=lambda p: p.stat().st_mtime, reverse=True)
 
 
+#: The shipped default model (the pickers' first choice).
+DEFAULT_CHECKPOINT_NAME = "ks_transformer_demo.safetensors"
+
+
 def list_all_checkpoints() -> list[Path]:
     """Every checkpoint the app can open: the ones trained here (``paths.checkpoints_dir()``,
-    ``SER_CHECKPOINTS_DIR``) newest first, then the shipped ones in the repo's ``checkpoints/``."""
+    ``SER_CHECKPOINTS_DIR``) newest first, then the shipped ones in the repo's ``checkpoints/``:
+    the default first, the others by name (a fresh clone gives all of them the checkout's time)."""
     from . import paths
 
-    return [p for folder in paths.checkpoint_dirs() for p in list_checkpoints(folder)]
+    out: list[Path] = []
+    for folder in paths.checkpoint_dirs():
+        found = list_checkpoints(folder)
+        if paths._same(folder, paths.CHECKPOINTS_DIR):
+            found.sort(key=lambda p: (p.name != DEFAULT_CHECKPOINT_NAME, p.name))
+        out += found
+    return out
 
 
 def _resolve(path: Path | str) -> Path:

@@ -21,7 +21,7 @@ import streamlit as st
 
 from . import limits, ui_corpus, ui_model_notes
 from .analysis_queue import AnalysisQueue, Cancelled, Place
-from .checkpoint import list_all_checkpoints, read_meta
+from .checkpoint import DEFAULT_CHECKPOINT_NAME, list_all_checkpoints, read_meta
 from .data.base import emotion_word
 from .errors import InputError
 from .kept import first_sparse_record
@@ -96,9 +96,6 @@ def get_analyzer(checkpoint: str):
     from .pipeline import Analyzer
 
     return Analyzer(checkpoint)
-
-
-DEFAULT_CHECKPOINT_NAME = "ks_transformer_demo.safetensors"
 
 
 def default_checkpoint() -> str | None:

@@ -330,3 +330,24 @@ def test_warm_up_makes_the_model_cards_only_while_no_analysis_runs(monkeypatch):
     warm.join(timeout=120)
     assert not warm.is_alive()
     assert len(made) == len(ui.list_all_checkpoints()) and min(made) >= finished
+
+
+def test_pickers_list_trained_checkpoints_newest_first_then_the_shipped_default_first(tmp_path, monkeypatch):
+    """A fresh clone gives every shipped file the checkout's time: their order is by name, after
+    the default; the ones trained here come first, newest first."""
+    import os
+
+    from ser_core import paths
+    from ser_core.checkpoint import DEFAULT_CHECKPOINT_NAME, list_all_checkpoints
+
+    shipped, trained = tmp_path / "shipped", tmp_path / "trained"
+    for folder, names in ((shipped, ["b.safetensors", DEFAULT_CHECKPOINT_NAME, "a.safetensors"]),
+                          (trained, ["old.safetensors", "new.safetensors"])):
+        folder.mkdir()
+        for i, name in enumerate(names):
+            (folder / name).write_bytes(b"")
+            os.utime(folder / name, (1_000 + i, 1_000 + i))  # later in the list = newer
+    monkeypatch.setattr(paths, "CHECKPOINTS_DIR", shipped)
+    monkeypatch.setenv("SER_CHECKPOINTS_DIR", str(trained))
+    assert [p.name for p in list_all_checkpoints()] == [
+        "new.safetensors", "old.safetensors", DEFAULT_CHECKPOINT_NAME, "a.safetensors", "b.safetensors"]
