@@ -114,12 +114,19 @@ def key_sparse_attention_with_scores(
     key_valid = None if key_padding_mask is None else ~key_padding_mask  # [B, Tk]
     all_have_keys = key_valid is None or bool(key_valid.any(dim=-1).all())
 
+    needs_graph = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     if keep_ratio >= 1 and all_have_keys:
-        # Fast path: vanilla attention (eq. 1–2), every valid key kept. torch's fused kernel
-        # computes out (and its gradient); the maps are built without a graph only if asked.
+        # Fast path: vanilla attention (eq. 1–2), every valid key kept.
+        keep = _valid_keep(key_valid, B, H, Tk, q.device)
+        if need_weights and not needs_graph and dropout_p == 0:
+            # Inference with the maps asked for: W is built anyway, so out = W V from it
+            # (a 60 s clip's fused kernel would compute the same softmax a second time).
+            W = _softmax_weights(q, k, key_padding_mask)
+            return KeySparseResult(torch.matmul(W, v), W, keep, _column_sums(W, key_valid, query_padding_mask))
+        # Otherwise torch's fused kernel computes out (and its gradient); the maps are built
+        # without a graph only if asked.
         attn_mask = None if key_valid is None else key_valid[:, None, None, :]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
-        keep = _valid_keep(key_valid, B, H, Tk, q.device)
         if not (need_weights or need_scores):
             return KeySparseResult(out, None, keep, torch.zeros(B, H, Tk, dtype=q.dtype, device=q.device))
         with torch.no_grad():
@@ -148,7 +155,6 @@ def key_sparse_attention_with_scores(
         # Eq. 2 on M ⊙ W (not renormalised). (W ⊙ M_columns) V = W (M V): masking the Tk rows
         # of V gives the same values and gradients as masking the Tq×Tk weights, so torch's
         # fused attention kernel computes out and its backward (q, k and v all get gradient).
-        needs_graph = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
         if not needs_graph and dropout_p == 0:
             # Inference: W is already there, so out = (M ⊙ W) V directly (no second QKᵀ).
             weights = W.mul_(keep_f[:, :, None, :])
