@@ -57,3 +57,48 @@ def test_a_video_without_a_face_is_an_input_error(cache, tmp_path):
 def test_unknown_extra_is_refused():
     with pytest.raises(ValueError, match="unknown extras"):
         FeatureExtractor(device="cpu").extract(np.zeros(16000, np.float32), extras=("nope",))
+
+
+def test_the_speech_encoder_runs_beside_the_asr_when_allowed_with_the_same_features(cache, monkeypatch):
+    """``overlap_speech_with_words`` (the server: no other analysis running): the speech encoder
+    runs in a second thread while the words are found; the features are the same as one step
+    after the other, and a failing ASR still fails the extraction at once."""
+    import threading
+    import time
+
+    from ser_core import asr, features
+
+    audio, _, _ = _with_video()
+    sequential = FeatureExtractor(device="cpu", disk_cache=False).extract(audio)
+    encoder = FeatureExtractor(device="cpu", disk_cache=False).speech
+    encode, words_for = encoder.encode, asr.words_for
+    seen: dict[str, tuple[int, float, float]] = {}
+
+    def timed(name, fn):
+        def run(*a, **k):
+            start = time.monotonic()
+            out = fn(*a, **k)
+            time.sleep(0.3)  # long enough that the two steps must overlap to end together
+            seen[name] = (threading.get_ident(), start, time.monotonic())
+            return out
+        return run
+
+    monkeypatch.setattr(encoder, "encode", timed("speech", encode))
+    monkeypatch.setattr(asr, "words_for", timed("words", words_for))
+    allowed = []
+    features.overlap_speech_with_words(lambda: allowed.append(1) or True)
+    try:
+        overlapped = FeatureExtractor(device="cpu", disk_cache=False).extract(audio)
+        assert allowed and seen["speech"][0] != seen["words"][0]  # two threads …
+        assert seen["speech"][1] < seen["words"][2] and seen["words"][1] < seen["speech"][2]  # … at once
+        assert [w.text for w in overlapped.words] == [w.text for w in sequential.words]
+        np.testing.assert_allclose(overlapped.speech, sequential.speech, atol=1e-5)
+        np.testing.assert_allclose(overlapped.text, sequential.text, atol=1e-5)
+
+        def no_words(*a, **k):
+            raise InputError("no speech")
+        monkeypatch.setattr(asr, "words_for", no_words)
+        with pytest.raises(InputError, match="no speech"):
+            FeatureExtractor(device="cpu", disk_cache=False).extract(audio[: len(audio) // 2])
+    finally:
+        features.overlap_speech_with_words(None)
