@@ -227,9 +227,10 @@ def test_waveform_figure_shades_kept_and_places_words(word_frame):
     assert not fig.layout.annotations and marks.mode == "text" and marks.cliponaxis is False
     assert list(marks.text) == [w.text for w in WORDS]
     assert marks.x[3] == pytest.approx((WORDS[3].start + WORDS[3].end) / 2)
-    assert min(marks.y) >= fig.layout.yaxis.range[1] - 1e-9  # above the waveform
     assert fig.layout.xaxis.title.text == "time (s)"
     wave = next(t for t in fig.data if t.name == "waveform")
+    # above the waveform, inside the axis range (plotly does not draw text beyond it)
+    assert np.max(np.abs(wave.y)) < min(marks.y) <= max(marks.y) < fig.layout.yaxis.range[1]
     assert len(wave.x) <= viz.MAX_WAVEFORM_POINTS  # envelope, not 48k points
     assert np.max(wave.y) == pytest.approx(audio.max(), rel=1e-3)
     with pytest.raises(InputError):
@@ -522,9 +523,29 @@ def test_repeated_words_stay_apart_on_a_categorical_axis_and_in_the_png():
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_many_words_on_the_waveform_alternate_between_two_rows():
-    many = [Word(f"w{i}", 0.2 * i, 0.2 * i + 0.15) for i in range(20)]
-    fig = viz.waveform_figure(np.sin(np.linspace(0, 300, 4 * 16000)), 16000, many)
-    marks = next(t for t in fig.data if t.name == "words")
-    assert len(set(marks.y)) == 2 and marks.y[0] != marks.y[1] == marks.y[3]
+def test_word_labels_on_the_waveform_never_overlap_and_use_a_second_row_when_needed():
+    from ser_core.viz.audio import CHAR_SHARE
+
+    def placed(fig, span):
+        marks = next(t for t in fig.data if t.name == "words")
+        rows: dict[float, list[tuple[float, float]]] = {}
+        for x, y, text in zip(marks.x, marks.y, marks.text):
+            if text:
+                half = (len(text) + 1) * CHAR_SHARE * span / 2
+                rows.setdefault(y, []).append((x - half, x + half))
+        for spans in rows.values():  # in each row, every label clears the one before it
+            assert all(a[1] <= b[0] + 1e-9 for a, b in zip(spans, spans[1:]))
+        return marks, rows
+
+    few = [Word("hello", 0.5, 0.9), Word("there", 1.5, 1.9)]
+    marks, rows = placed(viz.waveform_figure(np.zeros(3 * 16000), 16000, few), 3.0)
+    assert list(marks.text) == ["hello", "there"] and len(rows) == 1  # room for all: one row
+    dense = [Word(f"word{i}", 0.2 * i, 0.2 * i + 0.15) for i in range(20)]
+    fig = viz.waveform_figure(np.sin(np.linspace(0, 300, 4 * 16000)), 16000, dense)
+    marks, rows = placed(fig, 4.0)
+    assert len(rows) == 2 and all(marks.text)  # neighbours alternate, every word labelled
+    long_clip = [Word(f"w{i}", 0.29 * i, 0.29 * i + 0.2) for i in range(205)]  # 60 s, 205 words
+    marks, rows = placed(viz.waveform_figure(np.zeros(60 * 16000), 16000, long_clip), 60.0)
+    labelled = sum(bool(t) for t in marks.text)
+    assert 20 < labelled < 205 and len(marks.hovertext) == 205  # thinned, every word still hovers
     assert viz.figure_to_png(fig, width=500, height=300)[:4] == b"\x89PNG"

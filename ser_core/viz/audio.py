@@ -53,15 +53,39 @@ def _words_list(words: Sequence[Word] | None) -> list[Word]:
     return out
 
 
-def _word_marks(words: list[Word], y_text: float, row_step: float) -> go.Scatter:
+#: A word label's width as a share of the time axis, per character (11 px type, ~6 px a
+#: character, on a plot area about 540 px wide, the Analyze page's column: ~90 characters
+#: across). Used to keep labels from overlapping; a wider plot only leaves more room.
+CHAR_SHARE = 1 / 90
+
+
+def _word_rows(words: list[Word], span: float) -> list[int | None]:
+    """The row (0 or 1) each word's label goes in, or None when it fits in neither: a label takes
+    the first row where it clears the previous one (by its estimated width, ``CHAR_SHARE``), so
+    neighbours never overlap; a long clip's dense words keep every other label or fewer."""
+    ends = [-np.inf, -np.inf]
+    rows: list[int | None] = []
+    for w in words:
+        half = (len(w.text) + 1) * CHAR_SHARE * span / 2
+        mid = (w.start + w.end) / 2
+        row = next((r for r in (0, 1) if mid - half >= ends[r]), None)
+        if row is not None:
+            ends[row] = mid + half
+        rows.append(row)
+    return rows
+
+
+def _word_marks(words: list[Word], y_text: float, row_step: float, span: float) -> go.Scatter:
     """Each word above its time span, all in one text trace (a layout annotation per word cost
-    the browser ~0.1 s more on every redraw of a 10 s clip). Words more than 12 alternate between
-    two rows ``row_step`` apart, so that neighbours do not overlap."""
-    rows = 2 if len(words) > 12 else 1
+    the browser ~0.1 s more on every redraw of a 10 s clip), in two rows ``row_step`` apart so that
+    neighbours do not overlap (``_word_rows``; a word with no room has no label, its hover stays).
+    ``span``: the seconds the time axis shows."""
+    rows = _word_rows(words, span)
     return go.Scatter(
         x=[(w.start + w.end) / 2 for w in words],
-        y=[y_text + row_step * (i % rows) for i in range(len(words))],
-        mode="text", text=[html.escape(w.text) for w in words], textposition="top center",
+        y=[y_text + row_step * (r or 0) for r in rows],
+        mode="text", text=[html.escape(w.text) if r is not None else "" for w, r in zip(words, rows)],
+        textposition="top center",
         textfont={"size": 11, "color": "#222222"}, cliponaxis=False, showlegend=False, name="words",
         hovertext=[f"{html.escape(w.text)}: {w.start:.2f}–{w.end:.2f} s" for w in words], hoverinfo="text",
     )
@@ -139,8 +163,9 @@ def waveform_figure(
             hovertemplate="%{x:.3f} s<br>%{y:.3f}<extra></extra>",
         )
     )
-    if words_:  # just above the plot area
-        fig.add_trace(_word_marks(words_, y_text=hi, row_step=0.16 * (hi - lo)))
+    row_step = 0.16 * (hi - lo)
+    if words_:  # two rows of labels at the top, inside the axis range (text beyond it is not drawn)
+        fig.add_trace(_word_marks(words_, y_text=hi, row_step=row_step, span=duration))
     title = "Waveform"
     if spans is not None:
         covered = sum(b - a for a, b in spans)
@@ -148,7 +173,8 @@ def waveform_figure(
     fig.update_layout(
         title={"text": title},
         xaxis={"title": {"text": "time (s)"}, "range": [0, duration]},
-        yaxis={"title": {"text": "amplitude"}, "range": [lo, hi]},
+        yaxis={"title": {"text": "amplitude"}, "range": [lo, hi + 2.2 * row_step if words_ else hi],
+               "tickvals": [round(v, 2) for v in np.linspace(-peak, peak, 5)]},
         showlegend=spans is not None,
         legend={"orientation": "h", "yanchor": "top", "y": -0.18, "x": 0},
         margin={"t": 110},
@@ -222,7 +248,8 @@ def spectrogram_figure(
         showlegend=False,
     )
     if words_:
-        fig.add_trace(_word_marks(words_, y_text=strip_hi + 0.5, row_step=0.1 * n_mels))
+        fig.add_trace(_word_marks(words_, y_text=strip_hi + 0.5, row_step=0.1 * n_mels,
+                                  span=t_end - float(times[0] - step / 2)))
     return fig
 
 
