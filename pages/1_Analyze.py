@@ -6,7 +6,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import streamlit as st  # noqa: E402
 
-from ser_core import kept, ui, viz  # noqa: E402
+from ser_core import kept, limits, ui, viz  # noqa: E402
 from ser_core.deletion import AXIS_NAMES, QUICK_RANKINGS  # noqa: E402
 
 ui.page_setup("Analyze")
@@ -166,9 +166,12 @@ with st.expander("Is this faithful? (deletion test)", expanded=False):
         "the top 10–50 % (as if they were padding) and runs the model again; it does the same for "
         "Integrated Gradients, gradient × input and attention rollout."
     )
-    if st.toggle("Run the deletion test", key="analyze_faithful",
-                 help="Re-runs the model about 50 times on the cached features: attention against random "
-                      "first (about a second on a 10 s clip), then the gradient attributions (a few seconds more)."):
+    too_long = limits.too_long_to_explain(feats.duration)
+    if too_long:
+        st.info(too_long)
+    elif st.toggle("Run the deletion test", key="analyze_faithful",
+                   help="Re-runs the model about 50 times on the cached features: attention against random "
+                        "first (about a second on a 10 s clip), then the gradient attributions (a few seconds more)."):
         sentence_box, curves_box, pending = st.empty(), st.empty(), st.empty()
 
         def show(test, stage):

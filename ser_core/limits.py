@@ -9,6 +9,8 @@ variable                   what it limits                               default
 ``SER_MAX_SECONDS``        seconds of audio in one clip                 60
 ``SER_MAX_BYTES``          bytes of one upload or recording             50 MiB
 ``SER_MAX_ANALYSES``       analyses that run at the same time           one per CPU core (1-8)
+``SER_MAX_EXPLAIN_SECONDS``  seconds of a clip the deletion test and     20
+                           the attributions run on
 =========================  ===========================================  ==========================
 
 ``check_upload(data)`` applies the first two to raw bytes before anything decodes them: the size
@@ -27,6 +29,11 @@ from .errors import InputError
 
 MAX_SECONDS = 60.0
 MAX_BYTES = 50 * 1024 * 1024
+#: The deletion test re-runs the model ~50 times and Integrated Gradients runs it 16 times with
+#: gradients, at a cost that grows with the square of the length. Measured on 2 cores (one thread):
+#: Integrated Gradients alone 3-4 s for 10 s of speech, 9 s for 20 s, 136 s and 7 GB for 60 s
+#: (attention rollout 12 s for 60 s).
+MAX_EXPLAIN_SECONDS = 20.0
 
 
 def _from_env(name: str, default: float, unit: str) -> float:
@@ -58,6 +65,36 @@ def max_bytes(value: int | None = None) -> int:
     if value <= 0:
         raise InputError(f"The size limit must be a positive number of bytes, not {value}.")
     return value
+
+
+def max_explain_seconds(value: float | None = None) -> float:
+    """Seconds of a clip the deletion test and the attributions may run on: ``value``,
+    else ``SER_MAX_EXPLAIN_SECONDS``, else 20."""
+    if value is None:
+        value = _from_env("SER_MAX_EXPLAIN_SECONDS", MAX_EXPLAIN_SECONDS, " of seconds")
+    value = float(value)
+    if not math.isfinite(value) or value <= 0:
+        raise InputError(f"The explanation length limit must be a positive number of seconds, not {value}.")
+    return value
+
+
+def too_long_to_explain(seconds: float) -> str | None:
+    """Why a clip of ``seconds`` is too long for the deletion test and the attributions, in plain
+    words; None when it is not."""
+    limit = max_explain_seconds()
+    if seconds <= limit + 1e-6:
+        return None
+    return (f"The deletion test and the attributions run on clips up to {limit:g} s; this one is "
+            f"{seconds:.1f} s. They re-run the model dozens of times, and each run costs more than the "
+            "length suggests (a 60 s clip would keep the server busy for minutes). Analyse a shorter "
+            "part of the recording to see them.")
+
+
+def check_explainable(seconds: float) -> None:
+    """InputError (``too_long_to_explain``'s words) when a clip is too long to explain."""
+    refusal = too_long_to_explain(seconds)
+    if refusal:
+        raise InputError(refusal)
 
 
 def default_max_analyses() -> int:

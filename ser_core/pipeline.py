@@ -21,6 +21,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from . import limits
 from .analysis_queue import Cancelled
 from .asr import require_asr_words, require_speech
 from .audio import load_audio
@@ -261,6 +262,7 @@ class Analyzer:
 
         if method not in METHODS:
             raise InputError(f"Unknown attribution method {method!r}; use one of {list(METHODS)}.")
+        limits.check_explainable(analysis.features.duration)
         setting = self._setting(analysis)
         steps = int(n_steps) if n_steps else None  # None: the model family's default
         key = ("attribution", analysis.features.key, setting_key(**setting), method,
@@ -282,6 +284,7 @@ class Analyzer:
         from .attribution import setting_key
         from .deletion import DEFAULT_RANKINGS, STEPS, run_deletion_test
 
+        limits.check_explainable(analysis.features.duration)
         rankings = tuple(rankings or DEFAULT_RANKINGS)
         steps = tuple(steps or STEPS)
         setting = self._setting(analysis)

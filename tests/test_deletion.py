@@ -240,6 +240,41 @@ def test_analyze_page_shows_the_deletion_view(cache, monkeypatch):
     assert len(queued) == 3  # the analysis; attention against random; every ranking
 
 
+def test_a_clip_too_long_to_explain_gets_a_message_and_runs_nothing(toy, monkeypatch):
+    """Above ``SER_MAX_EXPLAIN_SECONDS`` the deletion test and every attribution refuse in plain
+    words before any model run (a 60 s clip's Integrated Gradients took 136 s and 7 GB)."""
+    from ser_core import attribution, deletion
+    from ser_core.errors import InputError
+
+    monkeypatch.setenv("SER_MAX_EXPLAIN_SECONDS", "0.5")  # the toy clip is 1 s long
+    monkeypatch.setattr(deletion, "run_deletion_test", lambda *a, **k: pytest.fail("the test ran"))
+    monkeypatch.setattr(attribution, "compute_attribution", lambda *a, **k: pytest.fail("it ran"))
+    with pytest.raises(InputError, match=r"up to 0.5 s; this one is 1.0 s"):
+        toy.deletion_test()
+    for method in ("integrated_gradients", "input_x_gradient", "rollout"):
+        with pytest.raises(InputError, match="shorter part of the recording"):
+            toy.attribution(method)
+    monkeypatch.undo()  # the default limit (20 s)
+    assert toy.deletion_test().curves
+    from ser_core import limits
+
+    assert limits.too_long_to_explain(20.0) is None and limits.too_long_to_explain(20.5)
+    monkeypatch.setenv("SER_MAX_EXPLAIN_SECONDS", "ten")
+    with pytest.raises(InputError, match="SER_MAX_EXPLAIN_SECONDS"):
+        limits.max_explain_seconds()
+
+
+def test_analyze_page_says_why_a_long_clip_has_no_deletion_test(cache, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("SER_MAX_EXPLAIN_SECONDS", "1")  # every sample clip is longer
+    at = AppTest.from_file(str(REPO / "pages" / "1_Analyze.py"), default_timeout=180).run()
+    at.button(key="analyze_button").click().run()
+    assert not at.exception, at.exception
+    assert not [t for t in at.toggle if t.key == "analyze_faithful"]
+    assert any("run on clips up to 1 s" in i.value for i in at.info)
+
+
 def test_deletion_curves_figure_has_one_line_per_ranking():
     from ser_core import viz
 
