@@ -47,14 +47,19 @@ def _from_env(name: str, default: float, unit: str) -> float:
         raise InputError(f"{name} is set to {raw!r}, which is not a number{unit}.") from None
 
 
-def max_seconds(value: float | None = None) -> float:
-    """Seconds of audio one clip may hold: ``value``, else ``SER_MAX_SECONDS``, else 60."""
+def _seconds(value: float | None, env: str, default: float, what: str) -> float:
+    """``value``, else the number in ``env``, else ``default``: a positive number of seconds."""
     if value is None:
-        value = _from_env("SER_MAX_SECONDS", MAX_SECONDS, " of seconds")
+        value = _from_env(env, default, " of seconds")
     value = float(value)
     if not math.isfinite(value) or value <= 0:
-        raise InputError(f"The duration limit must be a positive number of seconds, not {value}.")
+        raise InputError(f"The {what} must be a positive number of seconds, not {value}.")
     return value
+
+
+def max_seconds(value: float | None = None) -> float:
+    """Seconds of audio one clip may hold: ``value``, else ``SER_MAX_SECONDS``, else 60."""
+    return _seconds(value, "SER_MAX_SECONDS", MAX_SECONDS, "duration limit")
 
 
 def max_bytes(value: int | None = None) -> int:
@@ -70,12 +75,7 @@ def max_bytes(value: int | None = None) -> int:
 def max_explain_seconds(value: float | None = None) -> float:
     """Seconds of a clip the deletion test and the attributions may run on: ``value``,
     else ``SER_MAX_EXPLAIN_SECONDS``, else 20."""
-    if value is None:
-        value = _from_env("SER_MAX_EXPLAIN_SECONDS", MAX_EXPLAIN_SECONDS, " of seconds")
-    value = float(value)
-    if not math.isfinite(value) or value <= 0:
-        raise InputError(f"The explanation length limit must be a positive number of seconds, not {value}.")
-    return value
+    return _seconds(value, "SER_MAX_EXPLAIN_SECONDS", MAX_EXPLAIN_SECONDS, "explanation length limit")
 
 
 def too_long_to_explain(seconds: float) -> str | None:
