@@ -32,6 +32,24 @@ from .models.base import ModelOutput, collate_batch, feature_extras, model_axis_
 from .paths import CHECKPOINTS_DIR
 from .trace import AttentionTrace, AxisLabels
 
+#: A KS-Transformer's feature-extraction output (its vanilla maps included) is kept per utterance
+#: so that a slider move re-runs only the key-sparse part: for this many utterances at most, and
+#: this many bytes (ten 10 s clips are ~0.4 GB; one 60 s clip alone is 1.4 GB and stays alone).
+MAX_EXTRACTED, MAX_EXTRACTED_BYTES = 8, 512 * 2**20
+
+
+def _tensor_bytes(value: Any) -> int:
+    """Bytes held by the tensors in ``value`` (a dataclass, list, tuple or dict of them)."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in value)
+    if hasattr(value, "__dataclass_fields__"):
+        return sum(_tensor_bytes(getattr(value, f)) for f in value.__dataclass_fields__)
+    return 0
+
 DEFAULT_CHECKPOINT = CHECKPOINTS_DIR / "ks_transformer_demo.safetensors"
 
 
@@ -205,6 +223,16 @@ class Analyzer:
         result.timings.update({"decode": t1 - t0, "features": t2 - t1, "total": time.perf_counter() - t0})
         return result
 
+    def _trim_extracted(self) -> None:
+        """Drop the oldest extraction outputs beyond ``MAX_EXTRACTED`` items or
+        ``MAX_EXTRACTED_BYTES`` (their maps grow with the square of the length: a 60 s clip's are
+        1.4 GB); the newest always stays, for the sliders of the clip on screen."""
+        sizes = {key: _tensor_bytes(value) for key, value in self._extracted.items()}
+        while len(self._extracted) > 1 and (len(self._extracted) > MAX_EXTRACTED
+                                            or sum(sizes.values()) > MAX_EXTRACTED_BYTES):
+            key, _ = self._extracted.popitem(last=False)
+            sizes.pop(key)
+
     def run_model(
         self, feats: Features, keep_ratio: float | dict | None = None, top_p: float | None = None,
         **options: Any,
@@ -218,8 +246,9 @@ class Analyzer:
                 batch = collate_batch(self.model, [feats], self.device)
                 if hasattr(self.model, "extract"):
                     extracted = self._extracted[feats.key] = self.model.extract(batch, record=True)
-                    while len(self._extracted) > 8:
-                        self._extracted.popitem(last=False)
+                    self._trim_extracted()
+            else:
+                self._extracted.move_to_end(feats.key)
             if batch is None and extracted is None:
                 batch = collate_batch(self.model, [feats], self.device)
             output: ModelOutput = self.model(batch, keep_ratio=keep_ratio, top_p=top_p, record=True,
