@@ -89,14 +89,18 @@ def test_train_page_live_loss_curve_and_stop(cache, corpus, tmp_path):
             except Exception:
                 raise AssertionError(f"the run did not start\n{_what_happened(page)}") from None
 
+            # Each poll's count is the one used: a chart being redrawn by the page's own refresh can
+            # hold no data for a moment, so reading it a second time after the loop could see 0.
             deadline = time.time() + 300  # features are extracted first; a loaded machine is slow
-            while _loss_points(page) == 0 and time.time() < deadline:
-                page.wait_for_timeout(250)
             first = _loss_points(page)
+            while first == 0 and time.time() < deadline:
+                page.wait_for_timeout(250)
+                first = _loss_points(page)
             assert first > 0, f"the loss curve never appeared\n{_what_happened(page)}"
-            while _loss_points(page) <= first and time.time() < deadline:
+            grown = first
+            while grown <= first and time.time() < deadline:
                 page.wait_for_timeout(250)  # the page polls the run by itself: no clicks here
-            grown = _loss_points(page)
+                grown = _loss_points(page)
             assert grown > first, f"the loss curve did not grow ({first} points)\n{_what_happened(page)}"
             assert page.get_by_text("epoch", exact=False).count() > 0
             page.screenshot(path=str(shots / "train_running.png"), full_page=True)
