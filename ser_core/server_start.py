@@ -15,6 +15,25 @@ log = logging.getLogger(__name__)
 
 _started = threading.Event()
 
+#: The server's own background threads (this module's, and ``ui``'s warm-up).
+BACKGROUND_THREADS = frozenset({"ser-server-start", "ser-warm-up"})
+
+
+class QuietBackgroundThreads(logging.Filter):
+    """Streamlit warns "missing ScriptRunContext" each time a cached function runs outside a
+    page's script run; the server's background threads do so on purpose, and a teacher's
+    terminal would fill with it. Only their records are dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return threading.current_thread().name not in BACKGROUND_THREADS
+
+
+def quiet_background_threads() -> None:
+    """Install :class:`QuietBackgroundThreads` on Streamlit's script-context logger (once)."""
+    logger = logging.getLogger("streamlit.runtime.scriptrunner_utils.script_run_context")
+    if not any(isinstance(f, QuietBackgroundThreads) for f in logger.filters):
+        logger.addFilter(QuietBackgroundThreads())
+
 
 def start_warm_up() -> threading.Thread | None:
     """Set one thread per analysis and start ``ui.warm_up`` in the background, once per process
@@ -22,6 +41,7 @@ def start_warm_up() -> threading.Thread | None:
     if _started.is_set():
         return None
     _started.set()
+    quiet_background_threads()
 
     def run() -> None:
         try:

@@ -156,6 +156,9 @@ def start_server_work() -> None:
     """One thread per analysis, and the models' warm-up started in the background: once per
     server (both are cached resources), whoever calls first (``app.py``'s lifespan when the
     server starts, else the first page)."""
+    from .server_start import quiet_background_threads
+
+    quiet_background_threads()
     _one_thread_per_analysis()
     _warm_up_in_background()
 

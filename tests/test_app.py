@@ -281,6 +281,29 @@ def test_the_server_script_starts_the_warm_up_when_the_server_starts(monkeypatch
     asyncio.run(serve())
     assert server_start.start_warm_up() is None  # once per process
 
+    # the background threads' "missing ScriptRunContext" warnings stay out of the teacher's terminal
+    import logging
+
+    from streamlit.runtime.scriptrunner_utils.script_run_context import get_script_run_ctx
+
+    logger = logging.getLogger("streamlit.runtime.scriptrunner_utils.script_run_context")
+    heard: dict[str, int] = {}
+
+    class Count(logging.Handler):
+        def emit(self, record):
+            heard[threading.current_thread().name] = heard.get(threading.current_thread().name, 0) + 1
+
+    handler = Count()
+    logger.addHandler(handler)
+    try:
+        for name in ("ser-warm-up", "a visitor's thread"):
+            t = threading.Thread(target=get_script_run_ctx, name=name)
+            t.start()
+            t.join()
+    finally:
+        logger.removeHandler(handler)
+    assert "ser-warm-up" not in heard and heard.get("a visitor's thread") == 1
+
 
 def test_warm_up_loads_the_default_model_and_whisper_once():
     """What the first page of a server starts in the background: afterwards the first analysis
