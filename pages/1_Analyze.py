@@ -171,7 +171,7 @@ with st.expander("Is this faithful? (deletion test)", expanded=False):
         st.info(too_long)
     elif st.toggle("Run the deletion test", key="analyze_faithful",
                    help="Re-runs the model about 50 times on the cached features: attention against random "
-                        "first (about a second on a 10 s clip), then the gradient attributions (a few seconds more)."):
+                        "first (1–2 s on a 10 s clip), then the gradient attributions (about 5 s more)."):
         sentence_box, curves_box, pending = st.empty(), st.empty(), st.empty()
 
         def show(test, stage):
