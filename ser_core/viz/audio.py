@@ -204,7 +204,7 @@ def spectrogram_figure(
     spans, span_name = _spans_from(record, kept, head)
     n_mels, n_frames = spec.shape
     step = float(np.median(np.diff(times))) if n_frames > 1 else 0.01
-    t_end = float(times[-1] + step)
+    t_start, t_end = float(times[0] - step / 2), float(times[-1] + step)
 
     title = "Log-mel spectrogram"
     block = math.ceil(n_frames / MAX_SPECTROGRAM_FRAMES)
@@ -240,7 +240,7 @@ def spectrogram_figure(
                   "dropped frames dimmed</sup>")
     fig.update_layout(
         title={"text": title},
-        xaxis={"title": {"text": "time (s)"}, "range": [float(times[0] - step / 2), t_end]},
+        xaxis={"title": {"text": "time (s)"}, "range": [t_start, t_end]},
         yaxis={"title": {"text": "mel bin"},
                "range": [-0.5, strip_hi + (0.25 * n_mels if words_ else 1.0)]},
         margin={"t": 90},
@@ -249,7 +249,7 @@ def spectrogram_figure(
     )
     if words_:
         fig.add_trace(_word_marks(words_, y_text=strip_hi + 0.5, row_step=0.1 * n_mels,
-                                  span=t_end - float(times[0] - step / 2)))
+                                  span=t_end - t_start))
     return fig
 
 
