@@ -248,3 +248,19 @@ def test_jobs_run_at_a_lower_priority_than_the_server():
     command = jobs.background([sys.executable, "-c", "import os; print(os.nice(0))"])
     niceness = int(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
     assert niceness >= min(os.nice(0) + jobs.BACKGROUND_NICENESS, 19)
+
+
+@pytest.mark.skipif(not Path("/proc/self/autogroup").exists(), reason="no autogroup scheduler here")
+def test_a_detached_job_s_session_gets_the_lower_priority_too():
+    """With Linux's autogroup scheduler a process's nice only counts inside its own session, and a
+    job runs in a session of its own: that session's niceness is lowered as well."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], start_new_session=True)
+    try:
+        assert jobs.lower_group_priority(proc.pid)
+        group = Path(f"/proc/{proc.pid}/autogroup").read_text()
+        assert group.split()[-1] == str(jobs.BACKGROUND_NICENESS)  # "/autogroup-123 nice 10"
+        assert Path("/proc/self/autogroup").read_text() != group  # the test's own session is untouched
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not jobs.lower_group_priority(proc.pid)  # a process that is gone: False, no error
