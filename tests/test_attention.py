@@ -296,3 +296,41 @@ def test_nucleus_is_smallest_set_reaching_top_p(top_p):
 def test_nucleus_bad_top_p(top_p):
     with pytest.raises(InputError):
         nucleus_mask(torch.tensor([0.5, 0.5]), top_p)
+
+
+@pytest.mark.parametrize("keep_ratio", [0.3, 1.0])
+@pytest.mark.parametrize("padded", [False, True])
+def test_long_maps_built_a_block_of_query_rows_at_a_time_match_the_paper(monkeypatch, keep_ratio, padded):
+    """Long sequences (a 60 s clip's frames) build W a block of query rows at a time; forced on
+    small inputs here (blocks of 3 rows, not dividing Tq), every result matches the reference,
+    with the maps (inference), without them (training, the deletion test) and with gradients."""
+    import ser_core.attention as attention
+
+    monkeypatch.setattr(attention, "BLOCKED_FROM", 1)
+    monkeypatch.setattr(attention, "BLOCK_ELEMENTS", 3 * 9)  # Tk = 9: three query rows a block
+    q, k, v = make(2, 3, 10, 9, seed=7)
+    key_pad = query_pad = None
+    if padded:
+        key_pad = torch.zeros(2, 9, dtype=torch.bool)
+        key_pad[1, 6:] = True
+        query_pad = torch.zeros(2, 10, dtype=torch.bool)
+        query_pad[1, 7:] = True
+    ref_out, ref_w, ref_keep, ref_scores = reference(q, k, v, keep_ratio, key_pad, query_pad)
+    with torch.inference_mode():
+        r = key_sparse_attention_with_scores(q, k, v, keep_ratio, key_pad, query_pad)
+        bare = key_sparse_attention_with_scores(q, k, v, keep_ratio, key_pad, query_pad, need_weights=False)
+    for b in range(2):
+        rows = slice(None) if query_pad is None else ~query_pad[b]  # padded queries' rows: not compared
+        for got in (r, bare):
+            torch.testing.assert_close(got.out[b][:, rows], ref_out[b][:, rows])
+            torch.testing.assert_close(got.keep[b], ref_keep[b])
+            if keep_ratio < 1 or got is r:
+                torch.testing.assert_close(got.key_scores[b], ref_scores[b])
+        torch.testing.assert_close(r.weights[b][:, rows], ref_w[b][:, rows])
+    assert bare.weights is None
+    # training: the gradient reaches q, k and v through out
+    qg, kg, vg = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    trained = key_sparse_attention_with_scores(qg, kg, vg, keep_ratio, key_pad, query_pad, need_weights=False)
+    torch.testing.assert_close(trained.keep, ref_keep)
+    trained.out.sum().backward()
+    assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in (qg, kg, vg))
