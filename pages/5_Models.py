@@ -12,7 +12,13 @@ import streamlit as st  # noqa: E402
 from ser_core import ui, viz  # noqa: E402
 from ser_core.checkpoint import list_all_checkpoints  # noqa: E402
 from ser_core.errors import InputError  # noqa: E402
-from ser_core.experiments import EXPERIMENTS, SHIPPED_RESULTS, found_results_dir, load_results  # noqa: E402
+from ser_core.experiments import (  # noqa: E402
+    EXPERIMENT_TITLES,
+    EXPERIMENTS,
+    SHIPPED_RESULTS,
+    found_results_dir,
+    load_results,
+)
 from ser_core.model_notes import MODEL_NOTES, settings_table  # noqa: E402
 
 ui.page_setup("Models")
@@ -131,26 +137,29 @@ for c in cards:
 st.divider()
 st.header("The papers' experiments")
 st.caption("Each is one command; its table and plot appear here once it has run "
-           "(on the demo corpus unless another corpus was given).")
-for name in EXPERIMENTS:
-    saved = load_results(name)
-    with st.expander(f"`python -m ser_core experiment {name}`" + ("" if saved else " — not run yet"),
-                     expanded=False):
-        if not saved:
-            st.code(f"python -m ser_core experiment {name}  # add --epochs N / --max-utterances N for a quick run")
-            continue
-        settings = saved["settings"]
-        shipped = found_results_dir(name) == SHIPPED_RESULTS / name
-        root = str(settings.get("root") or "")
-        corpus = "the demo corpus" if not root or "demo_corpus" in root else f"corpus {root}"
-        model_args = ", ".join(f"{k} = {v}" for k, v in (settings.get("model_args") or {}).items())
-        st.caption(f"{corpus} · protocol {settings.get('protocol')} · "
-                   f"epochs {settings.get('epochs') or 'preset'} · utterances "
-                   f"{settings.get('max_utterances') or 'all'}"
-                   + (f" · every row with {model_args}" if model_args else "")
-                   + (" · run by the project and shipped with it; the command above makes this machine's own"
-                      if shipped else ""))
-        st.dataframe(pd.DataFrame(saved["rows"]), hide_index=True, width="stretch")
-        png = found_results_dir(name) / "results.png"
-        if png.exists():
-            st.image(str(png))
+           "(on the demo corpus unless another corpus was given). One at a time: pick it below.")
+# One experiment drawn at a time: six tables and plots in closed expanders were still all drawn
+# by the browser, a second of the page's load.
+chosen = st.selectbox("Experiment", EXPERIMENTS, key="models_experiment",
+                      format_func=lambda n: EXPERIMENT_TITLES[n] + ("" if load_results(n) else " (not run yet)"))
+saved = load_results(chosen)
+st.markdown(f"`python -m ser_core experiment {chosen}`")
+if not saved:
+    st.info("Not run yet on this machine. Run the command above (add --epochs N / --max-utterances N "
+            "for a quick run); its table and plot then appear here.")
+else:
+    settings = saved["settings"]
+    shipped = found_results_dir(chosen) == SHIPPED_RESULTS / chosen
+    root = str(settings.get("root") or "")
+    corpus = "the demo corpus" if not root or "demo_corpus" in root else f"corpus {root}"
+    model_args = ", ".join(f"{k} = {v}" for k, v in (settings.get("model_args") or {}).items())
+    st.caption(f"{corpus} · protocol {settings.get('protocol')} · "
+               f"epochs {settings.get('epochs') or 'preset'} · utterances "
+               f"{settings.get('max_utterances') or 'all'}"
+               + (f" · every row with {model_args}" if model_args else "")
+               + (" · run by the project and shipped with it; the command above makes this machine's own"
+                  if shipped else ""))
+    st.dataframe(pd.DataFrame(saved["rows"]), hide_index=True, width="stretch")
+    png = found_results_dir(chosen) / "results.png"
+    if png.exists():
+        st.image(str(png))

@@ -68,6 +68,15 @@ def _rows(name: str) -> tuple[list[Row], str]:
 
 
 EXPERIMENTS = ("ks_ccab", "ks_keep_ratio", "ilt", "cat", "mesm_modality", "mesm_top_p")
+#: What each experiment compares, in words (the Models page's picker).
+EXPERIMENT_TITLES = {
+    "ks_ccab": "KS-Transformer: how many cross-modal blocks (CCABs)",
+    "ks_keep_ratio": "KS-Transformer: the share of keys kept (k), trained at each k",
+    "ilt": "ILT: how the two branches are fused, with and without positions",
+    "cat": "CAT: both cross-attention directions, one of them, or none",
+    "mesm_modality": "MESM: text alone, or with speech, faces or both",
+    "mesm_top_p": "MESM: accuracy and cost over the nucleus size (top_p)",
+}
 
 
 #: Results run by the project and shipped with it (small: results.json/csv/png, no checkpoints):

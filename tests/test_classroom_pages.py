@@ -133,3 +133,26 @@ def test_corpus_generation_is_refused_when_the_corpus_is_there_and_reads_the_pro
     job.log_path.write_text("")
     estimate = corpus_job.estimate_corpus_seconds(2000, 2)
     assert corpus_job.corpus_progress(job).remaining == pytest.approx(estimate - 30, abs=2)
+
+
+def test_models_page_shows_one_experiment_at_a_time_with_its_table():
+    """The papers' experiments: one picker, the chosen one's table (the shipped results where
+    this machine ran none), the command always shown."""
+    from ser_core.experiments import EXPERIMENT_TITLES, EXPERIMENTS, load_results
+
+    assert set(EXPERIMENT_TITLES) == set(EXPERIMENTS)
+    at = AppTest.from_file(str(REPO / "pages/5_Models.py"), default_timeout=TIMEOUT).run()
+    assert not at.exception, at.exception
+    picker = at.selectbox(key="models_experiment")
+    assert list(picker.options) == [EXPERIMENT_TITLES[n] + ("" if load_results(n) else " (not run yet)")
+                                    for n in EXPERIMENTS]
+    for name in EXPERIMENTS:
+        picker.set_value(name).run()
+        assert not at.exception, at.exception
+        text = "\n".join(m.value for m in at.markdown)
+        assert f"python -m ser_core experiment {name}" in text
+        saved = load_results(name)
+        if saved:
+            assert len(at.dataframe[-1].value) == len(saved["rows"])
+        else:
+            assert any("Not run yet" in i.value for i in at.info)
