@@ -6,7 +6,7 @@ Starts ``streamlit run app.py`` and one headless Chromium with ``--sessions`` co
 separate Streamlit session). Every session opens Analyze, uploads a clip of its own (made from the
 sample clips in ``samples/wav/``, each of a different length, 2–6 s) and waits idle; then all press
 Analyze at one shared moment. Meanwhile ``python -m ser_core train`` trains a tiny KS-Transformer on a
-tiny generated corpus (40 utterances, batch size 4, ``--train-epochs`` 200: longer than the load
+tiny generated corpus (40 utterances, batch size 4, ``--train-epochs`` 100000: longer than the load
 lasts; it is stopped at the end) as a separate process at the lower priority the Train page gives
 its jobs (``ser_core.jobs.background``), unless ``--no-training``; the presses wait
 until it trains (its feature extraction comes first). Before the sessions open, one analysis
@@ -451,7 +451,7 @@ def main() -> None:
     ap.add_argument("--browser-nice", type=int, default=0,
                     help="run the browsers at this lower priority (e.g. 19): in a classroom each student's "
                          "browser draws on its own laptop, not on the server's cores")
-    ap.add_argument("--train-epochs", type=int, default=200,
+    ap.add_argument("--train-epochs", type=int, default=100_000,
                     help="the training job's epochs (enough to outlast the load; it is stopped at the end)")
     args = ap.parse_args()
     from browser import CHROMIUM_FLAGS, chromium_path, streamlit_server
@@ -505,7 +505,8 @@ def main() -> None:
                               machine_cpu_seconds(), time.time())
                 sent = press_all(pages)
                 records = wait_all(pages, sent, args.timeout, memories, trainer)
-                cpu_after = (cpu_seconds(server.pid), trainer and cpu_seconds(trainer.proc.pid),
+                trainer_ran = trainer is not None and trainer.running()  # its CPU time is lost once it ends
+                cpu_after = (cpu_seconds(server.pid), trainer_ran and cpu_seconds(trainer.proc.pid) or None,
                              machine_cpu_seconds(), time.time())
                 results = [page.evaluate(RESULT) for page in pages]
                 print(f"load average {os.getloadavg()[0]:.1f} after the last answer (this test's processes "
@@ -513,8 +514,10 @@ def main() -> None:
                 used = [b - a if a is not None and b is not None else 0.0
                         for a, b in zip(cpu_before[:3], cpu_after[:3])]
                 window = cpu_after[3] - cpu_before[3]
+                training = (f"training job {used[1]:.0f} s" if trainer_ran else
+                            "training job not counted (not running at the end)" if trainer else "no training job")
                 print(f"CPU time from the presses to the last answer ({window:.0f} s × {os.cpu_count()} cores = "
-                      f"{window * os.cpu_count():.0f} core-s): server {used[0]:.0f} s, training job {used[1]:.0f} s, "
+                      f"{window * os.cpu_count():.0f} core-s): server {used[0]:.0f} s, {training}, "
                       f"browser and the rest {max(used[2] - used[0] - used[1], 0.0):.0f} s")
                 if trainer is not None:
                     print(f"after the last answer: {trainer.phase()}")

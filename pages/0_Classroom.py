@@ -44,9 +44,9 @@ digest = hashlib.sha1(data).hexdigest()
 if st.session_state.get("classroom_digest") != digest:  # a new clip: analyse it once
     st.session_state.pop("classroom_analysis", None)
     try:
-        with st.spinner("Listening: transcribing, encoding and running the model…"):
-            st.session_state["classroom_analysis"] = ui.analyze_queued(
-                checkpoint, data, name=None if source is recorded else source.name)
+        st.session_state["classroom_analysis"] = ui.analyze_queued(
+            checkpoint, data, name=None if source is recorded else source.name,
+            spinner="Listening: transcribing, encoding and running the model…")
     except Exception as exc:  # a message in plain words, never a traceback
         ui.show_error(exc)
     st.session_state["classroom_digest"] = digest

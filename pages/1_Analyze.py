@@ -27,15 +27,14 @@ transcript = st.text_input(
 
 def run(clip):
     try:
-        with st.spinner("Transcribing, encoding and running the model…"):
-            # what the user typed wins; else a sample's (or a clip opened from Evaluate) known
-            # transcript, as every other page uses it; else Whisper transcribes
-            text = (transcript or "").strip() or clip.transcript
-            st.session_state["analysis_words_from"] = (
-                "your transcript (aligned)" if (transcript or "").strip()
-                else "the clip's known transcript (aligned)" if clip.transcript else "Whisper ASR")
-            analysis = ui.analyze_queued(checkpoint, clip.data, transcript=text, video=clip.video,
-                                          name=clip.name)
+        # what the user typed wins; else a sample's (or a clip opened from Evaluate) known
+        # transcript, as every other page uses it; else Whisper transcribes
+        text = (transcript or "").strip() or clip.transcript
+        st.session_state["analysis_words_from"] = (
+            "your transcript (aligned)" if (transcript or "").strip()
+            else "the clip's known transcript (aligned)" if clip.transcript else "Whisper ASR")
+        # the spinner turns once this analysis runs; before, a still message gives its place in line
+        analysis = ui.analyze_queued(checkpoint, clip.data, transcript=text, video=clip.video, name=clip.name)
         st.session_state["analysis"] = analysis
         st.session_state["analysis_clip"] = clip
     except Exception as exc:  # every failure becomes a message, never a traceback
@@ -199,8 +198,8 @@ with st.expander("Is this faithful? (deletion test)", expanded=False):
                          if "words" in test.axes and not should_stop() else None)
                 return test, words
 
-            with st.spinner("Removing words and frames and re-running the model…"):
-                deletion, ig_words = ui.run_queued(deletion_and_words)
+            deletion, ig_words = ui.run_queued(
+                deletion_and_words, spinner="Removing words and frames and re-running the model…")
         except Exception as exc:  # a message, never a traceback
             ui.show_error(exc)
         else:

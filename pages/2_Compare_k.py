@@ -31,9 +31,8 @@ with st.expander("Utterance", expanded=base is None):
         ui.checkpoint_meta(checkpoint).get("model") if checkpoint else None))
     if checkpoint and clip and st.button("Analyze this clip", type="primary", key="compare_button"):
         try:
-            with st.spinner("Transcribing, encoding and running the model…"):
-                base = ui.analyze_queued(checkpoint, clip.data, transcript=clip.transcript, video=clip.video,
-                                         name=clip.name)
+            base = ui.analyze_queued(checkpoint, clip.data, transcript=clip.transcript, video=clip.video,
+                                     name=clip.name)
             st.session_state["analysis"] = base
             st.session_state["analysis_clip"] = clip
         except Exception as exc:

@@ -33,9 +33,9 @@ run_area = st.container()  # made on every run: later elements keep their places
 if clicked:
     with run_area:
         try:
-            with st.spinner("Transcribing, finding faces, encoding and running the model…"):
-                st.session_state["sparse_analysis"] = ui.analyze_queued(
-                    checkpoint, clip.data, transcript=clip.transcript, video=clip.video, name=clip.name)
+            st.session_state["sparse_analysis"] = ui.analyze_queued(
+                checkpoint, clip.data, transcript=clip.transcript, video=clip.video, name=clip.name,
+                spinner="Transcribing, finding faces, encoding and running the model…")
             st.session_state["sparse_clip"] = clip
         except Exception as exc:  # e.g. a video without a face: a message, never a traceback
             st.session_state.pop("sparse_analysis", None)

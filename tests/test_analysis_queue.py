@@ -384,7 +384,10 @@ def test_work_in_a_page_stops_when_its_tab_has_gone(monkeypatch):
 
 
 def _waiting_page():
-    """A page that runs fake work in the shared line and writes what its status box said."""
+    """A page that runs fake work in the shared line and writes what its status box said, when
+    its spinner started and when the work ran."""
+    import contextlib
+
     import streamlit as st
 
     from ser_core import ui
@@ -398,7 +401,20 @@ def _waiting_page():
         def empty(self):
             said.append("(cleared)")
 
-    st.write(ui.run_queued(lambda should_stop: "ran", status_box=Box()))
+    real_spinner = st.spinner
+
+    @contextlib.contextmanager
+    def spinner(text, **kwargs):
+        said.append(f"(spinner: {text})")
+        with real_spinner(text, **kwargs):
+            yield
+
+    st.spinner = spinner
+    try:
+        st.write(ui.run_queued(lambda should_stop: said.append("(work)") or "ran", status_box=Box(),
+                               spinner="Working…"))
+    finally:
+        st.spinner = real_spinner
     st.write(" | ".join(said))
 
 
@@ -424,5 +440,8 @@ def test_a_page_waits_its_turn_and_says_so():
     assert not at.exception
     result, said = (m.value for m in at.markdown)
     assert result == "ran"
-    assert said.startswith(f"Waiting: {line.slots} ahead of you, ") and said.endswith("(cleared)"), said
+    assert said.startswith(f"Waiting: {line.slots} ahead of you, "), said
+    # a still message while waiting; the spinner only once the work runs, and the work inside it
+    assert said.endswith("(cleared) | (spinner: Working…) | (work)"), said
+    assert said.count("(spinner") == 1
     assert line.counts() == (0, 0)

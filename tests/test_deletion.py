@@ -223,8 +223,8 @@ def test_analyze_page_shows_the_deletion_view(cache, monkeypatch):
         pytest.skip("shipped checkpoint missing")
     queued = []  # heavy work waits its turn in the shared line: the analysis, then the deletion test
     real_run_queued = ui.run_queued
-    monkeypatch.setattr(ui, "run_queued", lambda work, status_box=None: queued.append(work) or
-                        real_run_queued(work, status_box))
+    monkeypatch.setattr(ui, "run_queued", lambda work, status_box=None, spinner=None: queued.append(work) or
+                        real_run_queued(work, status_box, spinner))
     at = AppTest.from_file(str(REPO / "pages" / "1_Analyze.py"), default_timeout=180).run()
     assert not at.exception
     at.button(key="analyze_button").click().run()
