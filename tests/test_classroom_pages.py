@@ -146,7 +146,7 @@ def test_models_page_shows_one_experiment_at_a_time_with_its_table():
     picker = at.selectbox(key="models_experiment")
     assert list(picker.options) == [EXPERIMENT_TITLES[n] + ("" if load_results(n) else " (not run yet)")
                                     for n in EXPERIMENTS]
-    for name in EXPERIMENTS:
+    for name in (EXPERIMENTS[0], EXPERIMENTS[-1]):  # the first (shown at once) and another one
         picker.set_value(name).run()
         assert not at.exception, at.exception
         text = "\n".join(m.value for m in at.markdown)
