@@ -130,13 +130,13 @@ def key_sparse_attention_with_scores(
         if not (need_weights or need_scores):
             return KeySparseResult(out, None, keep, torch.zeros(B, H, Tk, dtype=q.dtype, device=q.device))
         with torch.no_grad():
-            W = _softmax_weights(q, k, key_padding_mask)
-            scores = _column_sums(W, key_valid, query_padding_mask)
-        return KeySparseResult(out, W if need_weights else None, keep, scores)
+            W, scores = _weights_and_scores(q, k, key_padding_mask, key_valid, query_padding_mask,
+                                            keep_weights=need_weights)
+        return KeySparseResult(out, W, keep, scores)
 
     if all_have_keys and not need_weights:
-        # Training: only the ranking is needed, so the scores are summed head-chunk by
-        # head-chunk (cache-sized pieces of W, never the whole [B,H,Tq,Tk] tensor at once).
+        # Training: only the ranking is needed, so W is not kept (on long sequences it is never
+        # whole: the scores are summed a cache-sized block of query rows at a time).
         with torch.no_grad():
             _, scores = _weights_and_scores(q, k, key_padding_mask, key_valid, query_padding_mask,
                                             keep_weights=False)
@@ -196,11 +196,15 @@ def _softmax_weights(q: Tensor, k: Tensor, key_padding_mask: Tensor | None) -> T
     if key_padding_mask is None:
         logits = torch.bmm(q3 * (D ** -0.5), kT3)
     else:
-        bias = torch.zeros(B, Tk, dtype=q.dtype, device=q.device)
-        bias.masked_fill_(key_padding_mask, torch.finfo(q.dtype).min / 2)
-        bias = bias[:, None, None, :].expand(B, H, 1, Tk).reshape(B * H, 1, Tk)
+        bias = _key_bias(key_padding_mask, q.dtype)[:, None, None, :].expand(B, H, 1, Tk).reshape(B * H, 1, Tk)
         logits = torch.baddbmm(bias, q3, kT3, alpha=D ** -0.5)
     return torch.softmax(logits, dim=-1).view(B, H, Tq, Tk)
+
+
+def _key_bias(key_padding_mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """[B, Tk]: 0 at valid keys, a huge negative *finite* number at padding (added to the logits)."""
+    bias = torch.zeros(key_padding_mask.shape, dtype=dtype, device=key_padding_mask.device)
+    return bias.masked_fill_(key_padding_mask, torch.finfo(dtype).min / 2)
 
 
 #: Maps at least this big (Tq·Tk, per head) are built a block of query rows at a time.
@@ -208,6 +212,9 @@ BLOCKED_FROM = 1 << 20
 #: Elements of W in one block of query rows (about 1 MB: the block stays in the core's cache while
 #: its softmax and column sums are taken, instead of five passes over a whole 300 MB map).
 BLOCK_ELEMENTS = 1 << 18
+#: Shorter maps whose weights are not kept (training) are taken this many elements of whole
+#: heads at a time (a training batch's W for every head at once is slower: out of cache).
+HEAD_GROUP_ELEMENTS = 1 << 21
 
 
 def _weights_and_scores(
@@ -216,42 +223,44 @@ def _weights_and_scores(
 ) -> tuple[Tensor | None, Tensor]:
     """(W of eq. 1 or None, its key scores s_z of :func:`_column_sums`), [B,H,Tq,Tk], [B,H,Tk].
 
-    Short sequences take the whole-map route (:func:`_softmax_weights`, one GEMM). From
-    :data:`BLOCKED_FROM` elements per head (e.g. 20 s of speech frames against themselves),
-    W is computed a block of query rows at a time: logits, softmax and the block's share of
-    the column sums while the block is in cache, and the block copied into W only when
-    ``keep_weights``. Same values as the whole-map route (the same GEMM and softmax per row);
-    a 60 s clip's audio self-attention is about three times quicker, and without the weights
-    (training, the deletion test) it never holds more than one block."""
+    Short maps that are kept take the whole-map route (:func:`_softmax_weights`, one GEMM).
+    Otherwise W is computed in cache-sized blocks: logits, softmax and the block's share of the
+    column sums while the block is in cache, the block copied into W only when ``keep_weights``.
+    A block is a group of whole heads for short maps (:data:`HEAD_GROUP_ELEMENTS`), and from
+    :data:`BLOCKED_FROM` elements per head (e.g. 20 s of speech frames against themselves) a
+    block of one head's query rows (:data:`BLOCK_ELEMENTS`). Same values as the whole-map route
+    (the same GEMM and softmax per row); a 60 s clip's audio self-attention is about three times
+    quicker, and without the weights (training, the deletion test) W is never whole."""
     B, H, Tq, D = q.shape
     Tk = k.shape[2]
-    if Tq * Tk < BLOCKED_FROM:
+    long = Tq * Tk >= BLOCKED_FROM
+    if keep_weights and not long:
         W = _softmax_weights(q, k, key_padding_mask)
-        return (W if keep_weights else None), _column_sums(W, key_valid, query_padding_mask)
-    q3 = q.reshape(B * H, Tq, D)
-    kT3 = k.reshape(B * H, Tk, D).transpose(1, 2)
-    bias = None
-    if key_padding_mask is not None:  # as _softmax_weights: a huge negative finite bias
-        bias = torch.zeros(B, Tk, dtype=q.dtype, device=q.device)
-        bias.masked_fill_(key_padding_mask, torch.finfo(q.dtype).min / 2)
-    qv = None if query_padding_mask is None else (~query_padding_mask).to(q.dtype)  # [B, Tq]
-    W = torch.empty(B * H, Tq, Tk, dtype=q.dtype, device=q.device) if keep_weights else None
-    scores = torch.zeros(B * H, Tk, dtype=q.dtype, device=q.device)
-    rows = max(1, BLOCK_ELEMENTS // Tk)
-    scale = D ** -0.5
+        return W, _column_sums(W, key_valid, query_padding_mask)
+    BH = B * H
+    q3 = q.reshape(BH, Tq, D)
+    kT3 = k.reshape(BH, Tk, D).transpose(1, 2)
+    bias = qv = None  # per (item, head) row: [BH, 1, Tk] / [BH, 1, Tq]
+    if key_padding_mask is not None:
+        bias = _key_bias(key_padding_mask, q.dtype)[:, None, None, :].expand(B, H, 1, Tk).reshape(BH, 1, Tk)
+    if query_padding_mask is not None:
+        qv = (~query_padding_mask).to(q.dtype)[:, None, None, :].expand(B, H, 1, Tq).reshape(BH, 1, Tq)
+    W = torch.empty(BH, Tq, Tk, dtype=q.dtype, device=q.device) if keep_weights else None
+    scores = torch.zeros(BH, Tk, dtype=q.dtype, device=q.device)
+    heads, rows = (1, max(1, BLOCK_ELEMENTS // Tk)) if long else (max(1, HEAD_GROUP_ELEMENTS // (Tq * Tk)), Tq)
     with torch.no_grad():
-        for bh in range(B * H):
-            b = bh // H
+        for g in range(0, BH, heads):
+            h = slice(g, min(BH, g + heads))
             for i in range(0, Tq, rows):
-                j = min(Tq, i + rows)
+                r = slice(i, min(Tq, i + rows))
                 if bias is None:
-                    logits = torch.mm(q3[bh, i:j], kT3[bh]).mul_(scale)
+                    logits = torch.bmm(q3[h, r], kT3[h]).mul_(D ** -0.5)
                 else:
-                    logits = torch.addmm(bias[b], q3[bh, i:j], kT3[bh], alpha=scale)
+                    logits = torch.baddbmm(bias[h], q3[h, r], kT3[h], alpha=D ** -0.5)
                 w = torch.softmax(logits, dim=-1)
-                scores[bh] += w.sum(dim=0) if qv is None else torch.mv(w.t(), qv[b, i:j])
+                scores[h] += w.sum(dim=-2) if qv is None else torch.bmm(qv[h, :, r], w).squeeze(-2)
                 if W is not None:
-                    W[bh, i:j] = w
+                    W[h, r] = w
     scores = scores.view(B, H, Tk)
     if key_valid is not None:
         scores = scores * key_valid[:, None, :]

@@ -25,7 +25,7 @@ from . import limits
 from .analysis_queue import Cancelled
 from .asr import require_asr_words, require_speech
 from .audio import load_audio
-from .checkpoint import load_checkpoint
+from .checkpoint import DEFAULT_CHECKPOINT_NAME, load_checkpoint
 from .errors import InputError
 from .features import FeatureExtractor, Features, default_device
 from .models.base import ModelOutput, collate_batch, feature_extras, model_axis_labels, model_inputs, to_trace
@@ -50,7 +50,7 @@ def _tensor_bytes(value: Any) -> int:
         return sum(_tensor_bytes(getattr(value, f)) for f in value.__dataclass_fields__)
     return 0
 
-DEFAULT_CHECKPOINT = CHECKPOINTS_DIR / "ks_transformer_demo.safetensors"
+DEFAULT_CHECKPOINT = CHECKPOINTS_DIR / DEFAULT_CHECKPOINT_NAME
 
 
 @dataclass

@@ -298,16 +298,21 @@ def test_nucleus_bad_top_p(top_p):
         nucleus_mask(torch.tensor([0.5, 0.5]), top_p)
 
 
+@pytest.mark.parametrize("blocks", ["query rows", "head groups"])
 @pytest.mark.parametrize("keep_ratio", [0.3, 1.0])
 @pytest.mark.parametrize("padded", [False, True])
-def test_long_maps_built_a_block_of_query_rows_at_a_time_match_the_paper(monkeypatch, keep_ratio, padded):
+def test_long_maps_built_a_block_of_query_rows_at_a_time_match_the_paper(monkeypatch, keep_ratio, padded, blocks):
     """Long sequences (a 60 s clip's frames) build W a block of query rows at a time; forced on
     small inputs here (blocks of 3 rows, not dividing Tq), every result matches the reference,
-    with the maps (inference), without them (training, the deletion test) and with gradients."""
+    with the maps (inference), without them (training, the deletion test) and with gradients.
+    Short maps without their weights go by groups of whole heads (here 4, not dividing 2 × 3)."""
     import ser_core.attention as attention
 
-    monkeypatch.setattr(attention, "BLOCKED_FROM", 1)
-    monkeypatch.setattr(attention, "BLOCK_ELEMENTS", 3 * 9)  # Tk = 9: three query rows a block
+    if blocks == "query rows":
+        monkeypatch.setattr(attention, "BLOCKED_FROM", 1)
+        monkeypatch.setattr(attention, "BLOCK_ELEMENTS", 3 * 9)  # Tk = 9: three query rows a block
+    else:
+        monkeypatch.setattr(attention, "HEAD_GROUP_ELEMENTS", 4 * 10 * 9)  # four heads a group
     q, k, v = make(2, 3, 10, 9, seed=7)
     key_pad = query_pad = None
     if padded:
