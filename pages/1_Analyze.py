@@ -153,7 +153,10 @@ with st.expander("Export this layer and the whole trace"):
     e1.download_button("Attention map (PNG)", lambda: viz.figure_to_png(heatmap or viz.attention_heatmap(record, head)),
                        f"{stem}.png", "image/png", on_click="ignore")
     e2.download_button("This layer's weights and mask (CSV)", lambda: viz.record_to_csv(record, head),
-                       f"{stem}.csv", "text/csv", on_click="ignore")
+                       f"{stem}.csv", "text/csv", on_click="ignore",
+                       help=(f"This clip is longer than explanations accept, so its maps are kept at display "
+                             f"resolution: one row per block of {record.pool[0]} × {record.pool[1]} positions, "
+                             "with the largest weight in it." if record.pooled else None))
     e3.download_button("Every layer's key scores and keep masks (JSON)",
                        lambda: viz.trace_to_json(analysis.trace, with_weights=False),
                        f"{stem}_trace.json", "application/json", on_click="ignore")

@@ -13,10 +13,17 @@ keys are kept, L being that item's number of valid (non-padding) keys.
 
 Everything is vectorised over batch and heads; ``keep_ratio >= 1`` takes a fast path that
 is exactly vanilla attention.
+
+Maps at display resolution. Inside :func:`maps_pooled_to` (the analysis pipeline, for a clip
+too long to explain), the attention modules return each head's map max-pooled to at most that
+many positions per axis (``trace.AttentionRecord.pool``), built a block of query rows at a time:
+the full map is never held (a 60 s clip's would be ~300 MB per layer).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -34,7 +41,10 @@ __all__ = [
     "keep_counts",
     "key_sparse_attention",
     "key_sparse_attention_with_scores",
+    "maps_pooled_to",
     "nucleus_mask",
+    "pool_blocks",
+    "pool_map",
 ]
 
 # A tiny slack so that e.g. keep_ratio=0.7, L=10 gives n=7 even though 0.7*10 is
@@ -83,6 +93,66 @@ def _check_inputs(
                              f"{mask.dtype} {tuple(mask.shape)}.")
 
 
+# --------------------------------------------------------------------------- maps at display resolution
+
+_MAP_CELLS: contextvars.ContextVar[int | None] = contextvars.ContextVar("attention_map_cells", default=None)
+
+
+@contextlib.contextmanager
+def maps_pooled_to(cells: int | None):
+    """Within this block (this thread), :class:`KeySparseMultiheadAttention` returns maps larger
+    than ``cells`` positions on an axis max-pooled to at most ``cells`` (None: full maps)."""
+    token = _MAP_CELLS.set(cells)
+    try:
+        yield
+    finally:
+        _MAP_CELLS.reset(token)
+
+
+def pool_blocks(tq: int, tk: int, cells: int) -> tuple[int, int]:
+    """Block sizes that bring a tq × tk map to at most ``cells`` positions per axis."""
+    return max(1, -(-tq // cells)), max(1, -(-tk // cells))
+
+
+def _max_over_groups(x: Tensor, dim: int, size: int) -> Tensor:
+    """Max over consecutive groups of ``size`` along ``dim`` (the last group may be shorter)."""
+    n = x.shape[dim]
+    full = n // size * size
+    parts = [x.narrow(dim, 0, full).unflatten(dim, (full // size, size)).amax(dim + 1 if dim >= 0 else dim)] \
+        if full else []
+    if full < n:
+        parts.append(x.narrow(dim, full, n - full).amax(dim, keepdim=True))
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim)
+
+
+def pool_map(weights: Tensor, block: tuple[int, int]) -> Tensor:
+    """[..., Tq, Tk] → the max over blocks of block[0] × block[1] (edge blocks partial)."""
+    if block[1] > 1:
+        weights = _max_over_groups(weights, -1, block[1])
+    if block[0] > 1:
+        weights = _max_over_groups(weights, -2, block[0])
+    return weights
+
+
+def _pooled_attention(q: Tensor, k: Tensor, v: Tensor, keep_ratio: float, key_padding_mask: Tensor | None,
+                      key_valid: Tensor | None, query_padding_mask: Tensor | None,
+                      block: tuple[int, int]) -> KeySparseResult:
+    """Inference whose maps are kept max-pooled over ``block``: W is never whole.
+
+    One blocked pass gives the key scores and W pooled over groups of block[0] query rows
+    (still one column per key). The key mask M is per column and W ≥ 0, so the max of W ⊙ M
+    over a block is the max over the block's kept columns of that row-pooled map: M is applied
+    there, then the columns are pooled. out = (W ⊙ M) V comes from torch's fused kernel on the
+    masked values (as in training): the same values as the full route."""
+    rows, scores = _weights_and_scores(q, k, key_padding_mask, key_valid, query_padding_mask, pool_rows=block[0])
+    B, H, Tk = scores.shape
+    keep = _valid_keep(key_valid, B, H, Tk, q.device) if keep_ratio >= 1 else _top_keys(scores, key_valid, keep_ratio)
+    keep_f = keep.to(v.dtype)
+    attn_mask = None if key_valid is None else key_valid[:, None, None, :]
+    out = F.scaled_dot_product_attention(q, k, v if keep_ratio >= 1 else v * keep_f[..., None], attn_mask=attn_mask)
+    return KeySparseResult(out, pool_map(rows.mul_(keep_f[:, :, None, :]), (1, block[1])), keep, scores)
+
+
 def key_sparse_attention_with_scores(
     q: Tensor,
     k: Tensor,
@@ -94,6 +164,7 @@ def key_sparse_attention_with_scores(
     dropout_p: float = 0.0,
     need_scores: bool = True,
     need_weights: bool = True,
+    pool_cells: int | None = None,
 ) -> KeySparseResult:
     """Key-sparse attention that also returns the key scores s_z (see module docstring).
 
@@ -102,6 +173,8 @@ def key_sparse_attention_with_scores(
     ``× V`` (pass 0 outside training; the returned weights are the un-dropped ones).
     need_scores / need_weights = False skip building the key scores (then all zeros, on the
     keep_ratio ≥ 1 path) / the weights (then None): training needs only out and keep.
+    pool_cells: at inference, return maps bigger than this many positions on an axis max-pooled
+    to at most that many (:func:`pool_blocks`, :func:`_pooled_attention`).
     """
     _check_inputs(q, k, v, keep_ratio, key_padding_mask, query_padding_mask)
     # A mask with no padding at all (e.g. one utterance) is the same as none, and cheaper.
@@ -115,6 +188,10 @@ def key_sparse_attention_with_scores(
     all_have_keys = key_valid is None or bool(key_valid.any(dim=-1).all())
 
     needs_graph = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    if pool_cells is not None and need_weights and not needs_graph and dropout_p == 0 and all_have_keys:
+        block = pool_blocks(Tq, Tk, pool_cells)
+        if block != (1, 1):
+            return _pooled_attention(q, k, v, keep_ratio, key_padding_mask, key_valid, query_padding_mask, block)
     if keep_ratio >= 1 and all_have_keys:
         # Fast path: vanilla attention (eq. 1–2), every valid key kept.
         keep = _valid_keep(key_valid, B, H, Tk, q.device)
@@ -219,7 +296,7 @@ HEAD_GROUP_ELEMENTS = 1 << 21
 
 def _weights_and_scores(
     q: Tensor, k: Tensor, key_padding_mask: Tensor | None, key_valid: Tensor | None,
-    query_padding_mask: Tensor | None, keep_weights: bool = True,
+    query_padding_mask: Tensor | None, keep_weights: bool = True, pool_rows: int | None = None,
 ) -> tuple[Tensor | None, Tensor]:
     """(W of eq. 1 or None, its key scores s_z of :func:`_column_sums`), [B,H,Tq,Tk], [B,H,Tk].
 
@@ -230,10 +307,12 @@ def _weights_and_scores(
     :data:`BLOCKED_FROM` elements per head (e.g. 20 s of speech frames against themselves) a
     block of one head's query rows (:data:`BLOCK_ELEMENTS`). Same values as the whole-map route
     (the same GEMM and softmax per row); a 60 s clip's audio self-attention is about three times
-    quicker, and without the weights (training, the deletion test) W is never whole."""
+    quicker, and without the weights (training, the deletion test) W is never whole.
+    ``pool_rows``: instead of W, its max over groups of that many query rows, [B,H,⌈Tq/pool_rows⌉,Tk]
+    (blocks of whole groups of one head's rows)."""
     B, H, Tq, D = q.shape
     Tk = k.shape[2]
-    long = Tq * Tk >= BLOCKED_FROM
+    long = Tq * Tk >= BLOCKED_FROM or pool_rows is not None
     if keep_weights and not long:
         W = _softmax_weights(q, k, key_padding_mask)
         return W, _column_sums(W, key_valid, query_padding_mask)
@@ -245,9 +324,11 @@ def _weights_and_scores(
         bias = _key_bias(key_padding_mask, q.dtype)[:, None, None, :].expand(B, H, 1, Tk).reshape(BH, 1, Tk)
     if query_padding_mask is not None:
         qv = (~query_padding_mask).to(q.dtype)[:, None, None, :].expand(B, H, 1, Tq).reshape(BH, 1, Tq)
-    W = torch.empty(BH, Tq, Tk, dtype=q.dtype, device=q.device) if keep_weights else None
+    pr = pool_rows or 1
+    W = torch.empty(BH, -(-Tq // pr), Tk, dtype=q.dtype, device=q.device) if keep_weights else None
     scores = torch.zeros(BH, Tk, dtype=q.dtype, device=q.device)
     heads, rows = (1, max(1, BLOCK_ELEMENTS // Tk)) if long else (max(1, HEAD_GROUP_ELEMENTS // (Tq * Tk)), Tq)
+    rows = max(pr, rows // pr * pr)  # whole groups of rows in a block
     with torch.no_grad():
         for g in range(0, BH, heads):
             h = slice(g, min(BH, g + heads))
@@ -259,12 +340,14 @@ def _weights_and_scores(
                     logits = torch.baddbmm(bias[h], q3[h, r], kT3[h], alpha=D ** -0.5)
                 w = torch.softmax(logits, dim=-1)
                 scores[h] += w.sum(dim=-2) if qv is None else torch.bmm(qv[h, :, r], w).squeeze(-2)
-                if W is not None:
+                if W is not None and pr > 1:
+                    W[h, i // pr:(r.stop + pr - 1) // pr] = _max_over_groups(w, -2, pr)
+                elif W is not None:
                     W[h, r] = w
     scores = scores.view(B, H, Tk)
     if key_valid is not None:
         scores = scores * key_valid[:, None, :]
-    return (None if W is None else W.view(B, H, Tq, Tk)), scores
+    return (None if W is None else W.view(B, H, -1, Tk)), scores
 
 
 def _column_sums(W: Tensor, key_valid: Tensor | None, query_padding_mask: Tensor | None) -> Tensor:
@@ -396,7 +479,7 @@ class KeySparseMultiheadAttention(nn.Module):
         r = key_sparse_attention_with_scores(
             q, k, v, keep_ratio, key_padding_mask, query_padding_mask,
             dropout_p=self.dropout if self.training else 0.0,
-            need_scores=need_weights, need_weights=need_weights,
+            need_scores=need_weights, need_weights=need_weights, pool_cells=_MAP_CELLS.get(),
         )
         B, _, Tq, _ = r.out.shape
         out = self.out_proj(r.out.transpose(1, 2).reshape(B, Tq, self.d_model))

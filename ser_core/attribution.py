@@ -257,6 +257,9 @@ def compute_attribution(
     adapter = model_adapter(model, feats, device)
     n_steps = int(n_steps or adapter.default_steps)
     if method == "rollout":
+        if any(r.pooled for r in trace.records):  # a long clip's maps, kept at display resolution
+            raise InputError("Attention rollout needs the full attention maps, and this clip's are kept "
+                             "only at display resolution (it is longer than explanations accept).")
         words, frames = adapter.rollout(trace, setting)
         return Attribution(method, _check(words, adapter.n_words), _check(frames, adapter.n_frames),
                            target, label, seconds=time.perf_counter() - t0)

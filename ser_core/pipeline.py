@@ -24,17 +24,19 @@ import torch
 from . import limits
 from .analysis_queue import Cancelled
 from .asr import require_asr_words, require_speech
+from .attention import maps_pooled_to
 from .audio import load_audio
 from .checkpoint import DEFAULT_CHECKPOINT_NAME, load_checkpoint
 from .errors import InputError
 from .features import FeatureExtractor, Features, default_device
 from .models.base import ModelOutput, collate_batch, feature_extras, model_axis_labels, model_inputs, to_trace
 from .paths import CHECKPOINTS_DIR
-from .trace import AttentionTrace, AxisLabels
+from .trace import POOLED_CELLS, AttentionTrace, AxisLabels
 
 #: A KS-Transformer's feature-extraction output (its vanilla maps included) is kept per utterance
 #: so that a slider move re-runs only the key-sparse part: for this many utterances at most, and
-#: this many bytes (ten 10 s clips are ~0.4 GB; one 60 s clip alone is 1.4 GB and stays alone).
+#: this many bytes (ten 10 s clips are ~0.4 GB; a clip too long to explain keeps its maps pooled:
+#: 28 MB at 60 s, against 1.4 GB whole).
 MAX_EXTRACTED, MAX_EXTRACTED_BYTES = 8, 512 * 2**20
 
 
@@ -226,7 +228,7 @@ class Analyzer:
     def _trim_extracted(self) -> None:
         """Drop the oldest extraction outputs beyond ``MAX_EXTRACTED`` items or
         ``MAX_EXTRACTED_BYTES`` (their maps grow with the square of the length: a 60 s clip's are
-        1.4 GB); the newest always stays, for the sliders of the clip on screen."""
+        1.4 GB whole, 28 MB pooled); the newest always stays, for the sliders of the clip on screen."""
         sizes = {key: _tensor_bytes(value) for key, value in self._extracted.items()}
         while len(self._extracted) > 1 and (len(self._extracted) > MAX_EXTRACTED
                                             or sum(sizes.values()) > MAX_EXTRACTED_BYTES):
@@ -240,7 +242,11 @@ class Analyzer:
         """The model alone on cached features (what a k/p slider calls); ``options`` go to the
         model's forward (e.g. MESM's ``modalities="TA"``)."""
         t0 = time.perf_counter()
-        with self._lock, torch.inference_mode():
+        # A clip longer than the deletion test and the attributions take keeps its maps at display
+        # resolution (AttentionRecord.pool): its full maps grow with the square of its length
+        # (~3 GB at 60 s, per visitor), and no view of it needs more than the heatmap draws.
+        pool_to = POOLED_CELLS if limits.too_long_to_explain(feats.duration) else None
+        with self._lock, torch.inference_mode(), maps_pooled_to(pool_to):
             extracted, batch = self._extracted.get(feats.key), None
             if extracted is None:  # first run on this utterance: build the batch
                 batch = collate_batch(self.model, [feats], self.device)
@@ -253,7 +259,8 @@ class Analyzer:
                 batch = collate_batch(self.model, [feats], self.device)
             output: ModelOutput = self.model(batch, keep_ratio=keep_ratio, top_p=top_p, record=True,
                                              extracted=extracted, **options)
-        trace = to_trace(output, 0, model_axis_labels(self.model, feats), model_name=self.model_name)
+        trace = to_trace(output, 0, model_axis_labels(self.model, feats), model_name=self.model_name,
+                         pool_to=pool_to)
         probs = output.probs[0].detach().float().cpu().numpy()
         return Analysis(
             features=feats,

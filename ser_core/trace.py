@@ -17,6 +17,10 @@ import numpy as np
 
 AttentionKind = Literal["self", "cross", "key-sparse", "nucleus", "pooling", "co-attention"]
 
+#: Positions per axis of a map kept at display resolution (``AttentionRecord.pool``); the
+#: heatmap draws at most as many (``viz.MAX_CELLS_PER_AXIS``), so nothing on screen changes.
+POOLED_CELLS = 400
+
 
 @dataclass
 class AxisLabels:
@@ -62,6 +66,12 @@ class AttentionRecord:
         (nucleus, shape of the map it masks); None where nothing is dropped.
     keep_ratio / top_p: the setting used for this layer (None where not applicable).
     stats: small scalars, e.g. {"flops": ..., "dense_flops": ..., "kept": ...}.
+    pool: (1, 1) for a full map. Otherwise ``weights`` holds the map max-pooled over blocks of
+        pool[0] queries × pool[1] keys, ⌈Tq / pool[0]⌉ × ⌈Tk / pool[1]⌉ per head, while the labels,
+        key scores and keep mask stay one per position: the analysis pipeline keeps a clip's
+        maps at display resolution (:data:`POOLED_CELLS` per axis) when the clip is longer than
+        the deletion test and the attributions accept (a 60 s clip's full maps are ~3 GB).
+        Each head is pooled on its own, so their mean is the mean of each head's block maxima.
     """
 
     name: str
@@ -76,10 +86,16 @@ class AttentionRecord:
     keep_ratio: float | None = None
     top_p: float | None = None
     stats: dict[str, float] = field(default_factory=dict)
+    pool: tuple[int, int] = (1, 1)
 
     @property
     def heads(self) -> int:
         return int(self.weights.shape[0])
+
+    @property
+    def pooled(self) -> bool:
+        """True when ``weights`` is the map max-pooled over blocks (see ``pool``)."""
+        return tuple(self.pool) != (1, 1)
 
     def to_dict(self, with_weights: bool = True) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -88,6 +104,7 @@ class AttentionRecord:
             "query_modality": self.query_modality,
             "key_modality": self.key_modality,
             "shape": list(self.weights.shape),
+            "pool": list(self.pool),
             "keep_ratio": self.keep_ratio,
             "top_p": self.top_p,
             "stats": dict(self.stats),

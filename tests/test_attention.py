@@ -339,3 +339,44 @@ def test_long_maps_built_a_block_of_query_rows_at_a_time_match_the_paper(monkeyp
     torch.testing.assert_close(trained.keep, ref_keep)
     trained.out.sum().backward()
     assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in (qg, kg, vg))
+
+
+@pytest.mark.parametrize("keep_ratio", [0.3, 1.0])
+@pytest.mark.parametrize("padded_keys", [False, True])
+def test_maps_pooled_to_display_resolution_match_the_pooled_full_map(monkeypatch, keep_ratio, padded_keys):
+    """A clip too long to explain keeps its maps max-pooled (``maps_pooled_to``): built a block
+    of query rows at a time (here 2 groups of 3 rows a block, Tq = 10 not dividing), each cell is
+    the largest weight of W ⊙ M in its block, and out, keep and key scores are the full route's."""
+    import ser_core.attention as attention
+    from ser_core.attention import maps_pooled_to, pool_blocks, pool_map
+
+    monkeypatch.setattr(attention, "BLOCK_ELEMENTS", 6 * 9)
+    q, k, v = make(2, 3, 10, 9, seed=11)
+    key_pad = None
+    if padded_keys:
+        key_pad = torch.zeros(2, 9, dtype=torch.bool)
+        key_pad[1, 7:] = True
+    block = pool_blocks(10, 9, 4)
+    assert block == (3, 3)
+    with torch.inference_mode():
+        full = key_sparse_attention_with_scores(q, k, v, keep_ratio, key_pad)
+        pooled = key_sparse_attention_with_scores(q, k, v, keep_ratio, key_pad, pool_cells=4)
+    assert pooled.weights.shape == (2, 3, 4, 3)
+    torch.testing.assert_close(pooled.weights, pool_map(full.weights, block))
+    torch.testing.assert_close(pooled.weights[0, 1, 3, 2], full.weights[0, 1, 9:, 6:9].max())  # an edge block
+    torch.testing.assert_close(pooled.out, full.out)
+    torch.testing.assert_close(pooled.key_scores, full.key_scores)
+    assert torch.equal(pooled.keep, full.keep)
+
+    # the attention module pools inside the block only; the outside API never does
+    module = KeySparseMultiheadAttention(12, 3).eval()
+    x = torch.randn(1, 10, 12)
+    with torch.inference_mode():
+        _, whole = module(x, keep_ratio=keep_ratio)
+        with maps_pooled_to(4):
+            _, small = module(x, keep_ratio=keep_ratio)
+            _, api_weights, _ = key_sparse_attention(q, k, v, keep_ratio)
+        _, after = module(x, keep_ratio=keep_ratio)
+    assert small.weights.shape == (1, 3, 4, 4) and whole.weights.shape == after.weights.shape == (1, 3, 10, 10)
+    torch.testing.assert_close(small.weights, pool_map(whole.weights, (3, 3)))
+    assert api_weights.shape == (2, 3, 10, 9)

@@ -117,6 +117,27 @@ def test_deletion_view_answers_attention_against_random_then_adds_the_attributio
     page.screenshot(path=str(_shots(tmp_path) / "analyze_deletion_test.png"), full_page=True)
 
 
+def test_a_45_s_upload_finishes_with_its_maps_at_display_resolution(server, browser, tmp_path):
+    """A 45 s file (longer than explanations accept): analysed and drawn, its heatmap from the
+    maps kept at display resolution, and the deletion test says why it is not offered."""
+    import numpy as np
+    import soundfile as sf
+
+    audio, sr = sf.read(_sample_wav(), dtype="float32")
+    clip = tmp_path / "forty_five_seconds.wav"
+    sf.write(clip, np.resize(audio, 45 * sr), sr)
+    page = _upload_and_analyze(browser, server, clip, 2600)
+    page.get_by_text("Prediction:").wait_for(timeout=240_000)
+    wait_idle(page)
+    page.locator(".js-plotly-plot").nth(2).wait_for(timeout=60_000)
+    titles = page.eval_on_selector_all(".js-plotly-plot .gtitle", "els => els.map(e => e.textContent)")
+    assert any("max-pooled over" in t for t in titles), titles
+    page.get_by_text("Is this faithful? (deletion test)").click()
+    page.get_by_text("run on clips up to", exact=False).wait_for(timeout=30_000)
+    assert "Traceback" not in page.content()
+    page.screenshot(path=str(_shots(tmp_path) / "analyze_45s_upload.png"), full_page=True)
+
+
 def test_sparse_masks_page_shows_kept_points_and_flops(server, browser, tmp_path):
     if not (REPO / "checkpoints" / "mesm_demo.safetensors").exists():
         pytest.skip("no shipped MESM checkpoint")

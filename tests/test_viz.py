@@ -549,3 +549,36 @@ def test_word_labels_on_the_waveform_never_overlap_and_use_a_second_row_when_nee
     labelled = sum(bool(t) for t in marks.text)
     assert 20 < labelled < 205 and len(marks.hovertext) == 205  # thinned, every word still hovers
     assert viz.figure_to_png(fig, width=500, height=300)[:4] == b"\x89PNG"
+
+
+def test_a_pooled_record_is_drawn_and_exported_like_its_full_map(word_frame):
+    """A long clip keeps its maps max-pooled (AttentionRecord.pool): the heatmap, the keep
+    hatching, the key bars and the CSV read it with the full labels."""
+    import dataclasses
+
+    import torch
+
+    from ser_core.attention import pool_blocks, pool_map
+
+    block = pool_blocks(8, 150, 40)
+    assert block == (1, 4)
+    pooled = dataclasses.replace(word_frame, weights=pool_map(torch.from_numpy(word_frame.weights), block).numpy(),
+                                 pool=block)
+    assert pooled.pooled and pooled.weights.shape == (2, 8, 38)
+    np.testing.assert_allclose(pooled.weights[1, 2, 37], word_frame.weights[1, 2, 148:150].max())  # partial edge block
+    a, b = viz.attention_heatmap(pooled, 0, max_cells=40), viz.attention_heatmap(word_frame, 0, max_cells=40)
+    np.testing.assert_allclose(np.asarray(heatmap_trace(a).z), np.asarray(heatmap_trace(b).z))
+    assert list(heatmap_trace(a).x) == list(heatmap_trace(b).x) and a.layout.title.text == b.layout.title.text
+    assert [list(t.x) for t in a.data[1:]] == [list(t.x) for t in b.data[1:]]  # dropped keys hatched alike
+    keys_a, keys_b = viz.key_importance_figure(pooled, 0), viz.key_importance_figure(word_frame, 0)
+    assert [list(t.y) for t in keys_a.data] == [list(t.y) for t in keys_b.data]  # key scores stay whole
+    table = pd.read_csv(io.StringIO(viz.record_to_csv(pooled, head=0)))
+    assert len(table) == 8 * 38
+    row = table.iloc[3 * 38 + 5]  # the word "happy" × frames 20–23
+    assert row["query"] == "happy" and row["key"] == "0.40 s…0.46 s" and row["key_time"] == pytest.approx(0.4)
+    assert row["weight"] == pytest.approx(word_frame.weights[0, 3, 20:24].max(), rel=1e-5)
+    assert bool(row["kept"]) == bool(word_frame.keep[0, 20:24].any())
+    assert json.loads(viz.trace_to_json(AttentionTrace("m", [pooled])))["records"][0]["pool"] == [1, 4]
+    wrong = dataclasses.replace(pooled, pool=(1, 3))
+    with pytest.raises(InputError, match="pooled over 1×3 blocks"):
+        viz.attention_heatmap(wrong, 0)

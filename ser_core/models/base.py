@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ser_core.attention import pool_blocks, pool_map
 from ser_core.errors import InputError
 from ser_core.trace import AttentionRecord, AttentionTrace, AxisLabels
 
@@ -214,12 +215,16 @@ def _selector(pos: np.ndarray) -> slice | np.ndarray:
 
 
 def to_trace(
-    output: ModelOutput, index: int, labels: dict[str, AxisLabels], model_name: str
+    output: ModelOutput, index: int, labels: dict[str, AxisLabels], model_name: str,
+    pool_to: int | None = None,
 ) -> AttentionTrace:
     """Item ``index`` of a batch's output → an :class:`AttentionTrace` cropped to real lengths.
 
     labels: {modality: AxisLabels} for every modality the records use ("audio", "text", ...,
     and "fused" where the model has a fused axis, or built from ``extras["fused_layout"]``).
+    pool_to: keep maps bigger than this many positions per axis max-pooled to it
+    (``AttentionRecord.pool``). Maps that come pooled already (the attention modules inside
+    ``attention.maps_pooled_to(pool_to)``, for an item without padding) are taken as they are.
     """
     B = output.logits.shape[0]
     if not 0 <= index < B:
@@ -262,7 +267,17 @@ def to_trace(
         qpos, qlab = resolve(raw.query_modality)
         kpos, klab = resolve(raw.key_modality)
         q_sel, k_sel = _selector(qpos), _selector(kpos)
-        w = _numpy(raw.weights[index])[:, q_sel][:, :, k_sel]
+        cell_keep = raw.keep is not None and raw.keep.dim() == raw.weights.dim()
+        block = (1, 1) if pool_to is None or cell_keep else pool_blocks(len(qpos), len(kpos), pool_to)
+        pooled_shape = (-(-len(qpos) // block[0]), -(-len(kpos) // block[1]))
+        if block != (1, 1) and tuple(raw.weights.shape[-2:]) == pooled_shape:  # came pooled
+            if not (isinstance(q_sel, slice) and isinstance(k_sel, slice)):
+                raise ValueError(f"{raw.name}: a map pooled by the model must be of an item without padding")
+            w = _numpy(raw.weights[index])
+        else:
+            w_t = raw.weights[index][:, torch.as_tensor(q_sel) if not isinstance(q_sel, slice) else q_sel]
+            w_t = w_t[:, :, torch.as_tensor(k_sel) if not isinstance(k_sel, slice) else k_sel]
+            w = _numpy(pool_map(w_t, block))
         scores = None if raw.key_scores is None else _numpy(raw.key_scores[index])[:, k_sel]
         keep = None
         stats: dict[str, float] = {}
@@ -275,7 +290,7 @@ def to_trace(
             name=raw.name, kind=raw.kind,  # type: ignore[arg-type]
             query_modality=raw.query_modality, key_modality=raw.key_modality,
             weights=w, query_labels=qlab, key_labels=klab, key_scores=scores, keep=keep,
-            keep_ratio=raw.keep_ratio, top_p=raw.top_p, stats=stats,
+            keep_ratio=raw.keep_ratio, top_p=raw.top_p, stats=stats, pool=tuple(block),
         ))
 
     for name, value in output.extras.get("model_extras", {}).items():

@@ -45,11 +45,14 @@ def attention_heatmap(
     h = _head_index(record, head)
     if max_cells < 2:
         raise InputError("The heatmap size cap must be at least 2 cells per axis.")
-    tq, tk = z.shape
-    bq, bk = math.ceil(tq / max_cells), math.ceil(tk / max_cells)
+    # blocks of the map as stored (a long clip's record is pooled already: record.pool), then
+    # of this drawing; a block of blocks is a block of the full map (both start at 0)
+    extra_q, extra_k = math.ceil(z.shape[0] / max_cells), math.ceil(z.shape[1] / max_cells)
+    if extra_q > 1 or extra_k > 1:
+        z = max_pool_2d(z, extra_q, extra_k)
+    tq, tk = len(record.query_labels), len(record.key_labels)
+    bq, bk = record.pool[0] * extra_q, record.pool[1] * extra_k
     keep = head_keep(record, head)
-    if bq > 1 or bk > 1:
-        z = max_pool_2d(z, bq, bk)
     qa = _axis(record.query_labels, "query", bq)
     ka = _axis(record.key_labels, "key", bk)
 

@@ -21,35 +21,48 @@ import plotly.graph_objects as go
 from ser_core.errors import InputError
 from ser_core.trace import AttentionRecord, AttentionTrace
 
-from .records import Head, _times, head_keep, head_weights
+from .records import Head, _any_pool_1d, _times, head_keep, head_weights
 
 def record_to_csv(record: AttentionRecord, head: Head = "mean") -> str:
     """One row per (query, key): query, key, query_time, key_time, weight, kept (long format).
 
     Times are each position's start in seconds (empty where the axis has no times); ``kept``
-    is the keep mask for that cell (True where the record drops nothing).
+    is the keep mask for that cell (True where the record drops nothing). A pooled record (a
+    long clip's map at display resolution, ``AttentionRecord.pool``) gives one row per block:
+    its first and last labels ("a…b"), its start time, the largest weight in it, and kept when
+    any key in it is kept.
     """
     z = head_weights(record, head)
     tq, tk = z.shape
+    bq, bk = record.pool
     keep = head_keep(record, head)
     if keep is None:
         kept = np.ones((tq, tk), dtype=bool)
     elif keep.over == "columns":
-        kept = np.broadcast_to(keep.mask[None, :], (tq, tk))
+        kept = np.broadcast_to(_any_pool_1d(keep.mask, bk)[None, :], (tq, tk))
     else:
         kept = keep.mask
-    q_times, k_times = _times(record.query_labels), _times(record.key_labels)
-    q_t = q_times[0] if q_times is not None else np.full(tq, np.nan)
-    k_t = k_times[0] if k_times is not None else np.full(tk, np.nan)
+    q_names, q_t = _block_labels(record.query_labels, bq)
+    k_names, k_t = _block_labels(record.key_labels, bk)
     frame = pd.DataFrame({
-        "query": np.repeat(np.asarray(record.query_labels.names, dtype=object), tk),
-        "key": np.tile(np.asarray(record.key_labels.names, dtype=object), tq),
+        "query": np.repeat(q_names, tk),
+        "key": np.tile(k_names, tq),
         "query_time": np.repeat(q_t, tk),
         "key_time": np.tile(k_t, tq),
         "weight": z.reshape(-1),
         "kept": np.asarray(kept).reshape(-1),
     })
     return frame.to_csv(index=False, float_format="%.6g")
+
+
+def _block_labels(labels, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """Names and start times (NaN without times) of an axis's blocks of ``block`` positions. The
+    first speech frame is centred on 0 s, so its span starts before the clip: shown as 0."""
+    names = [str(n) for n in labels.names]
+    groups = [(i, min(i + block, len(names)) - 1) for i in range(0, len(names), block)]
+    times = _times(labels)
+    return (np.array([names[a] if a == b else f"{names[a]}…{names[b]}" for a, b in groups], dtype=object),
+            np.array([max(0.0, times[0][a]) if times is not None else np.nan for a, _ in groups]))
 
 
 def trace_to_json(trace: AttentionTrace, with_weights: bool = True) -> str:

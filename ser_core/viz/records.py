@@ -34,18 +34,25 @@ Head = int | Literal["mean"]
 def _check_record(record: AttentionRecord) -> np.ndarray:
     if not isinstance(record, AttentionRecord):
         raise InputError("Expected an attention record from a model's trace.")
-    weights = np.asarray(record.weights)  # as stored: a 60 s clip's map is 288 MB in float32
+    weights = np.asarray(record.weights)  # as stored (no copy)
     if weights.ndim != 3 or 0 in weights.shape:
         raise InputError(
             f"Attention record {record.name!r} has weights of shape {weights.shape}; "
             "expected [heads, queries, keys]."
         )
-    if len(record.query_labels) != weights.shape[1] or len(record.key_labels) != weights.shape[2]:
+    if _pooled_shape(record) != weights.shape[1:]:
         raise InputError(
             f"Attention record {record.name!r}: {len(record.query_labels)} query labels and "
-            f"{len(record.key_labels)} key labels do not match its map {weights.shape[1:]}."
+            f"{len(record.key_labels)} key labels do not match its map {weights.shape[1:]}"
+            + (f" pooled over {record.pool[0]}×{record.pool[1]} blocks." if record.pooled else ".")
         )
     return weights
+
+
+def _pooled_shape(record: AttentionRecord) -> tuple[int, int]:
+    """(queries, keys) of the stored map: one per label, or one per block of a pooled map."""
+    bq, bk = record.pool
+    return -(-len(record.query_labels) // bq), -(-len(record.key_labels) // bk)
 
 
 def _head_index(record: AttentionRecord, head: Head) -> int | None:
@@ -100,10 +107,13 @@ def head_keep(record: AttentionRecord, head: Head) -> KeepMask | None:
     def pick(per_head: np.ndarray) -> np.ndarray:
         return most_heads(per_head) if h is None else per_head[h]
 
+    tk = len(record.key_labels)  # a keep mask over keys is whole even when the map is pooled
     if keep.shape == (n_heads, tk):
         return KeepMask("columns", pick(keep))
     if keep.shape == (tk,):
         return KeepMask("columns", keep)
+    if record.pooled:  # a mask per map point indexes the full map only
+        return None
     if keep.shape == (n_heads, tq, tk):
         return KeepMask("cells", pick(keep))
     if keep.shape == (tq, tk):
@@ -123,11 +133,13 @@ def head_key_scores(record: AttentionRecord, head: Head) -> tuple[np.ndarray, np
         scores = np.asarray(record.key_scores, dtype=np.float64)
         if scores.ndim == 1:
             scores = scores[None, :]
-        if scores.shape[-1] != weights.shape[2]:
+        if scores.shape[-1] != len(record.key_labels):
             raise InputError(
                 f"Record {record.name!r} has {scores.shape[-1]} key scores for "
-                f"{weights.shape[2]} keys."
+                f"{len(record.key_labels)} keys."
             )
+    elif record.pooled:
+        raise InputError(f"Record {record.name!r} keeps only a pooled map and no key scores.")
     else:
         scores = weights.sum(axis=1, dtype=np.float64)
     if scores.shape[0] == 1:
