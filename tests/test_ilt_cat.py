@@ -411,3 +411,37 @@ def test_batch_norm_recalibration_matches_batch_statistics_without_dropout(make)
                 m.train()
         batch_stats = model(batch).logits
     torch.testing.assert_close(recalibrated, batch_stats, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("make", [ilt, cat])
+def test_spec_augment_masks_only_in_training_from_torch_seed(make):
+    m = make(3, spec_freq_masks=2, spec_freq_width=6, spec_time_masks=2, spec_time_width=10, fixed_length=False)
+    batch = type(m).collate([feats(1.0, 1), feats(0.7, 2)], m.config, "cpu")
+    m.train()
+    torch.manual_seed(5)
+    x1, lengths = m._inputs(batch)
+    torch.manual_seed(5)
+    x2, _ = m._inputs(batch)
+    torch.testing.assert_close(x1, x2)  # the run's seed fixes the masks
+    torch.manual_seed(6)
+    x3, _ = m._inputs(batch)
+    assert not torch.equal(x1, x3)
+    # whole mel bands and whole frame spans of each item's real frames set to 0, each item its own
+    bands = [(x1[i, :, : int(lengths[i])] == 0).all(dim=1) for i in range(2)]
+    spans = [(x1[i, :, : int(lengths[i])] == 0).all(dim=0) for i in range(2)]
+    assert any(b.any() for b in bands) and any(s.any() for s in spans)  # widths are drawn from [0, width)
+    assert not (torch.equal(bands[0], bands[1]) and torch.equal(spans[0], spans[1]))
+    m.eval()  # evaluation and the app: no masks
+    e1, _ = m._inputs(batch)
+    e2, _ = m._inputs(batch)
+    torch.testing.assert_close(e1, e2)
+    assert not (e1[0, :, : int(lengths[0])] == 0).all(dim=1).any()
+    plain = make(3, fixed_length=False).train()
+    plain.load_state_dict(m.state_dict())
+    torch.manual_seed(5)
+    assert not (plain._inputs(batch)[0][0, :, : int(lengths[0])] == 0).all(dim=1).any()  # off by default
+
+
+def test_spec_augment_settings_are_checked():
+    with pytest.raises(InputError, match="SpecAugment"):
+        CATConfig(**SMALL_CAT, spec_time_masks=-1)
