@@ -142,15 +142,19 @@ def _pooled_attention(q: Tensor, k: Tensor, v: Tensor, keep_ratio: float, key_pa
     One blocked pass gives the key scores and W pooled over groups of block[0] query rows
     (still one column per key). The key mask M is per column and W ≥ 0, so the max of W ⊙ M
     over a block is the max over the block's kept columns of that row-pooled map: M is applied
-    there, then the columns are pooled. out = (W ⊙ M) V comes from torch's fused kernel on the
-    masked values (as in training): the same values as the full route."""
-    rows, scores = _weights_and_scores(q, k, key_padding_mask, key_valid, query_padding_mask, pool_rows=block[0])
-    B, H, Tk = scores.shape
-    keep = _valid_keep(key_valid, B, H, Tk, q.device) if keep_ratio >= 1 else _top_keys(scores, key_valid, keep_ratio)
-    keep_f = keep.to(v.dtype)
-    attn_mask = None if key_valid is None else key_valid[:, None, None, :]
-    out = F.scaled_dot_product_attention(q, k, v if keep_ratio >= 1 else v * keep_f[..., None], attn_mask=attn_mask)
-    return KeySparseResult(out, pool_map(rows.mul_(keep_f[:, :, None, :]), (1, block[1])), keep, scores)
+    there, then the columns are pooled. With every key kept (vanilla), out = W V is taken in the
+    same pass; otherwise M needs every score first, and out = (W ⊙ M) V comes from torch's fused
+    kernel on the masked values (as in training). The same values as the full route."""
+    if keep_ratio >= 1:  # every valid key kept: out = W V from the same pass
+        rows, scores, out = _weights_and_scores(q, k, key_padding_mask, key_valid, query_padding_mask,
+                                                pool_rows=block[0], values=v)
+        keep = _valid_keep(key_valid, *scores.shape, q.device)
+    else:
+        rows, scores = _weights_and_scores(q, k, key_padding_mask, key_valid, query_padding_mask, pool_rows=block[0])
+        keep = _top_keys(scores, key_valid, keep_ratio)
+        attn_mask = None if key_valid is None else key_valid[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v * keep.to(v.dtype)[..., None], attn_mask=attn_mask)
+    return KeySparseResult(out, pool_map(rows.mul_(keep.to(v.dtype)[:, :, None, :]), (1, block[1])), keep, scores)
 
 
 def key_sparse_attention_with_scores(
@@ -297,7 +301,8 @@ HEAD_GROUP_ELEMENTS = 1 << 21
 def _weights_and_scores(
     q: Tensor, k: Tensor, key_padding_mask: Tensor | None, key_valid: Tensor | None,
     query_padding_mask: Tensor | None, keep_weights: bool = True, pool_rows: int | None = None,
-) -> tuple[Tensor | None, Tensor]:
+    values: Tensor | None = None,
+) -> tuple[Tensor | None, Tensor] | tuple[Tensor | None, Tensor, Tensor]:
     """(W of eq. 1 or None, its key scores s_z of :func:`_column_sums`), [B,H,Tq,Tk], [B,H,Tk].
 
     Short maps that are kept take the whole-map route (:func:`_softmax_weights`, one GEMM).
@@ -309,7 +314,9 @@ def _weights_and_scores(
     (the same GEMM and softmax per row); a 60 s clip's audio self-attention is about three times
     quicker, and without the weights (training, the deletion test) W is never whole.
     ``pool_rows``: instead of W, its max over groups of that many query rows, [B,H,⌈Tq/pool_rows⌉,Tk]
-    (blocks of whole groups of one head's rows)."""
+    (blocks of whole groups of one head's rows). ``values`` (v, [B,H,Tk,Dv]; blocked routes): also
+    return out = W V [B,H,Tq,Dv], taken from each block while it is in cache (vanilla attention,
+    every key kept: no second pass over Q Kᵀ)."""
     B, H, Tq, D = q.shape
     Tk = k.shape[2]
     long = Tq * Tk >= BLOCKED_FROM or pool_rows is not None
@@ -317,7 +324,7 @@ def _weights_and_scores(
         W = _softmax_weights(q, k, key_padding_mask)
         return W, _column_sums(W, key_valid, query_padding_mask)
     BH = B * H
-    q3 = q.reshape(BH, Tq, D)
+    q3 = q.reshape(BH, Tq, D) * D ** -0.5  # scaled once (as _softmax_weights does), not every block
     kT3 = k.reshape(BH, Tk, D).transpose(1, 2)
     bias = qv = None  # per (item, head) row: [BH, 1, Tk] / [BH, 1, Tq]
     if key_padding_mask is not None:
@@ -327,6 +334,8 @@ def _weights_and_scores(
     pr = pool_rows or 1
     W = torch.empty(BH, -(-Tq // pr), Tk, dtype=q.dtype, device=q.device) if keep_weights else None
     scores = torch.zeros(BH, Tk, dtype=q.dtype, device=q.device)
+    v3 = None if values is None else values.reshape(BH, Tk, values.shape[-1])
+    out = None if values is None else torch.empty(BH, Tq, values.shape[-1], dtype=values.dtype, device=values.device)
     heads, rows = (1, max(1, BLOCK_ELEMENTS // Tk)) if long else (max(1, HEAD_GROUP_ELEMENTS // (Tq * Tk)), Tq)
     rows = max(pr, rows // pr * pr)  # whole groups of rows in a block
     with torch.no_grad():
@@ -335,11 +344,13 @@ def _weights_and_scores(
             for i in range(0, Tq, rows):
                 r = slice(i, min(Tq, i + rows))
                 if bias is None:
-                    logits = torch.bmm(q3[h, r], kT3[h]).mul_(D ** -0.5)
+                    logits = torch.bmm(q3[h, r], kT3[h])
                 else:
-                    logits = torch.baddbmm(bias[h], q3[h, r], kT3[h], alpha=D ** -0.5)
+                    logits = torch.baddbmm(bias[h], q3[h, r], kT3[h])
                 w = torch.softmax(logits, dim=-1)
                 scores[h] += w.sum(dim=-2) if qv is None else torch.bmm(qv[h, :, r], w).squeeze(-2)
+                if out is not None:
+                    torch.bmm(w, v3[h], out=out[h, r])
                 if W is not None and pr > 1:
                     W[h, i // pr:(r.stop + pr - 1) // pr] = _max_over_groups(w, -2, pr)
                 elif W is not None:
@@ -347,7 +358,8 @@ def _weights_and_scores(
     scores = scores.view(B, H, Tk)
     if key_valid is not None:
         scores = scores * key_valid[:, None, :]
-    return (None if W is None else W.view(B, H, -1, Tk)), scores
+    W = None if W is None else W.view(B, H, -1, Tk)
+    return (W, scores) if out is None else (W, scores, out.view(B, H, Tq, -1))
 
 
 def _column_sums(W: Tensor, key_valid: Tensor | None, query_padding_mask: Tensor | None) -> Tensor:

