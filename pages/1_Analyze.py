@@ -76,8 +76,8 @@ with left:
         + (f" · sample labelled **{ui.label_name(shown_clip.label)}**" if shown_clip.label else "")
         + (f" · analysed in {base.timings['total']:.1f} s" if "total" in base.timings else "")
     )
-    st.plotly_chart(viz.probabilities_figure(analysis.labels, analysis.probs, shown_clip.label),
-                    width="stretch", key="probs")
+    # plain HTML bars: a plotly figure here cost the browser ~0.13 s on every keep_ratio move
+    st.html(viz.probabilities_html(analysis.labels, analysis.probs, shown_clip.label))
     st.audio(shown_clip.data)
 with right:
     word_record = ui.first_record(analysis.trace, key_kind="words", sparse=True)

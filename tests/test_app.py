@@ -71,7 +71,8 @@ def test_analyze_sample_shows_prediction_and_reruns_on_keep_ratio():
     assert f"Prediction: {label_name('sad')}" in heads, heads
     assert "words from the clip's known transcript" in _all_text(at)
     assert "made from the whole sentence" in _all_text(at)  # contextual word features, said plainly
-    assert len(at.get("plotly_chart")) >= 3
+    assert len(at.get("plotly_chart")) >= 2  # the waveform and the chosen view
+    assert "ser-probs" in " ".join(h.proto.body for h in at.get("html"))  # the probabilities, as HTML bars
     assert len(at.get("download_button")) == 3  # PNG, CSV, JSON (built only when clicked)
     # one view drawn at a time: the chosen one, beside the probabilities and the waveform
     for view, key in (("Key importance", "keys"), ("Spectrogram", "spectrogram"), ("Attention map", "heatmap")):
@@ -79,7 +80,7 @@ def test_analyze_sample_shows_prediction_and_reruns_on_keep_ratio():
         at.run()
         assert not at.exception, (view, at.exception)
         drawn = [c.proto.id.rsplit("-", 1)[-1] for c in at.get("plotly_chart")]
-        assert drawn == ["probs", "waveform", key], (view, drawn)
+        assert drawn == ["waveform", key], (view, drawn)
     layer_before = at.selectbox(key="analyze_layer").value
     at.slider(key="analyze_keep_ratio").set_value(0.1).run()
     assert not at.exception
@@ -104,7 +105,7 @@ def test_analyze_sample_with_every_shipped_checkpoint(checkpoint):
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
     assert any(s.value.startswith("Prediction: ") for s in at.subheader)
-    assert len(at.get("plotly_chart")) >= 3
+    assert len(at.get("plotly_chart")) >= 2 and "ser-probs" in " ".join(h.proto.body for h in at.get("html"))
 
 
 def _wav_bytes(samples: np.ndarray, sr: int = 16000) -> bytes:

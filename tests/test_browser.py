@@ -84,8 +84,8 @@ def test_upload_on_analyze_shows_prediction_and_figures(server, browser, tmp_pat
     page = _upload_and_analyze(browser, server, _sample_wav(), 2200, checkpoint)
     page.get_by_text("Prediction:").wait_for(timeout=180_000)
     wait_idle(page)
-    page.locator(".js-plotly-plot").nth(2).wait_for(timeout=60_000)  # charts draw after the text
-    assert page.locator(".js-plotly-plot").count() >= 3
+    page.locator(".js-plotly-plot").nth(1).wait_for(timeout=60_000)  # charts draw after the text
+    assert page.locator(".js-plotly-plot").count() >= 2 and page.locator(".ser-probs").count() == 1
     # a rendered plotly figure has drawn SVG/canvas content
     assert page.locator(".js-plotly-plot .main-svg").count() > 0
     content = page.content()
@@ -129,7 +129,7 @@ def test_a_45_s_upload_finishes_with_its_maps_at_display_resolution(server, brow
     page = _upload_and_analyze(browser, server, clip, 2600)
     page.get_by_text("Prediction:").wait_for(timeout=240_000)
     wait_idle(page)
-    page.locator(".js-plotly-plot").nth(2).wait_for(timeout=60_000)
+    page.locator(".js-plotly-plot").nth(1).wait_for(timeout=60_000)
     titles = page.eval_on_selector_all(".js-plotly-plot .gtitle", "els => els.map(e => e.textContent)")
     assert any("max-pooled over" in t for t in titles), titles
     page.get_by_text("Is this faithful? (deletion test)").click()

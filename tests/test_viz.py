@@ -286,6 +286,22 @@ def test_probabilities_figure_highlights_prediction():
         viz.probabilities_figure(labels, np.array([0.5, 0.5]))
 
 
+def test_probabilities_html_bars_say_the_same_as_the_figure():
+    import re
+
+    labels = ["ang", "hap", "neu", "sad"]
+    text = viz.probabilities_html(labels, np.array([0.1, 0.2, 0.6, 0.1]), true_label="sad")
+    rows = re.findall(r"<div class='ser-prob'.*?</div>", text)
+    assert len(rows) == 4
+    assert [re.search(r"title='(\w+):", r).group(1) for r in rows] == ["angry", "happy", "neutral", "sad"]
+    assert "width: 60.0%" in rows[2] and "border: 2px solid black" in rows[2] and "font-weight: 700" in rows[2]
+    assert all("border:" not in r and "opacity: 0.45" in r for i, r in enumerate(rows) if i != 2)
+    assert viz.class_color("neu") in rows[2] and "60.0%" in rows[2] and "✓ true" in rows[3]
+    assert "<script" not in viz.probabilities_html(["<script>"], np.array([1.0]))  # labels are escaped
+    with pytest.raises(InputError):
+        viz.probabilities_html(labels, np.array([0.5, 0.5]))
+
+
 def test_probability_curve_figure():
     ratios = [1.0, 0.1, 0.5]
     probs = np.array([[0.7, 0.3], [0.2, 0.8], [0.5, 0.5]])

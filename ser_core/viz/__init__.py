@@ -18,7 +18,8 @@ The parts (all names are re-exported here, so pages write ``viz.attention_heatma
     Waveform and log-mel spectrogram with kept frames and words at their times; the transcript
     shaded by key score (HTML).
 ``charts``
-    Class probabilities, probabilities vs keep_ratio / top_p, confusion matrix, plain bars.
+    Class probabilities (a figure, or HTML bars), probabilities vs keep_ratio / top_p, confusion
+    matrix, plain bars.
 ``deletion``
     The deletion test's curves (one line per ranking, AOPC in the legend).
 ``export``
@@ -30,7 +31,7 @@ from __future__ import annotations
 from .attention import attention_heatmap, key_importance_figure, nucleus_overlay_figure
 from .audio import kept_intervals, spectrogram_figure, waveform_figure, word_importance_html
 from .charts import (
-    bar_figure, confusion_matrix_figure, probabilities_figure, probability_curve_figure,
+    bar_figure, confusion_matrix_figure, probabilities_figure, probabilities_html, probability_curve_figure,
 )
 from .deletion import RANKING_STYLES, RANKING_TITLES, deletion_curves_figure
 from .export import figure_to_png, record_to_csv, trace_to_json
@@ -50,6 +51,6 @@ __all__ = [
     "attention_heatmap", "bar_figure", "class_color", "confusion_matrix_figure",
     "deletion_curves_figure", "figure_to_png", "head_keep", "head_key_scores", "head_weights",
     "key_importance_figure", "kept_intervals", "max_pool_2d", "nucleus_overlay_figure",
-    "probabilities_figure", "probability_curve_figure", "record_to_csv", "spectrogram_figure",
+    "probabilities_figure", "probabilities_html", "probability_curve_figure", "record_to_csv", "spectrogram_figure",
     "top_k_threshold", "trace_to_json", "waveform_figure", "word_importance_html",
 ]

@@ -14,17 +14,23 @@ from ser_core.errors import InputError
 
 from .palette import ACCENT_COLOR, class_color
 
-def probabilities_figure(
-    labels: Sequence[str], probs: np.ndarray, true_label: str | None = None
-) -> go.Figure:
-    """Horizontal bars of class probabilities; the predicted class solid, others faded."""
+def _checked_probabilities(labels: Sequence[str], probs: np.ndarray) -> tuple[list[str], np.ndarray, int]:
+    """Labels as strings, probabilities as a flat float array (one per label, finite), and the
+    predicted class's index; InputError otherwise."""
     labels = [str(x) for x in labels]
     probs = np.asarray(probs, dtype=np.float64).reshape(-1)
     if probs.shape[0] != len(labels) or not labels:
         raise InputError(f"{len(labels)} class labels but {probs.shape[0]} probabilities.")
     if not np.isfinite(probs).all():
         raise InputError("The probabilities hold invalid values.")
-    pred = int(np.argmax(probs))
+    return labels, probs, int(np.argmax(probs))
+
+
+def probabilities_figure(
+    labels: Sequence[str], probs: np.ndarray, true_label: str | None = None
+) -> go.Figure:
+    """Horizontal bars of class probabilities; the predicted class solid, others faded."""
+    labels, probs, pred = _checked_probabilities(labels, probs)
     ticks = []
     for i, lab in enumerate(labels):
         t = f"<b>{emotion_word(lab)}</b>" if i == pred else emotion_word(lab)
@@ -59,6 +65,28 @@ def probabilities_figure(
         showlegend=False,
     )
     return fig
+
+
+def probabilities_html(labels: Sequence[str], probs: np.ndarray, true_label: str | None = None) -> str:
+    """The class probabilities as plain HTML bars (what the Analyze page shows): the same content
+    as :func:`probabilities_figure` (predicted class solid and outlined, the others faded, the true
+    class marked), without a plotly figure for the browser to redraw on every slider move."""
+    labels, probs, pred = _checked_probabilities(labels, probs)
+    rows = []
+    for i, (lab, p) in enumerate(zip(labels, probs)):
+        name = html.escape(emotion_word(lab)) + (" ✓ true" if true_label is not None and lab == true_label else "")
+        chosen = i == pred
+        bar = (f"width: {100 * min(max(p, 0.0), 1.0):.1f}%; height: 100%; background: {class_color(lab)}; "
+               f"opacity: {1.0 if chosen else 0.45}; border-radius: 3px; box-sizing: border-box"
+               + ("; border: 2px solid black" if chosen else ""))
+        rows.append(
+            f"<div class='ser-prob' title='{html.escape(emotion_word(lab))}: {p:.3f}' style='display: flex; "
+            f"align-items: center; gap: 8px; margin: 4px 0; font-weight: {700 if chosen else 400}'>"
+            f"<span style='width: 8.5em; text-align: right'>{name}</span>"
+            f"<span style='flex: 1; height: 1.2em; background: #eeeeee; border-radius: 3px'>"
+            f"<span style='display: block; {bar}'></span></span>"
+            f"<span style='width: 3.6em'>{p:.1%}</span></div>")
+    return "<div class='ser-probs' style='margin: 6px 0 12px 0'>" + "".join(rows) + "</div>"
 
 
 def probability_curve_figure(
