@@ -214,6 +214,11 @@ def _selector(pos: np.ndarray) -> slice | np.ndarray:
     return pos
 
 
+def _index(sel: slice | np.ndarray) -> slice | Tensor:
+    """A :func:`_selector` result as a tensor index."""
+    return sel if isinstance(sel, slice) else torch.as_tensor(sel)
+
+
 def to_trace(
     output: ModelOutput, index: int, labels: dict[str, AxisLabels], model_name: str,
     pool_to: int | None = None,
@@ -275,9 +280,7 @@ def to_trace(
                 raise ValueError(f"{raw.name}: a map pooled by the model must be of an item without padding")
             w = _numpy(raw.weights[index])
         else:
-            w_t = raw.weights[index][:, torch.as_tensor(q_sel) if not isinstance(q_sel, slice) else q_sel]
-            w_t = w_t[:, :, torch.as_tensor(k_sel) if not isinstance(k_sel, slice) else k_sel]
-            w = _numpy(pool_map(w_t, block))
+            w = _numpy(pool_map(raw.weights[index][:, _index(q_sel)][:, :, _index(k_sel)], block))
         scores = None if raw.key_scores is None else _numpy(raw.key_scores[index])[:, k_sel]
         keep = None
         stats: dict[str, float] = {}

@@ -280,15 +280,13 @@ class _LogMelModel(nn.Module):
         torch's generator (so a training run's seed fixes them); ``x`` [B, n_mels, T] unchanged
         when the config asks for none."""
         cfg = self.config
-        masks = ([torchaudio.transforms.FrequencyMasking(cfg.spec_freq_width, iid_masks=True)]
-                 * (cfg.spec_freq_masks if cfg.spec_freq_width else 0)
-                 + [torchaudio.transforms.TimeMasking(cfg.spec_time_width, iid_masks=True)]
-                 * (cfg.spec_time_masks if cfg.spec_time_width else 0))
+        masks = ([(2, cfg.spec_freq_width)] * (cfg.spec_freq_masks if cfg.spec_freq_width else 0)
+                 + [(3, cfg.spec_time_width)] * (cfg.spec_time_masks if cfg.spec_time_width else 0))
         if not masks:
             return x
-        x = x.unsqueeze(1)  # iid masks want [B, channel, freq, time]
-        for mask in masks:
-            x = mask(x, mask_value=0.0)
+        x = x.unsqueeze(1)  # per-item masks want [B, channel, freq (axis 2), time (axis 3)]
+        for axis, width in masks:
+            x = torchaudio.functional.mask_along_axis_iid(x, width, 0.0, axis)
         return x.squeeze(1)
 
     def _step_labels(self, n_steps: int, stride: int, kernel: int, duration: float) -> AxisLabels:
