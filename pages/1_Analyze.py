@@ -75,6 +75,8 @@ with left:
            if sees_text else f"{base.trace.model} hears the audio only (no words)")
         + (f" · sample labelled **{ui.label_name(shown_clip.label)}**" if shown_clip.label else "")
         + (f" · analysed in {base.timings['total']:.1f} s" if "total" in base.timings else "")
+        + (" (its words and speech features were kept from an earlier run of this clip)"
+           if base.features_reused else "")
     )
     # plain HTML bars: a plotly figure here cost the browser ~0.13 s on every keep_ratio move
     st.html(viz.probabilities_html(analysis.labels, analysis.probs, shown_clip.label))

@@ -38,6 +38,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -233,6 +234,7 @@ class FeatureExtractor:
         video=None,
         extras: tuple[str, ...] | list[str] = (),
         stop_if_asked: Callable[[], None] | None = None,
+        report: dict[str, Any] | None = None,
     ) -> Features:
         """Features for one utterance (cached). ``words`` skips ASR/alignment when given.
 
@@ -240,8 +242,12 @@ class FeatureExtractor:
         which no face is found raises InputError. ``extras`` names on-request entries (EXTRAS).
         ``stop_if_asked()`` is called between the steps (during ASR, after it, after the speech
         encoder, before each extra); it raises to stop an analysis nobody waits for any more.
+        ``report``, when given, gets ``"reused"``: True when nothing had to be computed (every
+        part came from the memory or disk cache).
         """
         stop = stop_if_asked or (lambda: None)
+        report = {} if report is None else report
+        report["reused"] = True
         unknown = sorted(set(extras) - set(EXTRAS))
         if unknown:
             raise ValueError(f"unknown extras {unknown}; known: {sorted(EXTRAS)}")
@@ -265,6 +271,7 @@ class FeatureExtractor:
                 stop()
                 feats.extra.update(self._compute_extra(name, feats, vbytes, vkey))
                 dirty = True
+        report["reused"] = not dirty
         if dirty and self.disk_cache:
             self._write_disk(feats)
         with self._lock:

@@ -68,6 +68,7 @@ class Analysis:
     timings: dict[str, float] = field(default_factory=dict)
     analyzer: "Analyzer | None" = field(default=None, repr=False, compare=False)
     options: dict[str, Any] = field(default_factory=dict)  # other model options (MESM's modalities)
+    features_reused: bool = False  # analyze() found every feature in the cache (nothing decoded)
 
     @property
     def predicted(self) -> str:
@@ -213,9 +214,11 @@ class Analyzer:
             transcript = None
         require_speech(samples)  # before ASR and the encoders: cheap, and they would be wasted
         _stop_if(should_stop)
+        report: dict[str, Any] = {}
         feats = self.extractor.extract(
             samples, transcript=transcript, video=video if self.uses_video else None,
             extras=feature_extras(self.model), stop_if_asked=lambda: _stop_if(should_stop),
+            report=report,
         )
         if feats.transcript_source == "asr":  # a typed transcript: the user told us the words
             require_asr_words(feats.words)
@@ -223,6 +226,7 @@ class Analyzer:
         _stop_if(should_stop)
         result = self.run_model(feats, keep_ratio=keep_ratio, top_p=top_p)
         result.timings.update({"decode": t1 - t0, "features": t2 - t1, "total": time.perf_counter() - t0})
+        result.features_reused = bool(report.get("reused"))
         return result
 
     def _trim_extracted(self) -> None:

@@ -86,6 +86,9 @@ def test_analyze_sample_shows_prediction_and_reruns_on_keep_ratio():
     assert not at.exception
     assert at.selectbox(key="analyze_layer").value == layer_before
     assert "keep_ratio 0.10" in _all_text(at)
+    at.button(key="analyze_button").click().run()  # the same clip again: its features are reused
+    assert not at.exception
+    assert "kept from an earlier run of this clip" in _all_text(at)
 
 
 SHIPPED = sorted(p.name for p in (REPO / "checkpoints").glob("*.safetensors"))

@@ -23,7 +23,9 @@ def _with_video():
 def test_sentence_and_faces_are_computed_once_and_cached(cache):
     audio, text, video = _with_video()
     fx = FeatureExtractor(device="cpu")
-    feats = fx.extract(audio, transcript=text, video=video, extras=("sentence", "faces"))
+    report = {}
+    feats = fx.extract(audio, transcript=text, video=video, extras=("sentence", "faces"), report=report)
+    assert report == {"reused": False}
     assert feats.extra["sentence"].shape == (fx.text_dim,)
     n = len(feats.extra["faces"])
     assert n > 3 and feats.extra["faces"].shape[1:] == (FACE_SIZE, FACE_SIZE, 3)
@@ -31,13 +33,17 @@ def test_sentence_and_faces_are_computed_once_and_cached(cache):
     # a fresh extractor reads them from disk: nothing is recomputed
     fresh = FeatureExtractor(device="cpu")
     fresh._compute = fresh._compute_extra = lambda *a, **k: pytest.fail("recomputed")
-    again = fresh.extract(audio, transcript=text, video=video, extras=("sentence", "faces"))
+    again = fresh.extract(audio, transcript=text, video=video, extras=("sentence", "faces"), report=report)
     np.testing.assert_array_equal(again.extra["faces"], feats.extra["faces"])
+    assert report == {"reused": True}  # from disk
+    fresh.extract(audio, transcript=text, video=video, extras=("sentence", "faces"), report=report)
+    assert report == {"reused": True}  # from memory
     # the same audio without the video: no faces (recomputed for "no video", speech kept)
     fx2 = FeatureExtractor(device="cpu")
     fx2._compute = lambda *a, **k: pytest.fail("speech features must come from the cache")
-    none = fx2.extract(audio, transcript=text, extras=("faces",))
+    none = fx2.extract(audio, transcript=text, extras=("faces",), report=report)
     assert none.extra["faces"].shape == (0, FACE_SIZE, FACE_SIZE, 3)
+    assert report == {"reused": False}  # the "no video" faces were computed
     assert none.key == feats.key
 
 

@@ -209,23 +209,35 @@ def test_padding_does_not_change_an_item(make):
     torch.testing.assert_close(fixed.probs, batched.probs, atol=1e-5, rtol=0)
 
 
+def _shifted(batch: dict, n_mels: int) -> dict[str, dict]:
+    """The batch's log-mels with 12 dB more gain on every band (log g²P = log P + log g²), and
+    with a different constant per band (a microphone's colouring)."""
+    return {"gain": {**batch, "log_mel": batch["log_mel"] + math.log(10 ** 1.2)},
+            "colouring": {**batch, "log_mel": batch["log_mel"] + torch.linspace(-2.0, 3.0, n_mels)[None, :, None]}}
+
+
 @pytest.mark.parametrize("make", [ilt, cat])
-def test_utterance_mean_norm_cancels_a_fixed_colouring_and_ignores_padding(make):
-    m = make(6, utterance_mean_norm=True, fixed_length=False)
+@pytest.mark.parametrize("option, cancels, keeps", [
+    ("utterance_mean_norm", ("gain", "colouring"), ()),  # each band's mean over the clip
+    ("utterance_gain_norm", ("gain",), ("colouring",)),  # one number per clip: the spectrum's shape stays
+])
+def test_utterance_normalisation_cancels_what_it_says_and_ignores_padding(make, option, cancels, keeps):
+    m = make(6, fixed_length=False, **{option: True})
     short, longer = feats(0.55, 7), feats(1.15, 8)
     batch = type(m).collate([short, longer], m.config, "cpu")
     warm_up_batch_norm(m, batch)
-    coloured = dict(batch)  # + a different constant per mel band: a microphone's colouring, a gain
-    coloured["log_mel"] = batch["log_mel"] + torch.linspace(-2.0, 3.0, m.config.n_mels)[None, :, None]
-    with torch.no_grad():
-        plain, shifted = m(batch), m(coloured)
-        alone = m(type(m).collate([short], m.config, "cpu"))
-    torch.testing.assert_close(shifted.probs, plain.probs, atol=1e-5, rtol=0)
-    torch.testing.assert_close(plain.probs[0], alone.probs[0], atol=1e-5, rtol=0)  # padding not counted
+    shifted = _shifted(batch, m.config.n_mels)
     without = make(6, fixed_length=False)
     warm_up_batch_norm(without, batch)
     with torch.no_grad():
-        assert not torch.allclose(without(coloured).probs, without(batch).probs, atol=1e-3)
+        plain = m(batch).probs
+        torch.testing.assert_close(m(type(m).collate([short], m.config, "cpu")).probs[0], plain[0],
+                                   atol=1e-5, rtol=0)  # padding not counted
+        for what in cancels:
+            torch.testing.assert_close(m(shifted[what]).probs, plain, atol=1e-5, rtol=0)
+            assert not torch.allclose(without(shifted[what]).probs, without(batch).probs, atol=1e-3)
+        for what in keeps:
+            assert not torch.allclose(m(shifted[what]).probs, plain, atol=1e-3)
 
 
 def test_masked_batch_norm_statistics_ignore_padding():

@@ -108,6 +108,11 @@ class LogMelFrontEndConfig(ModelConfig):
     # norm: a fixed colouring (a microphone, a room, a voice's average timbre) and the gain
     # cancel out; how the spectrum moves over time, and its spread, stay
     utterance_mean_norm: bool = False
+    # (ours) subtract ONE number per clip, the 75th percentile over its real frames of the frame's
+    # mean log-mel (a level that speech, not the pauses, sets): the recording's gain cancels out
+    # (log g²P = log P + 2 log g) and the spectrum's shape stays. A user's microphone gain is
+    # arbitrary; in TESS the held-out voice is recorded 4-12 dB quieter than the training voice.
+    utterance_gain_norm: bool = False
     # (ours) SpecAugment's masking (Park et al. 2019), in training only: this many bands of up to
     # spec_freq_width mel bands, and spans of up to spec_time_width frames, of each item's
     # normalised log-mels set to 0 (the corpus mean); 0 = off. Aimed at new voices and rooms.
@@ -268,6 +273,9 @@ class _LogMelModel(nn.Module):
         if cfg.utterance_mean_norm:
             w = valid.to(x.dtype)[:, None, :]
             x = x - (x * w).sum(-1, keepdim=True) / w.sum(-1, keepdim=True).clamp(min=1.0)
+        if cfg.utterance_gain_norm:
+            frame_level = x.mean(1).masked_fill(~valid, float("nan"))  # [B, T]
+            x = x - torch.nanquantile(frame_level, 0.75, dim=-1)[:, None, None]
         # Per-mel-band batch norm of the input (ours): standardises the log-mels with corpus
         # statistics; padded frames become 0, what the convolutions pad with.
         x = self.input_norm(x, valid)
