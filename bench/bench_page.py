@@ -13,8 +13,9 @@ and once:
 Both clips carry a faint random dither (-80 dB), so no run finds their features in the disk cache
 of an earlier run: every analysis here transcribes and encodes.
 Targets (issue 12): slider ≤ 300 ms, Compare k ≤ 500 ms, long clip ≤ 8 s, first analysis ≤ 3 s,
-Models ≤ 3 s. "Settled": the app's script state goes running → not running, then two animation
-frames (the browser has painted the new figures).
+Models ≤ 3 s. "Settled": the app's script state goes running → not running, no element still shows
+Streamlit's grey placeholder (tables, metrics and figures are drawn by code the browser loads
+lazily), then two animation frames (the browser has painted them).
 """
 
 from __future__ import annotations

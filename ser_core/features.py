@@ -242,8 +242,9 @@ class FeatureExtractor:
         which no face is found raises InputError. ``extras`` names on-request entries (EXTRAS).
         ``stop_if_asked()`` is called between the steps (during ASR, after it, after the speech
         encoder, before each extra); it raises to stop an analysis nobody waits for any more.
-        ``report``, when given, gets ``"reused"``: True when nothing had to be computed (every
-        part came from the memory or disk cache).
+        ``report``, when given, gets ``"reused"``: True when the words and speech states (ASR
+        and the speech encoder, the costly part) came from the memory or disk cache; extras may
+        still have been computed.
         """
         stop = stop_if_asked or (lambda: None)
         report = {} if report is None else report
@@ -266,12 +267,12 @@ class FeatureExtractor:
         if feats is None:
             feats = self._compute(key, audio, transcript, words, stop)
             dirty = True
+        report["reused"] = not dirty
         for name in extras:
             if not _has_extra(feats, name, vkey):
                 stop()
                 feats.extra.update(self._compute_extra(name, feats, vbytes, vkey))
                 dirty = True
-        report["reused"] = not dirty
         if dirty and self.disk_cache:
             self._write_disk(feats)
         with self._lock:

@@ -77,12 +77,18 @@ def streamlit_server(timeout: float = 90.0, env: dict[str, str] | None = None):
         os.unlink(log.name)
 
 
+#: True while any element still shows Streamlit's grey placeholder: its code (tables, metrics,
+#: figures are loaded lazily) or its first drawing is not there yet. A page is not settled before.
+NO_PLACEHOLDER = "!document.querySelector('[data-testid=\"stSkeleton\"]')"
+
+
 def wait_idle(page, timeout_ms: int = 120_000) -> None:
-    """Wait until Streamlit has finished running the script (its status widget is gone)."""
+    """Wait until Streamlit has finished running the script (its status widget is gone) and every
+    element is drawn (no grey placeholder left)."""
     page.wait_for_timeout(300)
     page.wait_for_function(
-        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout_ms
-    )
+        f"() => !document.querySelector('[data-testid=\"stStatusWidget\"]') && {NO_PLACEHOLDER}",
+        timeout=timeout_ms)
 
 
 # --- timing a user action to the settled page (tests and bench/bench_page.py) ----------------------
@@ -96,7 +102,11 @@ ARM = """() => {
     if (running && state === 'notRunning') {
       window.__finished = performance.now();
       observer.disconnect();
-      requestAnimationFrame(() => requestAnimationFrame(() => { window.__settled = performance.now(); }));
+      // settled: two animation frames after the last grey placeholder is gone (new elements drawn)
+      const drawn = () => document.querySelector('[data-testid="stSkeleton"]')
+        ? requestAnimationFrame(drawn)
+        : requestAnimationFrame(() => requestAnimationFrame(() => { window.__settled = performance.now(); }));
+      drawn();
     }
   };
   const observer = new MutationObserver(seen);
