@@ -115,7 +115,9 @@ def pool_blocks(tq: int, tk: int, cells: int) -> tuple[int, int]:
 
 
 def _max_over_groups(x: Tensor, dim: int, size: int) -> Tensor:
-    """Max over consecutive groups of ``size`` along ``dim`` (the last group may be shorter)."""
+    """Max over consecutive groups of ``size`` along ``dim`` (the last group may be shorter).
+    The same values as ``F.max_pool2d(..., ceil_mode=True)``, which was ~30× slower on CPU for the
+    blocked route's row groups (a 4 × 240 × 3000 block, rows by 8: 6.4 ms against 0.2 ms)."""
     n = x.shape[dim]
     full = n // size * size
     parts = [x.narrow(dim, 0, full).unflatten(dim, (full // size, size)).amax(dim + 1 if dim >= 0 else dim)] \

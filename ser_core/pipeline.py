@@ -68,7 +68,7 @@ class Analysis:
     timings: dict[str, float] = field(default_factory=dict)
     analyzer: "Analyzer | None" = field(default=None, repr=False, compare=False)
     options: dict[str, Any] = field(default_factory=dict)  # other model options (MESM's modalities)
-    features_reused: bool = False  # analyze() found every feature in the cache (nothing decoded)
+    features_reused: bool = False  # analyze() found the words and speech states in the cache
 
     @property
     def predicted(self) -> str:

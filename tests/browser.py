@@ -77,9 +77,9 @@ def streamlit_server(timeout: float = 90.0, env: dict[str, str] | None = None):
         os.unlink(log.name)
 
 
-#: True while any element still shows Streamlit's grey placeholder: its code (tables, metrics,
-#: figures are loaded lazily) or its first drawing is not there yet. A page is not settled before.
-NO_PLACEHOLDER = "!document.querySelector('[data-testid=\"stSkeleton\"]')"
+#: Streamlit's grey placeholder, shown while an element's code (tables, metrics, figures are
+#: loaded lazily) or its first drawing is not there yet. A page is not settled while one is left.
+PLACEHOLDER = '[data-testid="stSkeleton"]'
 
 
 def wait_idle(page, timeout_ms: int = 120_000) -> None:
@@ -87,7 +87,8 @@ def wait_idle(page, timeout_ms: int = 120_000) -> None:
     element is drawn (no grey placeholder left)."""
     page.wait_for_timeout(300)
     page.wait_for_function(
-        f"() => !document.querySelector('[data-testid=\"stStatusWidget\"]') && {NO_PLACEHOLDER}",
+        f"() => !document.querySelector('[data-testid=\"stStatusWidget\"]') "
+        f"&& !document.querySelector('{PLACEHOLDER}')",
         timeout=timeout_ms)
 
 
@@ -103,7 +104,7 @@ ARM = """() => {
       window.__finished = performance.now();
       observer.disconnect();
       // settled: two animation frames after the last grey placeholder is gone (new elements drawn)
-      const drawn = () => document.querySelector('[data-testid="stSkeleton"]')
+      const drawn = () => document.querySelector('PLACEHOLDER')
         ? requestAnimationFrame(drawn)
         : requestAnimationFrame(() => requestAnimationFrame(() => { window.__settled = performance.now(); }));
       drawn();
@@ -112,7 +113,7 @@ ARM = """() => {
   const observer = new MutationObserver(seen);
   observer.observe(app, {attributes: true, attributeFilter: ['data-test-script-state']});
   window.__armed = performance.now();
-}"""
+}""".replace("PLACEHOLDER", PLACEHOLDER)
 
 
 VERBOSE = False
