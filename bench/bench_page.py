@@ -1,9 +1,9 @@
 """What a user waits for in the browser: the page, not the function (headless Chromium, one run).
 
-    python bench/bench_page.py [--moves 7] [--long 60]
+    python bench/bench_page.py [--moves 9] [--long 60]
 
 Starts ``streamlit run app.py`` and drives it with Playwright. Prints, each as the median of
-``--moves`` slider moves (keyboard arrows on the slider, alternating left and right):
+``--moves`` slider moves (the keyboard's left arrow on the slider: each move to a new value):
   * Analyze, 10 s clip: keep_ratio move → settled page (script finished, figures drawn);
   * Compare k with 4 columns: one column's slider move → settled;
 and once:
@@ -46,10 +46,13 @@ def fresh(audio):
 
 
 def move_slider(page, slider, moves: int) -> list[float]:
-    """Seconds per keyboard move of ``slider`` (a role=slider locator), alternating direction."""
+    """Seconds per keyboard move of ``slider`` (a role=slider locator), one step each time towards
+    the slider's farther end: every move is to a value not shown before (no result remembered from
+    an earlier move; the model runs). At most as many moves as there are steps to that end."""
+    now, low, high, step = (float(slider.get_attribute(a)) for a in ("value", "min", "max", "step"))
+    key, room = ("ArrowLeft", now - low) if now - low >= high - now else ("ArrowRight", high - now)
     times = []
-    for i in range(moves):
-        key = "ArrowLeft" if i % 2 == 0 else "ArrowRight"
+    for _ in range(min(moves, round(room / step))):
         slider.focus()
         times.append(settle_time(page, lambda: page.keyboard.press(key)))
     return times
@@ -80,7 +83,7 @@ def report(name: str, times: list[float], target: float) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--moves", type=int, default=7)
+    ap.add_argument("--moves", type=int, default=9)
     ap.add_argument("--long", type=float, default=60.0, help="length of the long clip (s)")
     ap.add_argument("--verbose", action="store_true", help="print each move's parts")
     args = ap.parse_args()

@@ -9,7 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import streamlit as st  # noqa: E402
 
-from ser_core import kept, ui, viz  # noqa: E402
+from ser_core import kept, ui, ui_audio, viz  # noqa: E402
 
 ui.page_setup("Classroom")
 # large type, high contrast: readable from the back of a room
@@ -73,7 +73,5 @@ if word_record is not None and words:
                 + viz.word_importance_html(words, scores, kept.kept_by_most_heads(word_record))
                 + "</div>", unsafe_allow_html=True)
 frame_record = kept.first_sparse_record(analysis.trace, "frames")
-wave = viz.waveform_figure(analysis.features.audio, 16000, words, kept=kept.kept_spans(frame_record))
-wave.update_layout(height=320, font={"size": 20})
-st.plotly_chart(wave, width="stretch", key="classroom_waveform")
-st.caption("Shaded: the sound the model kept to decide. Move the slider to keep less or more.")
+ui_audio.show_waveform(analysis.features, words, frame_record, key="classroom_waveform", font_size=20)
+st.caption("Green: the sound the model kept to decide. Move the slider to keep less or more.")

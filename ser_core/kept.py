@@ -88,7 +88,7 @@ def explanation(emotion: str, confidence: float, kept: KeptSummary) -> str:
         else:
             parts.append(f"none of its {kept.n_words} words")
     if kept.kept_seconds is not None:
-        parts.append(f"{kept.kept_seconds:.1f} s of the {kept.speech_seconds:.1f} s of sound (shaded below)")
+        parts.append(f"{kept.kept_seconds:.1f} s of the {kept.speech_seconds:.1f} s of sound (green below)")
     if not parts:
         return sentence + "."
     return sentence + "; to decide, it kept " + " and ".join(parts) + "."

@@ -59,6 +59,9 @@ def test_the_sidebar_lists_every_page_with_the_first_called_home():
 def test_analyze_sample_shows_prediction_and_reruns_on_keep_ratio():
     at = _page("1_Analyze").run()
     assert not at.exception
+    # before Analyze: the picked sample's waveform, said to be not analysed yet (and nothing else drawn)
+    preview = at.get("plotly_chart")
+    assert len(preview) == 1 and "(not analysed yet)" in preview[0].proto.spec, len(preview)
     at.button(key="analyze_button").click().run()
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]

@@ -56,8 +56,10 @@ def _choose_checkpoint(page, name: str) -> None:
     wait_idle(page)
 
 
-def _upload_and_analyze(browser, server: str, path: Path, height: int, checkpoint: str | None = None):
-    """Open Analyze, choose "Upload a file", upload ``path`` and press Analyze."""
+def _upload_and_analyze(browser, server: str, path: Path, height: int, checkpoint: str | None = None,
+                        preview_shot: Path | None = None):
+    """Open Analyze, choose "Upload a file", upload ``path`` and press Analyze (``preview_shot``:
+    first check the file's waveform is shown, not yet analysed, and take a screenshot there)."""
     page = browser.new_page(viewport={"width": 1400, "height": height})
     page.goto(server + "/Analyze", wait_until="domcontentloaded")
     page.get_by_text("Analyze an utterance").wait_for(timeout=90_000)
@@ -68,6 +70,10 @@ def _upload_and_analyze(browser, server: str, path: Path, height: int, checkpoin
     wait_idle(page)
     page.locator("input[type=file]").first.set_input_files(str(path))  # face models add a video input
     wait_idle(page)
+    if preview_shot is not None:  # before Analyze: the picked file's waveform, said to be not analysed yet
+        page.get_by_text("(not analysed yet)").wait_for(timeout=60_000)
+        wait_idle(page)
+        page.screenshot(path=str(preview_shot), full_page=True)
     page.get_by_role("button", name="Analyze").click()
     return page
 
@@ -81,7 +87,8 @@ IN_BROWSER = [n for n in SHIPPED if n.split("_demo")[0] in ("ks_transformer", "m
 @pytest.mark.parametrize("checkpoint", IN_BROWSER)
 def test_upload_on_analyze_shows_prediction_and_figures(server, browser, tmp_path, checkpoint):
     """KS-Transformer, MESM and MFSN on the Analyze page in Chromium."""
-    page = _upload_and_analyze(browser, server, _sample_wav(), 2200, checkpoint)
+    preview = _shots(tmp_path) / "analyze_preview.png" if checkpoint.startswith("ks_transformer") else None
+    page = _upload_and_analyze(browser, server, _sample_wav(), 2200, checkpoint, preview_shot=preview)
     page.get_by_text("Prediction:").wait_for(timeout=180_000)
     wait_idle(page)
     page.locator(".js-plotly-plot").nth(1).wait_for(timeout=60_000)  # charts draw after the text

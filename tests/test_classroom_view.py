@@ -92,4 +92,9 @@ def test_every_view_agrees_on_what_was_kept():
         title = viz.attention_heatmap(record, "mean").layout.title.text
         assert f"{int(chips.sum())} of {len(chips)} keys kept" in title, (record.name, title)
         if record.key_labels.kind == "frames":
-            assert kept.kept_spans(record) == viz.kept_intervals(record, "mean")
+            spans = kept.kept_spans(record)
+            assert spans == viz.kept_intervals(record, "mean")
+            # the green strip under the waveform: one box per span, the same seconds in its words
+            strip = viz.kept_strip_html(spans, analysis.features.duration, record.name)
+            assert strip.count('title="kept ') == len(spans)
+            assert f"{sum(b - a for a, b in spans):.2f} s of" in strip

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -598,3 +599,20 @@ def test_a_pooled_record_is_drawn_and_exported_like_its_full_map(word_frame):
     wrong = dataclasses.replace(pooled, pool=(1, 3))
     with pytest.raises(InputError, match="pooled over 1×3 blocks"):
         viz.attention_heatmap(wrong, 0)
+
+
+def test_kept_strip_places_spans_on_the_waveform_time_axis():
+    html = viz.kept_strip_html([(0.5, 1.0), (1.5, 2.5), (3.5, 9.0)], 4.0, "ccab_a2t.0.cross")
+    boxes = re.findall(r"left:([\d.]+)%; width:([\d.]+)%", html)
+    # a span past the clip's end is cut at it; positions are shares of the clip
+    assert [(float(a), float(b)) for a, b in boxes] == [(12.5, 12.5), (37.5, 25.0), (87.5, 12.5)]
+    assert "2.00 s of 4.00 s" in html and "ccab_a2t.0.cross" in html
+    # the strip sits over the figure's plot area: the waveform's own margins, which do not grow
+    fig = viz.waveform_figure(np.zeros(4 * 16000), 16000)
+    margin = viz.audio.WAVEFORM_MARGIN
+    assert fig.layout.margin.l == margin["l"] and fig.layout.margin.r == margin["r"]
+    assert fig.layout.yaxis.automargin is False
+    assert f"margin: 0 {margin['r']}px 0 {margin['l']}px" in html
+    assert "0.00 s of 4.00 s" in viz.kept_strip_html([], 4.0)
+    with pytest.raises(InputError):
+        viz.kept_strip_html([(0, 1)], 0.0)
