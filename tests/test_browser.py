@@ -100,6 +100,50 @@ def test_upload_on_analyze_shows_prediction_and_figures(server, browser, tmp_pat
     page.screenshot(path=str(_shots(tmp_path) / f"analyze_{checkpoint}.png"), full_page=True)
 
 
+def test_first_sample_right_on_analyze_and_every_view_agrees_on_what_was_kept(server, browser, tmp_path):
+    """The page as a visitor first finds it: the first sample, analysed with its known transcript,
+    comes out as labelled; then the word chips, the heatmap, the key bars, the green strip under the
+    waveform and the spectrogram's strip all count the same kept words and seconds."""
+    import re
+
+    from ser_core.ui import label_name, sample_clips
+
+    first = sample_clips()[0]
+    page = browser.new_page(viewport={"width": 1400, "height": 2200})
+    page.goto(server + "/Analyze", wait_until="domcontentloaded")
+    page.get_by_text("Analyze an utterance").wait_for(timeout=90_000)
+    wait_idle(page)
+    page.get_by_role("button", name="Analyze").click()
+    page.get_by_text("Prediction:").wait_for(timeout=180_000)
+    wait_idle(page)
+    shots = _shots(tmp_path)
+    page.screenshot(path=str(shots / "analyze_first_sample.png"), full_page=True)
+    body = page.inner_text("body")
+    assert f"Prediction: {label_name(first['label'])}" in body, body[:2000]
+    assert "words from the clip's known transcript" in body
+
+    word_layer = re.search(r"Words by key importance in\s+(\S+)", body).group(1)
+    kept_words, n_words = map(int, re.search(r"= kept \((\d+) of (\d+)\)", body).groups())
+    frame_layer, kept_s, clip_s = re.search(r"speech kept by most heads of\s+(\S+?): ([\d.]+) s of ([\d.]+) s",
+                                            body).groups()
+
+    def titles() -> str:
+        page.locator(".js-plotly-plot .gtitle").last.wait_for(timeout=60_000)
+        return " ".join(page.locator(".js-plotly-plot .gtitle").all_text_contents())
+
+    # the heatmap starts on the first cross-modal key-sparse layer: the words' layer here
+    assert word_layer in titles() and f"{kept_words} of {n_words} keys kept" in titles(), titles()
+    page.get_by_role("radio", name="Key importance").click()
+    wait_idle(page)
+    assert f"{kept_words} kept / {n_words}" in titles()
+    page.get_by_role("radio", name="Spectrogram").click()
+    wait_idle(page)
+    assert f"green strip = kept keys of {frame_layer} ({kept_s} s of" in titles(), titles()
+    page.screenshot(path=str(shots / "analyze_first_sample_spectrogram.png"), full_page=True)
+    assert "Traceback" not in page.content()
+    page.close()
+
+
 def test_deletion_view_answers_attention_against_random_then_adds_the_attributions(server, browser, tmp_path):
     """Analyze → "Is this faithful?": the sentence comes first, then every ranking's curve."""
     page = browser.new_page(viewport={"width": 1400, "height": 3200})
