@@ -145,7 +145,8 @@ def explore():
     elif view == "Spectrogram":
         audio_record = record if record.key_labels.kind == "frames" and record.keep is not None else frame_record
         log_mel, times = ui.log_mel_for_display(feats.audio)
-        st.plotly_chart(viz.spectrogram_figure(log_mel, times, words, record=audio_record),
+        st.plotly_chart(viz.spectrogram_figure(log_mel, times, words, record=audio_record,
+                                               duration=feats.duration),
                         width="stretch", key="spectrogram")
         if audio_record is not None:
             st.caption(f"Kept frames from `{audio_record.name}` are marked on the green strip.")

@@ -138,7 +138,7 @@ def test_first_sample_right_on_analyze_and_every_view_agrees_on_what_was_kept(se
     assert f"{kept_words} kept / {n_words}" in titles()
     page.get_by_role("radio", name="Spectrogram").click()
     wait_idle(page)
-    assert f"green strip = kept keys of {frame_layer} ({kept_s} s of" in titles(), titles()
+    assert f"green strip = kept keys of {frame_layer} ({kept_s} s of {clip_s} s)" in titles(), titles()
     page.screenshot(path=str(shots / "analyze_first_sample_spectrogram.png"), full_page=True)
     assert "Traceback" not in page.content()
     page.close()

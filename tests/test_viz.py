@@ -616,3 +616,9 @@ def test_kept_strip_places_spans_on_the_waveform_time_axis():
     assert "0.00 s of 4.00 s" in viz.kept_strip_html([], 4.0)
     with pytest.raises(InputError):
         viz.kept_strip_html([(0, 1)], 0.0)
+
+
+def test_spectrogram_time_axis_ends_where_the_clip_does():
+    spec, times = np.random.rand(40, 100), np.arange(100) * 0.01 + 0.005
+    assert viz.spectrogram_figure(spec, times).layout.xaxis.range[1] == pytest.approx(1.005)
+    assert viz.spectrogram_figure(spec, times, duration=0.998).layout.xaxis.range[1] == 0.998

@@ -227,8 +227,11 @@ def spectrogram_figure(
     record: AttentionRecord | None = None,
     head: Head = "mean",
     kept: Sequence[tuple[float, float]] | None = None,
+    duration: float | None = None,
 ) -> go.Figure:
-    """Log-mel spectrogram [n_mels, T]; dropped frames dimmed, kept frames on a green strip."""
+    """Log-mel spectrogram [n_mels, T]; dropped frames dimmed, kept frames on a green strip.
+    ``duration``: the clip's length in seconds, where the time axis ends (the waveform's); by
+    default one frame step after the last frame."""
     spec = np.asarray(log_mel, dtype=np.float64)
     times = np.asarray(frame_times, dtype=np.float64).reshape(-1)
     if spec.ndim != 2 or 0 in spec.shape:
@@ -241,7 +244,8 @@ def spectrogram_figure(
     spans, span_name = _spans_from(record, kept, head)
     n_mels, n_frames = spec.shape
     step = float(np.median(np.diff(times))) if n_frames > 1 else 0.01
-    t_start, t_end = float(times[0] - step / 2), float(times[-1] + step)
+    t_start = float(times[0] - step / 2)
+    t_end = float(duration) if duration and duration > 0 else float(times[-1] + step)
 
     title = "Log-mel spectrogram"
     block = math.ceil(n_frames / MAX_SPECTROGRAM_FRAMES)
