@@ -9,7 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import streamlit as st  # noqa: E402
 
-from ser_core import kept, ui, ui_audio, viz  # noqa: E402
+from ser_core import kept, knob_ahead, ui, ui_audio, viz  # noqa: E402
 
 ui.page_setup("Classroom")
 # large type, high contrast: readable from the back of a room
@@ -55,7 +55,7 @@ if base is None:
     st.stop()
 
 knob = ui.sparsity_knob(base, "classroom")
-analysis = base.rerun(**knob) if knob else base
+analysis = knob_ahead.rerun_at(base, knob, "classroom")  # the next step computed ahead
 summary = kept.kept_summary(analysis)
 emotion = ui.label_name(analysis.predicted)
 

@@ -6,7 +6,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import streamlit as st  # noqa: E402
 
-from ser_core import kept, limits, ui, ui_audio, viz  # noqa: E402
+from ser_core import kept, knob_ahead, limits, ui, ui_audio, viz  # noqa: E402
 from ser_core.deletion import AXIS_NAMES, QUICK_RANKINGS  # noqa: E402
 
 ui.page_setup("Analyze")
@@ -70,7 +70,7 @@ def explore():
         st.info(f"This analysis was made with **{base.trace.model}**; press **Analyze** to run the "
                 f"chosen checkpoint ({meta.get('model')}).")
     knob = ui.sparsity_knob(base, "analyze")
-    analysis = base.rerun(**knob) if knob else base
+    analysis = knob_ahead.rerun_at(base, knob, "analyze")  # the next step computed ahead
     feats = analysis.features
     sees_text = base.analyzer is not None and base.analyzer.uses_text
     words = feats.words if sees_text else None

@@ -455,22 +455,22 @@ def words_in_context(analysis) -> bool:
 
 def sparsity_knob(analysis, key: str) -> dict:
     """The model's inference knob as a slider (keep_ratio for key-sparse layers, top_p for
-    nucleus sampling); returns the rerun arguments ({} for models without one)."""
-    ratios = [r.keep_ratio for r in analysis.trace.records if r.keep_ratio is not None]
-    ps = [r.top_p for r in analysis.trace.records if r.top_p is not None]
-    if ratios:
-        default = float(round(ratios[0], 2))
-        value = st.slider("keep_ratio (share of keys each key-sparse layer keeps)", 0.05, 1.0, default, 0.05,
-                          key=f"{key}_keep_ratio",
-                          help="1.0 is vanilla attention. Changing it re-runs only the model.")
-        return {} if abs(value - default) < 1e-9 else {"keep_ratio": value}
-    if ps:
-        default = float(round(ps[0], 2))
-        value = st.slider("top_p (attention mass the nucleus keeps)", 0.05, 1.0, default, 0.05,
-                          key=f"{key}_top_p",
-                          help="1.0 keeps every point (dense). Changing it re-runs only the model.")
-        return {} if abs(value - default) < 1e-9 else {"top_p": value}
-    return {}
+    nucleus sampling); returns the rerun arguments ({} for models without one, and at the
+    model's own setting), the value to the slider's 2 decimals."""
+    from .knob_ahead import HIGH, LOW, STEP, knob_setting
+
+    setting = knob_setting(analysis)
+    if setting is None:
+        return {}
+    name, default = setting
+    label, help_text = {
+        "keep_ratio": ("keep_ratio (share of keys each key-sparse layer keeps)",
+                       "1.0 is vanilla attention. Changing it re-runs only the model."),
+        "top_p": ("top_p (attention mass the nucleus keeps)",
+                  "1.0 keeps every point (dense). Changing it re-runs only the model."),
+    }[name]
+    value = round(st.slider(label, LOW, HIGH, default, STEP, key=f"{key}_{name}", help=help_text), 2)
+    return {} if abs(value - default) < 1e-9 else {name: value}
 
 
 def show_model_extras(trace) -> None:
