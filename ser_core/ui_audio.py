@@ -22,8 +22,10 @@ def show_waveform(features, words, frame_record, key: str, font_size: int | None
 
     def figure():
         fig = viz.waveform_figure(features.audio, 16000, words)
-        if font_size:
-            fig.update_layout(height=320, font={"size": font_size})
+        if font_size:  # the axes' own sizes too: the app's plotly theme sets them apart from the font
+            fig.update_layout(height=320, font={"size": font_size}, title_font_size=font_size)
+            fig.update_xaxes(tickfont_size=font_size * 0.8, title_font_size=font_size * 0.8)
+            fig.update_yaxes(tickfont_size=font_size * 0.8, title_font_size=font_size * 0.8)
         return fig
 
     shown = tuple(w.text for w in words or ())
