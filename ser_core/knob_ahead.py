@@ -21,6 +21,10 @@ __all__ = ["RunsAhead", "STEP", "knob_setting", "rerun_at"]
 STEP = 0.05  #: the sliders' step (``ui.sparsity_knob``)
 LOW, HIGH = 0.05, 1.0  #: their ends
 DELAY = 0.2  #: seconds after a move before the next position is run (the browser draws meanwhile)
+#: Run ahead only when the model took at most this long on this clip: the run holds the model,
+#: which every visitor of the server shares, and a long clip's run (~2 s at 60 s) would make
+#: another visitor's analysis, or this visitor's move the other way, wait for it.
+MAX_MODEL_SECONDS = 0.25
 
 
 def knob_setting(analysis) -> tuple[str, float] | None:
@@ -86,7 +90,8 @@ class RunsAhead:
 def rerun_at(base, knob: dict, page: str):
     """``base`` at the slider's setting ``knob`` (what ``ui.sparsity_knob`` returned: {} at the
     model's own setting), from the run computed ahead when there is one; then, if the slider
-    moved since this page's last run, the next position in the same direction is started."""
+    moved since this page's last run, the next position in the same direction is started (when
+    the model is quick on this clip: :data:`MAX_MODEL_SECONDS`)."""
     runs: RunsAhead = st.session_state.setdefault(f"_runs_ahead_{page}", RunsAhead())
     analysis = base if not knob else (runs.take(base, knob) or base.rerun(**knob))
     setting = knob_setting(base)
@@ -96,7 +101,8 @@ def rerun_at(base, knob: dict, page: str):
     value = float(knob.get(name, default))
     last = st.session_state.get(f"_knob_last_{page}")
     st.session_state[f"_knob_last_{page}"] = (base.features.key, value)
-    if last is not None and last[0] == base.features.key and abs(last[1] - value) > 1e-9:
+    quick = analysis.timings.get("model", float("inf")) <= MAX_MODEL_SECONDS
+    if quick and last is not None and last[0] == base.features.key and abs(last[1] - value) > 1e-9:
         following = round(value + (STEP if value > last[1] else -STEP), 2)
         if LOW - 1e-9 <= following <= HIGH + 1e-9 and abs(following - default) > 1e-9:
             runs.start(base, {name: following})

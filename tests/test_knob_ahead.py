@@ -82,3 +82,18 @@ def test_analyze_page_runs_the_next_step_ahead_and_uses_it(monkeypatch):
     assert asked == [0.45, 0.4, 0.35]  # 0.40 was not run again; 0.35 was started ahead
     base = at.session_state["analysis"]
     assert runs.take(base, {"keep_ratio": 0.35}) is not None
+
+
+def test_nothing_is_run_ahead_when_the_model_is_slow_on_the_clip(monkeypatch):
+    """A long clip's run holds the model every visitor shares for seconds: not run ahead then."""
+    from streamlit.testing.v1 import AppTest
+
+    from ser_core import knob_ahead
+
+    monkeypatch.setattr(knob_ahead, "MAX_MODEL_SECONDS", 0.0)
+    at = AppTest.from_file(str(REPO / "pages" / "1_Analyze.py"), default_timeout=180).run()
+    at.button(key="analyze_button").click().run()
+    for value in (0.45, 0.4):
+        at.slider(key="analyze_keep_ratio").set_value(value).run()
+        assert not at.exception
+    assert at.session_state["_runs_ahead_analyze"].thread is None
