@@ -10,6 +10,7 @@ import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
 from ser_core import ui, viz  # noqa: E402
+from ser_core.attribution import kept_share, points_on_grid  # noqa: E402
 from ser_core.experiments import found_results_dir, load_results  # noqa: E402
 
 ui.page_setup("Sparse masks")
@@ -113,6 +114,32 @@ else:
                "visible.")
     spec_records = [r for r in records if r.query_modality == "spectrogram"]
     face_records = [r for r in records if r.query_modality == "visual"]
+    points = None  # Integrated Gradients of every input point, by modality, when asked for
+    if st.toggle("Beside each mask: Integrated Gradients of the same points", key="sparse_ig",
+                 help="Which points change the prediction, whatever the attention says: red raises the "
+                      "predicted emotion, blue lowers it. If the nucleus keeps what the model uses, the "
+                      "kept points hold much more of it than their share of the points (a few seconds)."):
+        try:
+            ig = ui.run_queued(lambda should_stop: analysis.attribution_details("integrated_gradients"),
+                               spinner="Integrated Gradients of every spectrogram and face point…")
+            points = ig.extras.get("points", {})
+            st.caption(f"Integrated Gradients of {ui.label_name(ig.label)}, summed over each cell's input "
+                       f"points: {ig.n_steps} steps from an all-zero input (every spectrogram point at the "
+                       "clip's average level, mid-grey faces, no sentence) to this clip. Red: the point raises "
+                       f"{ui.label_name(ig.label)}; blue: it lowers it.")
+        except Exception as exc:  # e.g. a clip longer than explanations accept: a message
+            ui.show_error(exc)
+
+    def attribution_beside(col, r, j: int, grid: tuple[int, int], keep, flip: bool) -> None:
+        """Under a layer's mask: the same points' attribution, and how much of it the kept hold."""
+        if not points or r.query_modality not in points or j >= len(points[r.query_modality]):
+            return
+        scores = points_on_grid(points[r.query_modality][j], grid)
+        scores, keep = (scores[::-1], keep[::-1]) if flip else (scores, keep)
+        col.plotly_chart(viz.point_attribution_figure(scores, keep, r.name, face=not flip,
+                                                      share=kept_share(scores, keep)),
+                         width="stretch", key=f"ig_{r.name}")
+
     if spec_records:
         chunks = ui.mel_chunks_for_display(feats.audio)
         n = len(spec_records[0].query_labels)
@@ -126,6 +153,7 @@ else:
             w = r.weights[0, j].reshape(H, W)[::-1]
             col.plotly_chart(viz.nucleus_overlay_figure(chunks[j][::-1], keep, w, title=r.name),
                              width="stretch", key=f"spec_{r.name}")
+            attribution_beside(col, r, j, (H, W), r.keep[0, j].reshape(H, W), flip=True)
     if face_records:
         starts = face_records[0].query_labels.start
         n = len(starts)
@@ -138,6 +166,7 @@ else:
             col.plotly_chart(viz.nucleus_overlay_figure(feats.extra["faces"][k], r.keep[0, j].reshape(H, W),
                                                         r.weights[0, j].reshape(H, W), title=r.name),
                              width="stretch", key=f"face_{r.name}")
+            attribution_beside(col, r, j, (H, W), r.keep[0, j].reshape(H, W), flip=False)
     elif "V" in modalities:
         st.caption("No face frames for this clip.")
 

@@ -66,6 +66,8 @@ __all__ = [
     "Attribution",
     "attribution_axes",
     "compute_attribution",
+    "kept_share",
+    "points_on_grid",
     "project_by_time",
     "record_key_scores",
     "rollout_matrix",
@@ -292,6 +294,9 @@ def compute_attribution(
     total = float(sum(float(a.sum()) for a in attrs.values()))
     words, frames = adapter.reduce(attrs)
     extras["per_input"] = {k: float(v.sum()) for k, v in attrs.items()}
+    points = adapter.point_maps(attrs)
+    if points:
+        extras["points"] = points  # by query modality; see points_on_grid
     ig = method == "integrated_gradients"
     return Attribution(
         method, _check(words, adapter.n_words), _check(frames, adapter.n_frames), target, label,
@@ -308,3 +313,24 @@ def _check(values: np.ndarray | None, n: int | None) -> np.ndarray | None:
     if values.shape[0] != n:
         raise RuntimeError(f"attribution has {values.shape[0]} scores for an axis of {n}")
     return values
+
+
+def points_on_grid(points: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """One input's point scores [H0, W0] summed over the cells of a coarser [H, W] grid laid
+    evenly over it (a sparse layer's feature map: each cell covers H0/H × W0/W input points)."""
+    points = np.asarray(points, dtype=np.float64)
+    (h0, w0), (h, w) = points.shape, grid
+    if h < 1 or w < 1 or h0 % h or w0 % w:
+        raise InputError(f"A {h} × {w} grid does not tile the {h0} × {w0} input evenly.")
+    return points.reshape(h, h0 // h, w, w0 // w).sum(axis=(1, 3))
+
+
+def kept_share(scores: np.ndarray, keep: np.ndarray) -> tuple[float, float]:
+    """(share of the attribution's magnitude Σ|score| on the kept cells, share of cells kept):
+    a mask that keeps what changes the prediction holds more of the first than of the second."""
+    magnitude = np.abs(np.asarray(scores, dtype=np.float64))
+    keep = np.asarray(keep, dtype=bool)
+    if magnitude.shape != keep.shape:
+        raise InputError(f"Scores {magnitude.shape} and keep mask {keep.shape} differ in shape.")
+    total = float(magnitude.sum())
+    return (float(magnitude[keep].sum()) / total if total > 0 else 0.0), float(keep.mean())

@@ -113,6 +113,11 @@ class _Adapter:
     def reduce(self, attrs: dict[str, Tensor]) -> tuple[np.ndarray | None, np.ndarray | None]:
         raise NotImplementedError
 
+    def point_maps(self, attrs: dict[str, Tensor]) -> dict[str, np.ndarray]:
+        """Scores at the points a sparse layer chooses among, by the layer's query modality
+        (MESM: every spectrogram chunk's and face crop's input points); {} for other models."""
+        return {}
+
     def drop(self, batch: dict[str, Tensor], words: Tensor | None, frames: Tensor | None
              ) -> tuple[dict[str, Tensor], list]:
         """Mark dropped words / frames ([n, L] bool) as padding in an n-item batch; returns the
@@ -545,6 +550,16 @@ class _MESMAdapter(_Adapter):
         if "chunks" not in attrs:  # the spectrogram is not used at this setting: no share
             return None, None if self.frames_axis is None else np.zeros(self.n_frames)
         return None, attrs["chunks"][0].sum(dim=(1, 2)).cpu().numpy().astype(np.float64)
+
+    def point_maps(self, attrs):
+        """{"spectrogram": [chunks, n_mels, frames], "visual": [faces, size, size]} (colour
+        channels summed): the input points whose feature-map cells MESM's nucleus keeps or drops."""
+        out = {}
+        if "chunks" in attrs:
+            out["spectrogram"] = attrs["chunks"][0].cpu().numpy().astype(np.float64)
+        if "faces" in attrs:
+            out["visual"] = attrs["faces"][0].sum(dim=-1).cpu().numpy().astype(np.float64)
+        return out
 
     def drop(self, batch, words, frames):
         batch = dict(batch)

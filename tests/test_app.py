@@ -257,6 +257,14 @@ def test_sparse_masks_page_reruns_top_p_and_modalities_on_cached_features():
     table = at.dataframe[0].value
     assert list(table["modality"]) == ["text", "spectrogram", "visual"]
     assert table.loc[table["modality"] == "visual", "weight in the sum"].item() == 0
+    # beside each mask, the same points' Integrated Gradients and the share the kept points hold
+    at.checkbox(key="sparse_V").check().run()
+    at.toggle(key="sparse_ig").set_value(True).run()
+    assert not at.exception and not at.error
+    drawn = [c.proto.id for c in at.get("plotly_chart")]
+    ig = [c for c in at.get("plotly_chart") if "of the attribution" in c.proto.spec]
+    masks = [c for c in at.get("plotly_chart") if "points kept" in c.proto.spec]
+    assert ig and len(ig) == len(masks), (len(ig), len(masks), len(drawn))
 
 
 def test_the_server_script_starts_the_warm_up_when_the_server_starts(monkeypatch):

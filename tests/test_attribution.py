@@ -150,3 +150,40 @@ def test_unknown_method_is_an_input_error(analyses):
         pytest.skip("no KS-Transformer checkpoint")
     with pytest.raises(InputError, match="integrated_gradients"):
         analyses(path).attribution("saliency")
+
+
+def test_mesm_point_attributions_are_the_chunk_scores_spread_over_the_points_the_nucleus_chooses(analyses):
+    """MESM's Integrated Gradients per input point (what the Sparse masks page pools onto each
+    layer's grid): summed per chunk they are the frame scores; a face's point map per face crop."""
+    from ser_core.attribution import kept_share, points_on_grid
+
+    path = REPO / "checkpoints" / "mesm_demo.safetensors"
+    if not path.exists():
+        pytest.skip("no shipped MESM checkpoint")
+    analysis = analyses(path)
+    ig = analysis.attribution_details("integrated_gradients")
+    points = ig.extras["points"]
+    assert set(points) == {"spectrogram", "visual"}
+    np.testing.assert_allclose(points["spectrogram"].sum(axis=(1, 2)), ig.frames, rtol=1e-6, atol=1e-9)
+    shapes = analysis.trace.extras["map_shapes"]
+    for record in (r for r in analysis.trace.records if r.kind == "nucleus"):
+        grid = shapes[record.name]
+        maps = points[record.query_modality]
+        assert len(maps) == record.keep.shape[1], record.name  # one map per query item the layer has
+        scores = points_on_grid(maps[0], grid)
+        assert scores.shape == tuple(grid) and np.isclose(scores.sum(), maps[0].sum())
+        held, kept = kept_share(scores, record.keep[0, 0].reshape(grid))
+        assert 0 <= held <= 1 and 0 < kept <= 1
+
+
+def test_points_on_grid_and_kept_share():
+    from ser_core.attribution import kept_share, points_on_grid
+    from ser_core.errors import InputError
+
+    points = np.arange(16.0).reshape(4, 4)
+    np.testing.assert_array_equal(points_on_grid(points, (2, 2)), [[10, 18], [42, 50]])
+    with pytest.raises(InputError):
+        points_on_grid(points, (3, 2))
+    scores = np.array([[3.0, -1.0], [0.0, 0.0]])
+    assert kept_share(scores, np.array([[True, False], [False, False]])) == (0.75, 0.25)
+    assert kept_share(np.zeros((2, 2)), np.ones((2, 2), bool)) == (0.0, 1.0)

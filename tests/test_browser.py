@@ -192,7 +192,7 @@ def test_a_45_s_upload_finishes_with_its_maps_at_display_resolution(server, brow
 def test_sparse_masks_page_shows_kept_points_and_flops(server, browser, tmp_path):
     if not (REPO / "checkpoints" / "mesm_demo.safetensors").exists():
         pytest.skip("no shipped MESM checkpoint")
-    page = browser.new_page(viewport={"width": 1400, "height": 2600})
+    page = browser.new_page(viewport={"width": 1400, "height": 4400})  # the whole page in the screenshots
     page.goto(server + "/Sparse_masks", wait_until="domcontentloaded")
     page.get_by_role("button", name="Analyze").wait_for(timeout=90_000)
     wait_idle(page)
@@ -204,7 +204,12 @@ def test_sparse_masks_page_shows_kept_points_and_flops(server, browser, tmp_path
     assert page.locator('[data-testid="stMetric"]').count() == 3
     assert page.locator(".js-plotly-plot .main-svg").count() >= 6
     assert "Traceback" not in page.content()
-    page.screenshot(path=str(_shots(tmp_path) / "sparse_masks.png"), full_page=True)
+    # beside each mask, Integrated Gradients of the same points
+    page.get_by_text("Beside each mask: Integrated Gradients of the same points").click()
+    page.get_by_text("of the attribution").first.wait_for(timeout=120_000)
+    wait_idle(page)
+    assert "Traceback" not in page.content()
+    page.screenshot(path=str(_shots(tmp_path) / "sparse_masks_attribution.png"), full_page=True)
 
 
 def test_models_page_renders_every_checkpoint(server, browser, tmp_path):

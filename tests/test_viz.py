@@ -622,3 +622,16 @@ def test_spectrogram_time_axis_ends_where_the_clip_does():
     spec, times = np.random.rand(40, 100), np.arange(100) * 0.01 + 0.005
     assert viz.spectrogram_figure(spec, times).layout.xaxis.range[1] == pytest.approx(1.005)
     assert viz.spectrogram_figure(spec, times, duration=0.998).layout.xaxis.range[1] == 0.998
+
+
+def test_point_attribution_figure_outlines_the_kept_cells_and_says_their_share():
+    scores = np.array([[0.5, -0.2], [0.0, 0.1]])
+    keep = np.array([[True, False], [False, False]])
+    fig = viz.point_attribution_figure(scores, keep, "visual.attention0", face=True, share=(0.625, 0.25))
+    assert "the kept 25% of the points" in fig.layout.title.text
+    assert "holding 62% of the attribution" in fig.layout.title.text
+    heat, outline = fig.data
+    assert heat.zmin == -0.5 and heat.zmax == 0.5  # red and blue on one scale, 0 in the middle
+    assert len([x for x in outline.x if x is None]) == 4  # the one kept cell's four sides
+    with pytest.raises(InputError):
+        viz.point_attribution_figure(scores, keep[:1], "x")

@@ -28,7 +28,8 @@ The parts (all names are re-exported here, so pages write ``viz.attention_heatma
 
 from __future__ import annotations
 
-from .attention import attention_heatmap, key_importance_figure, nucleus_overlay_figure
+from .attention import (attention_heatmap, key_importance_figure, nucleus_overlay_figure,
+                        point_attribution_figure)
 from .audio import (kept_intervals, kept_strip_html, spectrogram_figure, waveform_figure,
                     word_importance_html)
 from .charts import (
@@ -52,6 +53,7 @@ __all__ = [
     "attention_heatmap", "bar_figure", "class_color", "confusion_matrix_figure",
     "deletion_curves_figure", "figure_to_png", "head_keep", "head_key_scores", "head_weights",
     "key_importance_figure", "kept_intervals", "max_pool_2d", "nucleus_overlay_figure",
+    "point_attribution_figure",
     "probabilities_figure", "probabilities_html", "probability_curve_figure", "record_to_csv", "spectrogram_figure",
     "top_k_threshold", "trace_to_json", "waveform_figure", "kept_strip_html", "word_importance_html",
 ]

@@ -299,3 +299,40 @@ def _outline(mask: np.ndarray, cell_w: float, cell_h: float) -> tuple[list[float
             xs += [(c + a[1]) * cell_w - 0.5, (c + b[1]) * cell_w - 0.5, None]
             ys += [(r + a[0]) * cell_h - 0.5, (r + b[0]) * cell_h - 0.5, None]
     return xs, ys
+
+
+def point_attribution_figure(scores: np.ndarray, keep_mask: np.ndarray, title: str, face: bool = False,
+                             share: tuple[float, float] | None = None) -> go.Figure:
+    """A sparse layer's grid of points coloured by an attribution (e.g. Integrated Gradients summed
+    over each cell's input points; red raises the predicted emotion, blue lowers it), with the
+    cells the layer kept outlined: beside :func:`nucleus_overlay_figure`, whether the points the
+    nucleus keeps are those that change the prediction. ``share``: (share of Σ|score| on kept
+    cells, share of cells kept), said in the title. Row 0 is drawn at the top (flip a
+    spectrogram's grid first to have low bands at the bottom)."""
+    z = np.asarray(scores, dtype=np.float64)
+    mask = np.asarray(keep_mask, dtype=bool)
+    if z.ndim != 2 or z.shape != mask.shape or z.size == 0:
+        raise InputError(f"Scores {z.shape} and keep mask {mask.shape} must be the same 2-D grid.")
+    top = float(np.abs(z).max()) or 1.0
+    gh, gw = mask.shape
+    fig = go.Figure(go.Heatmap(
+        z=z, x=np.arange(gw), y=np.arange(gh), colorscale="RdBu", reversescale=True, zmin=-top, zmax=top,
+        colorbar={"title": {"text": "IG"}, "thickness": 12},
+        hovertemplate="row %{y}, col %{x}<br>attribution %{z:.2e}<extra></extra>", name="attribution"))
+    ex, ey = _outline(mask, 1.0, 1.0)
+    fig.add_trace(go.Scatter(x=ex, y=ey, mode="lines", line={"color": "#111111", "width": 2},
+                             hoverinfo="skip", showlegend=False, name="kept cells' outline"))
+    sub = "outlined: the points this layer kept"
+    if share is not None:  # two short lines: the figure is a third of the page wide
+        sub = (f"outlined: the kept {share[1]:.0%} of the points,</sup><br><sup>"
+               f"holding {share[0]:.0%} of the attribution")
+    fig.update_layout(
+        title={"text": f"{html.escape(title)}<br><sup>{sub}</sup>"},
+        xaxis={"title": {"text": "column" if face else "time cell"}, "range": [-0.5, gw - 0.5],
+               "showgrid": False, "constrain": "domain"},
+        yaxis={"title": {"text": "row" if face else "mel cell (low at the bottom)"},
+               "range": [gh - 0.5, -0.5], "showgrid": False, "constrain": "domain",
+               **({"scaleanchor": "x"} if face else {"showticklabels": False})},
+        height=480, margin={"l": 40, "r": 5, "t": 90, "b": 45},
+    )
+    return fig
