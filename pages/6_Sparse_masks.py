@@ -187,7 +187,19 @@ if report:
     st.subheader("Do kept face points fall on expressive regions?")
     st.dataframe(pd.DataFrame([{"layer": name, "kept points in brows/eyes/mouth": f"{v['share_kept']:.1%}",
                                 "random mask of the same size": f"{v['share_random']:.1%}",
-                                "kept points": v["kept_cells"]} for name, v in report["layers"].items()]),
+                                "kept points": v["kept_cells"]}
+                               for name, v in report["layers"].items() if "share_kept" in v]),
                  hide_index=True)
+    held = {name: v for name, v in report["layers"].items() if "ig_share_kept" in v}
+    if held:
+        st.markdown("**Do the kept points hold what changes the prediction?** Integrated Gradients of each "
+                    "utterance, summed onto each layer's points: the share of its magnitude on the kept "
+                    "points, against the share of points kept (equal shares: the mask ignores it).")
+        st.dataframe(pd.DataFrame([{"layer": name, "points kept": f"{v['share_cells_kept']:.1%}",
+                                    "attribution they hold": f"{v['ig_share_kept']:.1%}",
+                                    "attribution in brows/eyes/mouth": (f"{v['ig_share_regions']:.1%} (area "
+                                                                        f"{v['share_random']:.1%})"
+                                                                        if "ig_share_regions" in v else "—")}
+                                   for name, v in held.items()]), hide_index=True)
     st.caption(f"{report['utterances']} demo-corpus {report['split']} utterances with a face video "
-               f"(`python -m ser_core regions --write`).")
+               f"(`python -m ser_core regions {'--attribution ' if held else ''}--write`).")

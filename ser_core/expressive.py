@@ -10,7 +10,12 @@ map each map cell back to video pixels (cell → 64×64 crop → the crop's squa
     share_random = cells in a region / all cells of the map
                    (the expected share of a random mask of the same size)
 
-``python -m ser_core regions [--checkpoint …] [--top-p …]`` prints both per layer.
+``python -m ser_core regions [--checkpoint …] [--top-p …]`` prints both per layer. With
+``--attribution`` it also runs Integrated Gradients on every utterance and reports, per attention
+layer (spectrogram ones too), what share of the attribution's magnitude (Σ|IG| summed onto the
+layer's cells, ``attribution.points_on_grid``) the kept cells hold against the share of cells kept,
+and for face layers what share lies in the expressive regions: whether the points the nucleus
+keeps, and the brows, eyes and mouth, are the points that change the prediction.
 """
 
 from __future__ import annotations
@@ -48,8 +53,10 @@ def in_regions(points: np.ndarray, regions: dict[str, tuple[int, int, int, int]]
 
 def expressive_region_share(checkpoint: str | Path | None = None, root: str | Path | None = None,
                             split: str = "test", top_p: float | None = None, limit: int | None = None,
-                            device: str | None = None) -> dict[str, Any]:
-    """Per visual attention layer: share of kept cells in expressive regions vs a random mask."""
+                            device: str | None = None, attribution: bool = False) -> dict[str, Any]:
+    """Per visual attention layer: share of kept cells in expressive regions vs a random mask
+    (and, with ``attribution``, the Integrated Gradients shares of the module docstring)."""
+    from .attribution import points_on_grid
     from .data import load_corpus
     from .paths import default_corpus_dir
     from .pipeline import Analyzer
@@ -81,25 +88,49 @@ def expressive_region_share(checkpoint: str | Path | None = None, root: str | Pa
             continue
         used += 1
         shapes = analysis.trace.extras["map_shapes"]
+        points = (analysis.attribution_details("integrated_gradients").extras.get("points", {})
+                  if attribution else {})
         for record in analysis.trace.records:
-            if record.query_modality != "visual" or record.keep is None:
+            if record.kind != "nucleus" or record.keep is None:
                 continue
             H, W = shapes[record.name]
-            t = totals.setdefault(record.name, [0, 0, 0, 0])
+            visual = record.query_modality == "visual"
+            t = totals.setdefault(record.name, dict.fromkeys(
+                ("kept_in", "kept", "in", "cells", "ig_kept", "ig", "ig_in", "kept_share", "items"), 0.0))
             for j, start in enumerate(record.query_labels.start):
-                k = int(np.argmin(np.abs(extra["face_times"] - start)))
-                frame = int(round(float(extra["face_times"][k]) * face["fps"]))
-                centres = cell_centres(H, W, extra["face_boxes"][k], tuple(face["size"]))
-                inside = in_regions(centres, regions_at(face, frame))
                 kept = record.keep[0, j].astype(bool)
-                t[0] += int((kept & inside).sum())
-                t[1] += int(kept.sum())
-                t[2] += int(inside.sum())
-                t[3] += int(inside.size)
-    layers = {name: {"share_kept": a / max(b, 1), "share_random": c / max(d, 1), "kept_cells": b}
-              for name, (a, b, c, d) in totals.items()}
+                inside = np.zeros(kept.shape, bool)
+                if visual:
+                    k = int(np.argmin(np.abs(extra["face_times"] - start)))
+                    frame = int(round(float(extra["face_times"][k]) * face["fps"]))
+                    centres = cell_centres(H, W, extra["face_boxes"][k], tuple(face["size"]))
+                    inside = in_regions(centres, regions_at(face, frame))
+                    t["kept_in"] += int((kept & inside).sum())
+                    t["kept"] += int(kept.sum())
+                    t["in"] += int(inside.sum())
+                    t["cells"] += int(inside.size)
+                maps = points.get(record.query_modality)
+                if maps is not None and j < len(maps):
+                    magnitude = np.abs(points_on_grid(maps[j], (H, W))).reshape(-1)
+                    t["ig_kept"] += float(magnitude[kept].sum())
+                    t["ig"] += float(magnitude.sum())
+                    t["ig_in"] += float(magnitude[inside].sum())
+                    t["kept_share"] += float(kept.mean())
+                    t["items"] += 1
+    layers = {}
+    for name, t in totals.items():
+        row: dict[str, Any] = {}
+        if t["cells"]:
+            row.update(share_kept=t["kept_in"] / max(t["kept"], 1), share_random=t["in"] / t["cells"],
+                       kept_cells=int(t["kept"]))
+        if t["ig"] > 0:  # Σ|IG| on kept cells / Σ|IG|, against the mean share of cells kept
+            row.update(ig_share_kept=t["ig_kept"] / t["ig"], share_cells_kept=t["kept_share"] / t["items"])
+            if t["cells"]:
+                row.update(ig_share_regions=t["ig_in"] / t["ig"])
+        if row:
+            layers[name] = row
     return {"checkpoint": str(analyzer.checkpoint), "utterances": used, "split": split,
-            "top_p": top_p, "layers": layers}
+            "top_p": top_p, "attribution": "integrated_gradients" if attribution else None, "layers": layers}
 
 
 def add_cli(subparsers) -> None:
@@ -110,12 +141,15 @@ def add_cli(subparsers) -> None:
     p.add_argument("--top-p", type=float)
     p.add_argument("--limit", type=int)
     p.add_argument("--device")
+    p.add_argument("--attribution", action="store_true",
+                   help="also Integrated Gradients per utterance: the share of it on kept cells and in the regions")
     p.add_argument("--write", action="store_true", help="store the report in the checkpoint's meta (shown in the app)")
     p.set_defaults(func=_cli)
 
 
 def _cli(args: argparse.Namespace) -> int:
-    report = expressive_region_share(args.checkpoint, args.root, args.split, args.top_p, args.limit, args.device)
+    report = expressive_region_share(args.checkpoint, args.root, args.split, args.top_p, args.limit, args.device,
+                                     args.attribution)
     print(json.dumps(report, indent=2))
     if args.write:
         from .checkpoint import update_meta

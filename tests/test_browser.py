@@ -192,7 +192,7 @@ def test_a_45_s_upload_finishes_with_its_maps_at_display_resolution(server, brow
 def test_sparse_masks_page_shows_kept_points_and_flops(server, browser, tmp_path):
     if not (REPO / "checkpoints" / "mesm_demo.safetensors").exists():
         pytest.skip("no shipped MESM checkpoint")
-    page = browser.new_page(viewport={"width": 1400, "height": 4400})  # the whole page in the screenshots
+    page = browser.new_page(viewport={"width": 1400, "height": 5600})  # the whole page in the screenshots
     page.goto(server + "/Sparse_masks", wait_until="domcontentloaded")
     page.get_by_role("button", name="Analyze").wait_for(timeout=90_000)
     wait_idle(page)

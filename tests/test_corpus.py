@@ -194,3 +194,25 @@ def test_cli_refuses_a_non_empty_folder_and_writes_with_force(tmp_path, capsys):
 def test_samples_readme_says_how_they_were_made():
     text = (SAMPLES / "README.md").read_text()
     assert "python -m ser_core corpus --samples" in text
+
+
+def test_regions_report_with_attribution(small_corpus):
+    """``python -m ser_core regions --attribution``: per MESM attention layer, kept cells in the
+    expressive regions against their area, and the share of Integrated Gradients they hold."""
+    from collections import Counter
+
+    from ser_core.expressive import expressive_region_share
+
+    checkpoint = Path(__file__).resolve().parent.parent / "checkpoints" / "mesm_demo.safetensors"
+    if not checkpoint.exists():
+        pytest.skip("no shipped MESM checkpoint")
+    split = Counter(r["split"] for r in _rows(small_corpus) if r["video"]).most_common(1)[0][0]
+    report = expressive_region_share(checkpoint, small_corpus, split=split, limit=2, attribution=True)
+    assert report["utterances"] >= 1 and report["attribution"] == "integrated_gradients"
+    layers = report["layers"]
+    assert any(name.startswith("visual.") for name in layers) and any(name.startswith("spectrogram.") for name in layers)
+    for name, row in layers.items():
+        assert 0 <= row["ig_share_kept"] <= 1 and 0 < row["share_cells_kept"] <= 1, (name, row)
+        if name.startswith("visual."):
+            assert 0 <= row["share_kept"] <= 1 and 0 < row["share_random"] < 1
+            assert 0 <= row["ig_share_regions"] <= 1
