@@ -57,6 +57,11 @@ class RunsAhead:
         with self._lock:
             return self._done.get(self._key(base, knob))
 
+    def forget(self) -> None:
+        """Drop what was computed ahead (another clip is on the page: its maps are not needed)."""
+        with self._lock:
+            self._done, self._wanted = {}, None
+
     def start(self, base, knob: dict, delay: float = DELAY) -> threading.Thread | None:
         """Run ``base.rerun(**knob)`` in a background thread after ``delay`` s, unless it is done or
         under way, or another position is asked for before it starts. Returns the thread (None
@@ -101,6 +106,8 @@ def rerun_at(base, knob: dict, page: str):
     value = float(knob.get(name, default))
     last = st.session_state.get(f"_knob_last_{page}")
     st.session_state[f"_knob_last_{page}"] = (base.features.key, value)
+    if last is not None and last[0] != base.features.key:
+        runs.forget()
     quick = analysis.timings.get("model", float("inf")) <= MAX_MODEL_SECONDS
     if quick and last is not None and last[0] == base.features.key and abs(last[1] - value) > 1e-9:
         following = round(value + (STEP if value > last[1] else -STEP), 2)

@@ -46,6 +46,8 @@ def test_a_run_computed_ahead_is_the_run_the_page_would_make(base):
     _same(ahead, base.rerun(keep_ratio=0.3))
     assert runs.take(base, {"keep_ratio": 0.25}) is None
     assert runs.start(base, {"keep_ratio": 0.3}) is None  # done already
+    runs.forget()  # another clip on the page
+    assert runs.take(base, {"keep_ratio": 0.3}) is None
 
 
 def test_only_the_newest_position_asked_for_is_run(base):
