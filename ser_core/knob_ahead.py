@@ -66,13 +66,17 @@ class RunsAhead:
         """Run ``base.rerun(**knob)`` in a background thread after ``delay`` s, unless it is done or
         under way, or another position is asked for before it starts. Returns the thread (None
         when nothing is started)."""
+        import torch
+
         key = self._key(base, knob)
         with self._lock:
             if key in self._done or key == self._wanted:
                 return None
             self._wanted = key
+        threads = torch.get_num_threads()  # the page's: a new thread's math library may use another
 
         def work() -> None:
+            torch.set_num_threads(threads)  # (different splits of a sum differ in the last bits)
             time.sleep(delay)
             with self._lock:
                 if self._wanted != key:  # the slider moved on: another position is wanted

@@ -22,7 +22,8 @@ def base():
 
 
 def _same(a, b) -> None:
-    assert np.array_equal(a.probs, b.probs)
+    """The same model run (a thread's math library may split a sum otherwise: the last bits)."""
+    np.testing.assert_allclose(a.probs, b.probs, rtol=1e-5, atol=1e-7)
     for ra, rb in zip(a.trace.records, b.trace.records):
         assert ra.name == rb.name and ra.keep_ratio == rb.keep_ratio
         assert (ra.keep is None) == (rb.keep is None)
