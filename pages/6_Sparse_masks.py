@@ -130,11 +130,12 @@ else:
         except Exception as exc:  # e.g. a clip longer than explanations accept: a message
             ui.show_error(exc)
 
-    def attribution_beside(col, r, j: int, grid: tuple[int, int], keep, flip: bool) -> None:
+    def attribution_beside(col, r, j: int, flip: bool) -> None:
         """Under a layer's mask: the same points' attribution, and how much of it the kept hold."""
         if not points or r.query_modality not in points or j >= len(points[r.query_modality]):
             return
-        scores = points_on_grid(points[r.query_modality][j], grid)
+        grid = shapes[r.name]
+        scores, keep = points_on_grid(points[r.query_modality][j], grid), r.keep[0, j].reshape(grid)
         scores, keep = (scores[::-1], keep[::-1]) if flip else (scores, keep)
         col.plotly_chart(viz.point_attribution_figure(scores, keep, r.name, face=not flip,
                                                       share=kept_share(scores, keep)),
@@ -153,7 +154,7 @@ else:
             w = r.weights[0, j].reshape(H, W)[::-1]
             col.plotly_chart(viz.nucleus_overlay_figure(chunks[j][::-1], keep, w, title=r.name),
                              width="stretch", key=f"spec_{r.name}")
-            attribution_beside(col, r, j, (H, W), r.keep[0, j].reshape(H, W), flip=True)
+            attribution_beside(col, r, j, flip=True)
     if face_records:
         starts = face_records[0].query_labels.start
         n = len(starts)
@@ -166,7 +167,7 @@ else:
             col.plotly_chart(viz.nucleus_overlay_figure(feats.extra["faces"][k], r.keep[0, j].reshape(H, W),
                                                         r.weights[0, j].reshape(H, W), title=r.name),
                              width="stretch", key=f"face_{r.name}")
-            attribution_beside(col, r, j, (H, W), r.keep[0, j].reshape(H, W), flip=False)
+            attribution_beside(col, r, j, flip=False)
     elif "V" in modalities:
         st.caption("No face frames for this clip.")
 

@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 import streamlit as st
+import torch
 
 __all__ = ["RunsAhead", "STEP", "knob_setting", "rerun_at"]
 
@@ -66,8 +67,6 @@ class RunsAhead:
         """Run ``base.rerun(**knob)`` in a background thread after ``delay`` s, unless it is done or
         under way, or another position is asked for before it starts. Returns the thread (None
         when nothing is started)."""
-        import torch
-
         key = self._key(base, knob)
         with self._lock:
             if key in self._done or key == self._wanted:
@@ -110,10 +109,13 @@ def rerun_at(base, knob: dict, page: str):
     value = float(knob.get(name, default))
     last = st.session_state.get(f"_knob_last_{page}")
     st.session_state[f"_knob_last_{page}"] = (base.features.key, value)
-    if last is not None and last[0] != base.features.key:
+    if last is None:
+        return analysis
+    if last[0] != base.features.key:  # another clip: what was run ahead is for the old one
         runs.forget()
+        return analysis
     quick = analysis.timings.get("model", float("inf")) <= MAX_MODEL_SECONDS
-    if quick and last is not None and last[0] == base.features.key and abs(last[1] - value) > 1e-9:
+    if quick and abs(last[1] - value) > 1e-9:
         following = round(value + (STEP if value > last[1] else -STEP), 2)
         if LOW - 1e-9 <= following <= HIGH + 1e-9 and abs(following - default) > 1e-9:
             runs.start(base, {name: following})
