@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file, save_file
 
+from . import limits
 from .asr import Word
 from .trace import AxisLabels
 from .paths import cache_dir
@@ -317,7 +318,7 @@ class FeatureExtractor:
             with torch.no_grad():
                 return self.speech.encode(audio)
 
-        pool = ThreadPoolExecutor(1, thread_name_prefix="ser-speech-encoder")
+        pool = ThreadPoolExecutor(1, thread_name_prefix="ser-speech-encoder", initializer=limits.apply_math_threads)
         try:
             speech = pool.submit(encode)
             words = words_for(audio, transcript, stop_if_asked=stop)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import threading
 from typing import Callable
 
 from .errors import InputError
@@ -111,6 +112,39 @@ def max_analyses(value: int | None = None) -> int:
     if not math.isfinite(value) or int(value) < 1:
         raise InputError(f"At least one analysis must be allowed to run at a time, not {value}.")
     return int(value)
+
+
+_math_threads: int | Callable[[], int] | None = None  # the server's policy (None: the libraries' default)
+_applied = threading.local()
+
+
+def set_math_threads(n: int | Callable[[], int] | None) -> None:
+    """Every thread that runs a model or an encoder from now on uses ``n`` math threads, or
+    ``n()`` asked at each model run (the server: all cores while one analysis runs alone, one
+    each when several run, see ``ui``); applied in the calling thread at once."""
+    global _math_threads
+    _math_threads = n if n is None or callable(n) else max(1, int(n))
+    apply_math_threads()
+
+
+def apply_math_threads() -> None:
+    """Apply :func:`set_math_threads`'s number in the calling thread.
+
+    ``torch.set_num_threads`` reaches only the thread that calls it: OpenMP's and MKL's thread
+    counts are per thread, although ``torch.get_num_threads()`` reports the last value set
+    anywhere. Measured (2 cores): after ``set_num_threads(1)`` in the main thread, a 1200×1200
+    matrix product in a thread started later still ran on two OS threads (CPU time 66 + 63
+    ticks), softmax on one; after the same call in that thread, on one (134 ticks). Streamlit
+    runs every rerun in a new thread, so ``Analyzer`` calls this before each model run."""
+    policy = _math_threads
+    if policy is None:
+        return
+    n = max(1, int(policy() if callable(policy) else policy))
+    if getattr(_applied, "n", None) != n:
+        import torch
+
+        torch.set_num_threads(n)
+        _applied.n = n
 
 
 def format_bytes(n: int) -> str:

@@ -207,6 +207,7 @@ class Analyzer:
         when it answers True, :class:`Cancelled` is raised and the remaining steps are skipped.
         """
         _stop_if(should_stop)
+        limits.apply_math_threads()  # the encoders run in this thread too
         t0 = time.perf_counter()
         samples = audio if isinstance(audio, np.ndarray) else load_audio(audio)
         t1 = time.perf_counter()
@@ -251,6 +252,7 @@ class Analyzer:
         # (~3 GB at 60 s, per visitor), and no view of it needs more than the heatmap draws.
         pool_to = POOLED_CELLS if limits.too_long_to_explain(feats.duration) else None
         with self._lock, torch.inference_mode(), maps_pooled_to(pool_to):
+            limits.apply_math_threads()  # this thread's share of the cores (a rerun's thread is new)
             extracted, batch = self._extracted.get(feats.key), None
             if extracted is None:  # first run on this utterance: build the batch
                 batch = collate_batch(self.model, [feats], self.device)
@@ -311,6 +313,7 @@ class Analyzer:
 
         def compute():
             with self._lock:
+                limits.apply_math_threads()
                 return compute_attribution(
                     self.model, analysis.features, analysis.trace, target, self.labels[target], method,
                     setting, n_steps=steps, internal_batch_size=internal_batch_size, device=self.device)
@@ -337,6 +340,7 @@ class Analyzer:
             # removals already run on this utterance at this setting (e.g. for another layer)
             known = self._cached(("deletion rows", analysis.features.key, setting_key(**setting)), dict)
             with self._lock:
+                limits.apply_math_threads()
                 return run_deletion_test(
                     self.model, analysis.features, analysis.trace, target, self.labels[target],
                     float(analysis.probs[target]), attributions, setting, layer=layer, rankings=rankings,

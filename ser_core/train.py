@@ -88,6 +88,9 @@ class TrainConfig:
     group_by_length: bool = False  # batches of similar length (less padding: faster epochs, same items)
     layer_mix_lr: float | None = None  # own learning rate for the encoder-layer mixing weights
     input_dropout: dict[str, float] | None = None  # modality dropout: {input: share of items zeroed}
+    # KS-Transformer: each batch trains at a keep ratio k drawn uniformly from [lo, hi] (every KS
+    # module the same k), instead of the configured ones; None trains at the configured k (Fig. 6)
+    train_keep_ratio: tuple[float, float] | None = None
 
     def hyper(self) -> dict[str, Any]:
         h = dict(PRESETS[self.preset])
@@ -250,7 +253,12 @@ def train(cfg: TrainConfig, progress: bool = True, log=print, on_event=None, sho
             if cfg.input_dropout:
                 batch = drop_inputs(batch, cfg.input_dropout,
                                     torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 10_007 + b))
-            logits = trained(batch).logits
+            if cfg.train_keep_ratio is not None:
+                lo, hi = cfg.train_keep_ratio
+                u = torch.rand((), generator=torch.Generator().manual_seed(cfg.seed * 7_919 + epoch * 104_729 + b))
+                logits = trained(batch, keep_ratio=lo + (hi - lo) * float(u)).logits
+            else:
+                logits = trained(batch).logits
             loss = F.cross_entropy(logits, y_train[mine].to(device))
             opt.zero_grad(set_to_none=True)
             if arch_opt is not None:

@@ -50,6 +50,9 @@ def add_cli(subparsers) -> None:
                    help="own learning rate for the weights that mix the speech encoder's layers")
     p.add_argument("--input-dropout", action="append", default=[], metavar="INPUT=SHARE",
                    help="modality dropout: this share of training items get the input zeroed, e.g. audio=0.3")
+    p.add_argument("--train-keep-ratio", metavar="LO,HI",
+                   help="KS-Transformer: train each batch at a keep ratio drawn uniformly from LO..HI "
+                        "(e.g. 0.2,0.8); the model's own keep ratios stay what it answers with")
     p.add_argument("--fold", type=int, default=0)
     p.add_argument("--preset", default="fast", choices=sorted(PRESETS))
     p.add_argument("--epochs", type=int)
@@ -149,6 +152,21 @@ def corpus_choice(corpora: list[str], roots: list[str]) -> dict[str, Any]:
     return {"corpus": "mix", "root": "", "mix": [dataclasses.asdict(s) for s in specs]}
 
 
+def _parse_range(text: str | None, model: str) -> tuple[float, float] | None:
+    """--train-keep-ratio "0.2,0.8" → (0.2, 0.8); only the KS-Transformer has a keep ratio."""
+    if text is None:
+        return None
+    if model != "ks_transformer":
+        raise InputError("--train-keep-ratio is for the KS-Transformer (the other models have no keep ratio).")
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"--train-keep-ratio takes two numbers, e.g. 0.2,0.8; got {text!r}.") from None
+    if not 0 < lo <= hi <= 1:
+        raise InputError(f"--train-keep-ratio needs 0 < LO ≤ HI ≤ 1; got {text!r}.")
+    return lo, hi
+
+
 def _train_cli(args: argparse.Namespace) -> int:
     choice = corpus_choice(args.corpus, args.root)
     if args.protocol != "predefined" and "mix" in choice:
@@ -161,6 +179,7 @@ def _train_cli(args: argparse.Namespace) -> int:
         epoch_items=args.epoch_items, group_by_length=args.group_by_length, layer_mix_lr=args.layer_mix_lr,
         corpus_shares=_parse_shares(args.corpus_share, "--corpus-share"),
         input_dropout=_parse_shares(args.input_dropout, "--input-dropout", "audio=0.3"),
+        train_keep_ratio=_parse_range(args.train_keep_ratio, args.model),
         model=args.model,
         fold=args.fold, preset=args.preset, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, dropout=args.dropout, seed=args.seed, out=args.out, run_dir=args.run_dir,

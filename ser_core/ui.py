@@ -185,18 +185,22 @@ def start_server_work() -> None:
 
 @st.cache_resource(show_spinner=False)
 def _one_thread_per_analysis() -> int:
-    """In the server, each analysis (Whisper, the encoders, the model) uses one thread and
-    ``limits.max_analyses()`` (one per core) run at once. Measured with bench/bench_load.py (12
-    sessions and a training job on 2 cores): p95 from ≈ 96 s (one analysis at a time, two threads
-    each) to ≈ 59 s. Returns the number at once."""
-    import torch
+    """In the server, ``limits.max_analyses()`` (one per core) analyses run at once, and each
+    model run uses one math thread while several analyses run, every core while one runs alone
+    (a visitor alone on a laptop gets both cores for the sliders and explanations; a class
+    sharing the server gets one each). Measured with bench/bench_load.py (12 sessions and a
+    training job on 2 cores): p95 from ≈ 96 s (one analysis at a time, two threads each) to
+    ≈ 59 s. Returns the number at once."""
+    import os
 
     from . import asr, features
 
     slots = limits.max_analyses()
-    torch.set_num_threads(1)
-    asr.use_threads(1, slots)
     line = analysis_queue()
+    cores = os.cpu_count() or 1
+    # in every thread that runs a model (limits.apply_math_threads: each rerun's thread is new)
+    limits.set_math_threads(lambda: cores if line.counts()[0] <= 1 else 1)
+    asr.use_threads(1, slots)
     # An analysis running alone has a second core idle: its speech encoder runs beside Whisper's
     # decoder there (a 60 s clip's features ~2 s sooner; the decoder gains nothing from 2 threads).
     features.overlap_speech_with_words(lambda: line.counts()[0] <= 1)

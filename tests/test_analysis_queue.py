@@ -5,6 +5,7 @@ before decoding, and the pipeline's cooperative stop. Fake work in threads: no m
 from __future__ import annotations
 
 import io
+import os
 import threading
 import time
 
@@ -445,3 +446,70 @@ def test_a_page_waits_its_turn_and_says_so():
     assert said.endswith("(cleared) | (spinner: Working…) | (work)"), said
     assert said.count("(spinner") == 1
     assert line.counts() == (0, 0)
+
+
+def _busy_os_threads(work) -> list[int]:
+    """CPU ticks each of this process's OS threads spent while ``work()`` ran, largest first."""
+    import os
+
+    def ticks() -> dict[str, int]:
+        out = {}
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                fields = open(f"/proc/self/task/{tid}/stat").read().rsplit(")", 1)[1].split()
+            except FileNotFoundError:  # a thread that ended meanwhile
+                continue
+            out[tid] = int(fields[11]) + int(fields[12])  # utime + stime
+        return out
+
+    before = ticks()
+    work()
+    after = ticks()
+    return sorted((after[t] - before.get(t, 0) for t in after), reverse=True)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="reads per-thread CPU time from /proc")
+def test_the_one_math_thread_policy_holds_in_threads_started_later(monkeypatch):
+    """The server's policy (ui._one_thread_per_analysis → limits.set_math_threads(1)) must hold in
+    the new thread of every later rerun: the math library's matrix products follow
+    torch.set_num_threads only in the thread that called it. Analyzer applies it per model run."""
+    import torch
+
+    before = torch.get_num_threads()
+    a = torch.randn(1000, 1000)
+    seen: list[list[int]] = []
+
+    def in_a_new_thread(apply: bool) -> None:
+        def work() -> None:
+            if apply:
+                limits.apply_math_threads()
+            a @ a  # the math library's threads start
+            seen.append(_busy_os_threads(lambda: [a @ a for _ in range(40)]))
+
+        t = threading.Thread(target=work)
+        t.start()
+        t.join()
+
+    monkeypatch.setattr(limits, "_math_threads", None)
+    try:
+        limits.set_math_threads(1)
+        in_a_new_thread(apply=True)
+        busy = seen[-1]
+        assert busy[0] > 0 and sum(busy[1:]) <= 0.1 * busy[0], busy  # one OS thread did the work
+        # a policy asked at each run (the server's: every core while one analysis runs alone)
+        running = [1]
+        limits.set_math_threads(lambda: 2 if running[0] <= 1 else 1)
+        assert torch.get_num_threads() == 2
+        running[0] = 2
+        limits.apply_math_threads()
+        assert torch.get_num_threads() == 1
+        # and an analysis applies it in its own thread before anything else runs
+        calls = []
+        monkeypatch.setattr(limits, "apply_math_threads", lambda: calls.append(threading.get_ident()))
+        with pytest.raises(InputError):
+            bare_analyzer().analyze(b"not audio at all")
+        assert calls == [threading.get_ident()]
+    finally:
+        monkeypatch.undo()
+        limits.set_math_threads(None)
+        torch.set_num_threads(before)

@@ -183,6 +183,18 @@ def test_corpus_choice_one_corpus_keeps_its_protocol_several_make_a_mix(tmp_path
     assert mix["mix"][1]["test_only"] is True
 
 
+def test_train_keep_ratio_option_reads_a_range_for_the_ks_transformer_only():
+    from ser_core.errors import InputError
+    from ser_core.train_cli import _parse_range
+
+    assert _parse_range("0.2,0.8", "ks_transformer") == (0.2, 0.8)
+    assert _parse_range(None, "mesm") is None
+    for bad, model, words in (("0.2,0.8", "mesm", "for the KS-Transformer"), ("0.5", "ks_transformer", "two numbers"),
+                              ("0.8,0.2", "ks_transformer", "LO ≤ HI"), ("0,0.5", "ks_transformer", "0 < LO")):
+        with pytest.raises(InputError, match=words):
+            _parse_range(bad, model)
+
+
 # --- a real (tiny) mixed training run ---------------------------------------------------------
 WORDS = ["back", "bath", "bean", "beg", "boat", "bone", "book", "bought", "burn", "cab", "calm", "came"]
 TESS_EMOTION = {"ang": "angry", "hap": "happy", "neu": "neutral", "sad": "sad"}
@@ -201,19 +213,31 @@ def _tess_from(corpus_manifest: Path, root: Path) -> Path:
 
 
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
-def test_two_epoch_training_on_a_mix_with_augmented_copies(cache, corpus, tmp_path):
+def test_two_epoch_training_on_a_mix_with_augmented_copies(cache, corpus, tmp_path, monkeypatch):
+    from ser_core.models.ks_transformer import KSTransformer
     from ser_core.train import TrainConfig, train
 
     tes = _tess_from(corpus, tmp_path / "tess")
+    ratios = []  # the keep ratio of every forward pass in training mode (--train-keep-ratio 0.2,0.8)
+    interact = KSTransformer.interact
+
+    def spy(self, extracted, keep_ratio=None, record=False):
+        if self.training:
+            ratios.append(keep_ratio)
+        return interact(self, extracted, keep_ratio, record)
+
+    monkeypatch.setattr(KSTransformer, "interact", spy)
     out = tmp_path / "mix.safetensors"
     cfg = TrainConfig(corpus="mix", mix=[{"name": "tess", "root": str(tes)}, {"name": "demo", "root": str(corpus)}],
                       out=str(out), epochs=2, batch_size=8, augment_copies=1, augment_corpora=["tess"],
-                      input_dropout={"audio": 0.25},
+                      input_dropout={"audio": 0.25}, train_keep_ratio=(0.2, 0.8),
                       model_args={"d_model": 32, "ff_dim": 64, "feature_layers": 1, "ccab_layers": 1,
                                   "fusion_layers": 1}, device="cpu")
     meta = train(cfg, progress=False, log=lambda *_: None)
     sizes = meta["training"]["sizes"]
     assert meta["training"]["input_dropout"] == {"audio": 0.25}
+    assert len(ratios) >= 4 and all(0.2 <= r <= 0.8 for r in ratios) and len(set(ratios)) == len(ratios)
+    assert meta["config"]["ccab_keep_ratio"] == 0.5  # what it answers with is still the configured k
     n_tess_train = sizes["train"] - 16  # the tiny demo corpus has 16 training utterances
     assert n_tess_train > 0 and n_tess_train % 2 == 0  # every TESS training clip plus one augmented copy
     test = meta["metrics"]["test"]
