@@ -53,6 +53,9 @@ def add_cli(subparsers) -> None:
     p.add_argument("--train-keep-ratio", metavar="LO,HI",
                    help="KS-Transformer: train each batch at a keep ratio drawn uniformly from LO..HI "
                         "(e.g. 0.2,0.8); the model's own keep ratios stay what it answers with")
+    p.add_argument("--leave-out-conflicts", action="store_true",
+                   help="leave out of training the items whose words say another emotion than the label "
+                        "(the demo corpus's conflicting sentences); validation and test keep them")
     p.add_argument("--fold", type=int, default=0)
     p.add_argument("--preset", default="fast", choices=sorted(PRESETS))
     p.add_argument("--epochs", type=int)
@@ -180,6 +183,7 @@ def _train_cli(args: argparse.Namespace) -> int:
         corpus_shares=_parse_shares(args.corpus_share, "--corpus-share"),
         input_dropout=_parse_shares(args.input_dropout, "--input-dropout", "audio=0.3"),
         train_keep_ratio=_parse_range(args.train_keep_ratio, args.model),
+        leave_out_conflicts=args.leave_out_conflicts,
         model=args.model,
         fold=args.fold, preset=args.preset, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, dropout=args.dropout, seed=args.seed, out=args.out, run_dir=args.run_dir,

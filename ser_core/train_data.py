@@ -86,6 +86,12 @@ def copy_seed(seed: int, utterance_id: str, copy: int) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
+def without_conflicts(utts: Iterable[Utterance]) -> list[Utterance]:
+    """``utts`` less those whose words say another emotion than their label (the demo corpus's
+    ``conflict`` column, where the label follows the voice); corpora without it lose nothing."""
+    return [u for u in utts if str(u.meta.get("conflict")).lower() != "true"]
+
+
 def with_augmented_copies(utts: Iterable[Utterance], copies: int, seed: int,
                           corpora: list[str] | None = None) -> list[Utterance]:
     """``utts`` followed by ``copies`` augmented copies of each (of the named corpora only), each

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import csv
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -181,6 +182,19 @@ def test_corpus_choice_one_corpus_keeps_its_protocol_several_make_a_mix(tmp_path
     mix = corpus_choice(["ravdess", "test:tess"], ["/r", "/t"])
     assert mix["corpus"] == "mix" and [m["name"] for m in mix["mix"]] == ["ravdess", "tess"]
     assert mix["mix"][1]["test_only"] is True
+
+
+def test_leaving_out_conflicts_drops_only_the_demo_items_whose_words_say_another_emotion(corpus):
+    from ser_core.data import load_corpus
+    from ser_core.train_data import without_conflicts
+
+    utts = load_corpus("manifest", str(corpus))
+    conflicting = {u.id for u in utts if u.meta.get("conflict") in (True, "true")}
+    assert 0 < len(conflicting) < len(utts)  # the tiny corpus has some of each
+    kept = without_conflicts(utts)
+    assert {u.id for u in kept} == {u.id for u in utts} - conflicting
+    tess_like = [dataclasses.replace(u, meta={}) for u in utts]  # a corpus without the column
+    assert without_conflicts(tess_like) == tess_like
 
 
 def test_train_keep_ratio_option_reads_a_range_for_the_ks_transformer_only():
