@@ -198,12 +198,16 @@ def _one_thread_per_analysis() -> int:
     slots = limits.max_analyses()
     line = analysis_queue()
     cores = os.cpu_count() or 1
+
+    def alone() -> bool:  # at most one analysis running
+        return line.counts()[0] <= 1
+
     # in every thread that runs a model (limits.apply_math_threads: each rerun's thread is new)
-    limits.set_math_threads(lambda: cores if line.counts()[0] <= 1 else 1)
+    limits.set_math_threads(lambda: cores if alone() else 1)
     asr.use_threads(1, slots)
     # An analysis running alone has a second core idle: its speech encoder runs beside Whisper's
     # decoder there (a 60 s clip's features ~2 s sooner; the decoder gains nothing from 2 threads).
-    features.overlap_speech_with_words(lambda: line.counts()[0] <= 1)
+    features.overlap_speech_with_words(alone)
     return slots
 
 

@@ -485,12 +485,11 @@ def test_the_one_math_thread_policy_holds_in_threads_started_later(monkeypatch):
     a = torch.randn(1000, 1000)
     seen: list[tuple[int, int]] = []
 
-    def in_a_new_thread(apply: bool) -> None:
+    def in_a_new_thread() -> None:
         older = set(_os_thread_ticks())
 
         def work() -> None:
-            if apply:
-                limits.apply_math_threads()
+            limits.apply_math_threads()
             a @ a  # the math library's helper threads (if any) start
             seen.append(_own_and_helper_ticks(lambda: [a @ a for _ in range(40)], older))
 
@@ -501,7 +500,7 @@ def test_the_one_math_thread_policy_holds_in_threads_started_later(monkeypatch):
     monkeypatch.setattr(limits, "_math_threads", None)
     try:
         limits.set_math_threads(1)
-        in_a_new_thread(apply=True)
+        in_a_new_thread()
         own, helpers = seen[-1]
         assert own > 0 and helpers <= 0.1 * own, seen  # the thread did the work alone
         # a policy asked at each run (the server's: every core while one analysis runs alone)
