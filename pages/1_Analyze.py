@@ -101,6 +101,10 @@ def explore():
                 st.caption("Each word's features are made from the whole sentence (the text encoder reads it in "
                            "context), so a kept word shows where this layer looked, not that only that word's "
                            "meaning was used. The deletion test below checks what removing words does.")
+            else:
+                st.caption("This model encodes each word on its own (not in its sentence), so a word's "
+                           "features carry that word only: a kept word is one whose meaning this layer took "
+                           "in. The deletion test below checks what removing words does.")
         elif sees_text and not feats.words:
             st.warning("No words were recognised in this clip: the text side sees a 'no words' token.")
         elif not sees_text:

@@ -55,7 +55,7 @@ def faithfulness_section(c) -> None:
     name = c.checkpoint.rsplit("/", 1)[-1]
     if not c.faithfulness:
         corpora = " ".join(f"--corpus {k}" + ("" if k == "demo" else f" --root /path/to/{k}")
-                           for k in (c.trained_on or ["demo"]))
+                           for k in (c.trained_on or ["demo"]) if k != "demo-calm")
         st.markdown(f"**Does its attention point at what it uses?** Not measured yet: run "
                     f"`python -m ser_core faithfulness --checkpoint {name} {corpora} --limit 40 --write`")
         return
@@ -75,7 +75,7 @@ def faithfulness_section(c) -> None:
                "column) random removal hardly changes the probability, so there is nothing to compare with.")
 
 
-real_corpora = sorted({k for c in cards for k in c.by_corpus if k not in ("demo", "manifest")})
+real_corpora = sorted({k for c in cards for k in c.by_corpus if k not in ("demo", "demo-calm", "manifest")})
 table = pd.DataFrame([{
     "checkpoint": c.checkpoint.rsplit("/", 1)[-1],
     "model": c.name,
@@ -104,7 +104,9 @@ for c in cards:
         for corpus, scores in c.by_corpus.items():
             if corpus in ("demo", "manifest"):
                 continue
-            st.markdown(f"**{corpus.upper()}, held-out speakers** (n = {scores.get('n')}): "
+            title = ("Calm-voice set (synthetic; the words decide), test voices" if corpus == "demo-calm"
+                     else f"{corpus.upper()}, held-out speakers")
+            st.markdown(f"**{title}** (n = {scores.get('n')}): "
                         f"WA {pct(scores.get('wa'))} %, UA {pct(scores.get('ua'))} %")
         if c.demo_test:
             st.markdown(

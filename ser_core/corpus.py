@@ -15,6 +15,17 @@ seed, with Debian's espeak-ng (many voices × variants). Each utterance has
 * optionally a talking-face video (``--video``, see ``corpus_faces``) whose brows, eyes and
   mouth carry the label, with the expressive regions recorded.
 
+``--words-decide`` makes a companion set for training (not the default corpus): every utterance
+says its own emotion's word (neutral: no emotional word) and is spoken *calmly*: its prosody is the
+neutral profile moved only ``--voice-strength`` of the way towards its label's (0 = the neutral
+voice, 1 = the full profile), so the voice alone hardly tells anger from neutral and the words
+decide. Mixed with the default corpus it teaches a model that when the voice is calm the words
+carry the emotion, so the attention over words has something to find (issue 11). At strength 0
+it contradicts the default corpus's neutral sentences with emotional words (their label follows
+the neutral voice), which ``train --leave-out-conflicts`` then leaves out; above 0 it does not.
+Same seed → same voice split as the default corpus, other utterances (ids ``words_…``). Written to
+the cache's ``demo_calm`` folder, it is the corpus ``demo-calm`` of a training mix.
+
 Splits are by voice: test and validation voices never speak in training.
 
 Layout written::
@@ -46,7 +57,7 @@ import numpy as np
 import soundfile as sf
 
 from .errors import InputError
-from .paths import SAMPLES_DIR, default_corpus_dir
+from .paths import SAMPLES_DIR, calm_corpus_dir, default_corpus_dir
 
 SAMPLE_RATE = 16000
 CLASSES = ("ang", "hap", "neu", "sad")
@@ -160,9 +171,23 @@ def _sentence(rng: np.random.Generator, text_emotion: str) -> tuple[str, int | N
     return text, text.split().index(word)
 
 
-def plan_corpus(n: int, seed: int, video: bool) -> list[Plan]:
-    """Draw every utterance's label, voice, words and prosody from one seeded generator."""
-    rng = np.random.default_rng(seed)
+def calm_profile(label: str, strength: float) -> tuple[tuple[float, float], ...]:
+    """The neutral prosody moved ``strength`` (0–1) of the way towards ``label``'s: means blended,
+    spreads the neutral ones."""
+    return tuple((n_mean + strength * (l_mean - n_mean), n_sd)
+                 for (n_mean, n_sd), (l_mean, _) in zip(PROSODY["neu"], PROSODY[label]))
+
+
+def plan_corpus(n: int, seed: int, video: bool, words_decide: bool = False,
+                voice_strength: float = 0.35) -> list[Plan]:
+    """Draw every utterance's label, voice, words and prosody from one seeded generator.
+
+    ``words_decide``: the companion set of the module docstring (calm voices at
+    ``voice_strength``, the label's own words), drawn from its own stream so that its utterances
+    differ from the default corpus's while the voice split (from ``seed``) is the same."""
+    if not 0.0 <= voice_strength <= 1.0:
+        raise InputError(f"The voice strength must lie between 0 and 1, not {voice_strength!r}.")
+    rng = np.random.default_rng([seed, 1] if words_decide else seed)
     voices = make_voices()
     split = split_voices(voices, seed)
     plans = []
@@ -172,7 +197,9 @@ def plan_corpus(n: int, seed: int, video: bool) -> list[Plan]:
         # what the words say: mostly the label's own emotion; some conflict, some no word
         r = rng.random()
         emotional = [c for c in EMOTION_WORDS if c != label]
-        if label == "neu":
+        if words_decide:  # the words are the label; neutral = no emotional word
+            text_emotion = "none" if label == "neu" else label
+        elif label == "neu":
             text_emotion = "none" if r < 0.75 else emotional[rng.integers(len(emotional))]
         elif r < 0.6:
             text_emotion = label
@@ -181,9 +208,10 @@ def plan_corpus(n: int, seed: int, video: bool) -> list[Plan]:
         else:
             text_emotion = "none"
         transcript, index = _sentence(rng, text_emotion)
-        (pm, ps), (rm, rs), (sm, ss), (am, as_), (gm, gs) = PROSODY[label]
+        (pm, ps), (rm, rs), (sm, ss), (am, as_), (gm, gs) = (
+            calm_profile(label, voice_strength) if words_decide else PROSODY[label])
         plans.append(Plan(
-            id=f"demo_{i:05d}", label=label, voice=voice, transcript=transcript,
+            id=f"{'words' if words_decide else 'demo'}_{i:05d}", label=label, voice=voice, transcript=transcript,
             text_emotion=text_emotion, emotion_index=index,
             pitch=int(np.clip(rng.normal(pm, ps) + voice.pitch_offset, 2, 97)),
             range=int(np.clip(rng.normal(rm, rs), 0, 99)),
@@ -277,8 +305,11 @@ def generate_corpus(
     progress: bool = True,
     force: bool = False,
     plans: list[Plan] | None = None,
+    words_decide: bool = False,
+    voice_strength: float = 0.35,
 ) -> Path:
-    """Write the demo corpus; returns the manifest path. Same seed → same files."""
+    """Write the demo corpus (or its ``words_decide`` companion set); returns the manifest path.
+    Same seed → same files."""
     from tqdm import tqdm
 
     if plans is None and (isinstance(n_utterances, bool) or not isinstance(n_utterances, int) or n_utterances < 1):
@@ -297,7 +328,8 @@ def generate_corpus(
             raise InputError(f"{out} is not empty; pass --force to overwrite it.")
         _remove_own_outputs(out)
     (out / "wav").mkdir(parents=True, exist_ok=True)
-    plans = plans if plans is not None else plan_corpus(n_utterances, seed, video)
+    plans = plans if plans is not None else plan_corpus(n_utterances, seed, video, words_decide,
+                                                                  voice_strength)
     if any(p.video for p in plans):
         (out / "video").mkdir(exist_ok=True)
     started = time.perf_counter()
@@ -321,7 +353,8 @@ def generate_corpus(
     if faces:
         (out / "faces.json").write_text(json.dumps(faces))
     summary = {
-        "seed": seed, "utterances": len(rows), "video": video,
+        "seed": seed, "utterances": len(rows), "video": video, "words_decide": words_decide,
+        "voice_strength": voice_strength if words_decide else None,
         "classes": dict(sorted(Counter(r["label"] for r in rows).items())),
         "splits": dict(sorted(Counter(r["split"] for r in rows).items())),
         "voices": {s: len({r["speaker"] for r in rows if r["split"] == s}) for s in ("train", "val", "test")},
@@ -383,12 +416,19 @@ def add_cli(subparsers) -> None:
         "corpus", help="generate the synthetic demo corpus (espeak-ng)",
         description="Generate the demo corpus reproducibly from a seed: four classes carried by "
                     "prosody and words, conflicts, voice-disjoint splits, optional face videos.")
-    p.add_argument("--out", default=str(default_corpus_dir()))
+    p.add_argument("--out", default=None,
+                   help=f"the folder (default {default_corpus_dir()}; with --words-decide {calm_corpus_dir()})")
     p.add_argument("--n", type=int, default=2000, help="number of utterances")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--video", action="store_true", help="also render a talking-face video per utterance")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--force", action="store_true", help="overwrite a non-empty output folder")
+    p.add_argument("--words-decide", action="store_true",
+                   help="the calm-voice set for training (`train --corpus demo-calm`): every sentence says "
+                        "its label's word, every voice calm (see --voice-strength)")
+    p.add_argument("--voice-strength", type=float, default=0.35,
+                   help="with --words-decide: how far the calm voice leans towards its label's prosody "
+                        "(0 = neutral, 1 = the full profile)")
     p.add_argument("--samples", action="store_true", help="(re)write the committed sample set in samples/")
     p.set_defaults(func=_cli)
 
@@ -399,7 +439,12 @@ def _cli(args) -> int:
     if args.samples:
         print(f"wrote {write_samples()}")
         return 0
-    manifest = generate_corpus(args.out, args.n, args.seed, args.video, args.workers, True, args.force)
+    if args.out is None:
+        args.out = str(calm_corpus_dir() if args.words_decide else default_corpus_dir())
+    if args.words_decide and Path(args.out).resolve() == default_corpus_dir().resolve():
+        raise InputError("The calm-voice set must not replace the demo corpus: give it its own --out.")
+    manifest = generate_corpus(args.out, args.n, args.seed, args.video, args.workers, True, args.force,
+                               words_decide=args.words_decide, voice_strength=args.voice_strength)
     summary = json.loads((manifest.parent / "corpus.json").read_text())
     print(f"wrote {manifest}")
     print(json.dumps({k: summary[k] for k in ("utterances", "classes", "splits", "voices", "conflict",

@@ -55,6 +55,7 @@ from typing import Any
 
 from . import paths
 from .corpus_choice import PROTOCOL_TITLES, _corpus_items, _is_mix, _mix_flags, check_corpora, resolve_corpus
+from .data.mix import SYNTHETIC
 from .errors import InputError
 from .job_progress import _events
 
@@ -174,7 +175,7 @@ def default_checkpoint_name(model: str, corpora: Any = None) -> str:
     recorded corpora it trains on after it otherwise (``my_ilt_ravdess_tess``)."""
     trained = []
     if corpora:
-        trained = [k for k, _, test_only in _corpus_items(corpora) if not test_only and k != "demo"]
+        trained = [k for k, _, test_only in _corpus_items(corpora) if not test_only and k not in SYNTHETIC]
     return "_".join([f"my_{model}", *trained])[:64]
 
 

@@ -89,6 +89,8 @@ CORPUS_NOTES: dict[str, str] = {
             "Pichora-Fuller (2010), University of Toronto, doi:10.5683/SP2/E8H2MF",
     "savee": "SAVEE, 4 male actors; research use. Haq & Jackson (2009)",
     "demo": "this project's synthetic demo corpus (espeak-ng and festival voices), generated locally",
+    "demo-calm": "the demo corpus's calm-voice set, where the words decide the emotion (espeak-ng), "
+                 "generated locally",
 }
 
 
@@ -191,7 +193,8 @@ def trained_on(meta: dict[str, Any]) -> list[str]:
         if corpus else []
 
 
-CORPUS_NAMES = {"demo": "demo corpus (synthetic)", "ravdess": "RAVDESS", "tess": "TESS", "savee": "SAVEE"}
+CORPUS_NAMES = {"demo": "demo corpus (synthetic)", "demo-calm": "demo corpus, calm voices (synthetic)",
+                "ravdess": "RAVDESS", "tess": "TESS", "savee": "SAVEE"}
 
 
 def faithfulness_table(report: dict[str, Any] | None) -> list[dict[str, str]]:

@@ -28,6 +28,11 @@ def default_corpus_dir() -> Path:
     return Path(os.environ.get("SER_CORPUS_DIR") or cache_dir() / "demo_corpus")
 
 
+def calm_corpus_dir() -> Path:
+    """Where ``python -m ser_core corpus --words-decide`` writes the calm-voice set by default."""
+    return cache_dir() / "demo_calm"
+
+
 def checkpoints_dir() -> Path:
     """Where the app writes the checkpoints it trains: ``SER_CHECKPOINTS_DIR``, else a folder of
     their own in the user cache, so the shipped ones in the repo's ``checkpoints/``

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import read_meta
-from .data.mix import CorpusSpec
+from .data.mix import SYNTHETIC, CorpusSpec
 from .model_card import REAL_VOICES, trained_on
 
 
@@ -51,7 +51,7 @@ def build_report(model: str, cross: list[str], ablation: list[tuple[str, str]], 
     by = meta["metrics"]["test"]["by_corpus"]
     report: dict[str, Any] = {
         "model": Path(model).name,
-        "corpora": [c for c in trained_on(meta) if c != "demo"],
+        "corpora": [c for c in trained_on(meta) if c not in SYNTHETIC],
         "trained_on": trained_on(meta),
         "by_corpus": {k: _compact(v) for k, v in by.items()},
     }
@@ -75,10 +75,12 @@ def build_report(model: str, cross: list[str], ablation: list[tuple[str, str]], 
     training_aug = {"augment_copies": training.get("augment_copies", 0),
                     "augment_seed": training.get("augment_seed", 0),
                     "augment_corpora": training.get("augment_corpora")}
-    real_only = [s for s in _specs(meta) if s.name != "demo"]
-    report["probe_ablation"] = [{"setting": "probe: real corpora + demo corpus", "by_corpus":
+    real_only = [s for s in _specs(meta) if s.name not in SYNTHETIC]
+    synthetic = " + ".join(n for c, n in (("demo", "demo corpus"), ("demo-calm", "calm-voice set"))
+                           if c in trained_on(meta)) or "nothing synthetic"
+    report["probe_ablation"] = [{"setting": f"probe: real corpora + {synthetic}", "by_corpus":
                                  report["probe"]["by_corpus"]}]
-    for setting, specs, kw in (("probe: real corpora + demo corpus, augmented as the model", _specs(meta),
+    for setting, specs, kw in ((f"probe: real corpora + {synthetic}, augmented as the model", _specs(meta),
                                 training_aug),
                                ("probe: real corpora only", real_only, {})):
         if not specs or (kw and not kw["augment_copies"]):
@@ -87,7 +89,7 @@ def build_report(model: str, cross: list[str], ablation: list[tuple[str, str]], 
         p = run_probe(specs, seed=training.get("seed", 0), progress=False, **probe_kw, **kw)
         report["probe_ablation"].append({"setting": setting, "by_corpus": {
             k: _compact(v) for k, v in (p["test"].get("by_corpus") or {specs[0].name: p["test"]}).items()}})
-    report["ablation"] = [{"setting": "shipped: real corpora + demo corpus, augmented",
+    report["ablation"] = [{"setting": f"shipped: real corpora + {synthetic}, augmented",
                            "by_corpus": report["by_corpus"]}]
     for setting, path in ablation:
         m = read_meta(path)
@@ -104,6 +106,9 @@ def add_cli(subparsers) -> None:
     p.add_argument("--model", required=True, help="the shipped checkpoint trained on the mix")
     p.add_argument("--cross", action="append", default=[], help="a checkpoint trained with a test:NAME corpus")
     p.add_argument("--ablation", action="append", default=[], metavar="SETTING=CHECKPOINT")
+    p.add_argument("--keep-cross", action="store_true",
+                   help=f"carry over the cross-corpus rows of the {REAL_VOICES} beside the model (they come "
+                        "from their own checkpoints, not from --model)")
     p.add_argument("--write", action="store_true", help=f"write {REAL_VOICES} beside the model")
     p.set_defaults(func=_cli)
 
@@ -111,6 +116,11 @@ def add_cli(subparsers) -> None:
 def _cli(args: argparse.Namespace) -> int:
     ablation = [tuple(item.rsplit("=", 1)) for item in args.ablation]
     report = build_report(args.model, args.cross, ablation)
+    earlier = Path(args.model).parent / REAL_VOICES
+    if args.keep_cross and earlier.exists():
+        new = {row["checkpoint"] for row in report["cross_corpus"]}
+        report["cross_corpus"] += [row for row in json.loads(earlier.read_text()).get("cross_corpus", [])
+                                   if row.get("checkpoint") not in new]
     text = json.dumps(report, indent=1)
     if args.write:
         (Path(args.model).parent / REAL_VOICES).write_text(text + "\n")

@@ -360,7 +360,8 @@ def checkpoint_picker(models: tuple[str, ...] | None = None,
     import torch
 
     device = "GPU (" + torch.cuda.get_device_name(0) + ")" if torch.cuda.is_available() else "CPU"
-    scores = " · ".join(f"{k.upper() if k != 'demo' else 'synthetic'} voices {100 * v['ua']:.0f} %"
+    names = {"demo": "synthetic voices", "demo-calm": "calm synthetic voices (the words decide)"}
+    scores = " · ".join(f"{names.get(k, k.upper() + ' voices')} {100 * v['ua']:.0f} %"
                         for k, v in by.items() if "ua" in v)
     st.sidebar.caption(
         f"**{meta.get('model')}** · emotions: {', '.join(label_name(l) for l in meta['config']['labels'])} "

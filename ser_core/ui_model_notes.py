@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from .data.mix import SYNTHETIC
 from .errors import InputError
 
 
@@ -94,11 +95,13 @@ def training_summary(checkpoint: str | None) -> str | None:
         return None
     corpora = trained_on(meta)
     names = {"ravdess": "RAVDESS (real actors)", "tess": "TESS (two real actresses)",
-             "savee": "SAVEE (real actors)", "demo": "the synthetic demo corpus"}
+             "savee": "SAVEE (real actors)", "demo": "the synthetic demo corpus",
+             "demo-calm": "its calm-voice sentences, where the words decide the emotion"}
     voices = {"ravdess": "RAVDESS's real actors", "tess": "TESS's real actresses",
-              "savee": "SAVEE's real actors", "demo": "synthetic voices"}
+              "savee": "SAVEE's real actors", "demo": "synthetic voices",
+              "demo-calm": "calm synthetic voices whose words decide"}
     by = held_out_scores(meta)
-    order = sorted(by, key=lambda k: k == "demo")  # real voices first
+    order = sorted(by, key=lambda k: k in SYNTHETIC)  # real voices first
     scores = [f"{100 * by[k]['ua']:.0f} % of the time on {voices.get(k, k)}" for k in order if "ua" in by[k]]
     if not corpora:
         return None
@@ -108,10 +111,10 @@ def training_summary(checkpoint: str | None) -> str | None:
     if scores:
         text += (" On speakers it never heard, it names the right emotion " + ", ".join(scores)
                  + " (averaged over the four emotions; guessing gives 25 %).")
-    if any(k != "demo" and v.get("ua", 1) < 0.35 for k, v in by.items()):
+    if any(k not in SYNTHETIC and v.get("ua", 1) < 0.35 for k, v in by.items()):
         text += (" On real voices that is no better than guessing: this model shows what was learned "
                  "from synthetic speech, not how people sound.")
-    elif any(c in CORPUS_NOTES and c != "demo" for c in corpora):
+    elif any(c in CORPUS_NOTES and c not in SYNTHETIC for c in corpora):
         text += (" Actors exaggerate emotions: on everyday speech, other microphones and rooms, expect it "
                  "to be right less often.")
     return text

@@ -70,6 +70,45 @@ def test_splits_are_disjoint_by_voice():
     assert not voices["val"] & voices["test"]
 
 
+def test_words_decide_set_has_calm_voices_labels_from_words_and_the_same_voice_split():
+    demo = plan_corpus(400, seed=0, video=False)
+    words = plan_corpus(400, seed=0, video=False, words_decide=True, voice_strength=0.0)
+    # the label is what the words say (no word: neutral), never a conflict
+    assert all(p.text_emotion == ("none" if p.label == "neu" else p.label) for p in words)
+    assert Counter(p.label for p in words) == {c: 100 for c in CLASSES}
+    # at strength 0 every voice is neutral: the pitch does not follow the label
+    pitch = {c: np.mean([p.pitch for p in words if p.label == c]) for c in CLASSES}
+    assert max(pitch.values()) - min(pitch.values()) < 5
+    demo_pitch = {c: np.mean([p.pitch for p in demo if p.label == c]) for c in CLASSES}
+    assert demo_pitch["hap"] - demo_pitch["sad"] > 25
+    # other utterances, the same voice → split mapping (a test voice is never a training voice)
+    assert not {p.id for p in words} & {p.id for p in demo}
+    assert [p.transcript for p in words[:20]] != [p.transcript for p in demo[:20]]
+    split = {p.voice.name: p.split for p in demo}
+    assert all(split.get(p.voice.name, p.split) == p.split for p in words)
+    # a voice strength leans each calm voice part of the way towards its label's profile
+    half = plan_corpus(400, seed=0, video=False, words_decide=True, voice_strength=0.5)
+    half_pitch = {c: np.mean([p.pitch for p in half if p.label == c]) for c in CLASSES}
+    assert half_pitch["sad"] + 4 < pitch["sad"] and half_pitch["hap"] > pitch["hap"] + 4
+    assert half_pitch["hap"] < demo_pitch["hap"] - 4
+    with pytest.raises(InputError, match="between 0 and 1"):
+        plan_corpus(4, seed=0, video=False, words_decide=True, voice_strength=1.5)
+    # the default corpus is not changed by the option's existence
+    assert [(p.id, p.transcript, p.pitch) for p in demo] == \
+        [(p.id, p.transcript, p.pitch) for p in plan_corpus(400, seed=0, video=False, words_decide=False)]
+
+
+def test_the_words_decide_set_never_replaces_the_demo_corpus(monkeypatch, tmp_path):
+    from ser_core.__main__ import build_parser
+
+    demo = tmp_path / "demo_corpus"
+    monkeypatch.setenv("SER_CORPUS_DIR", str(demo))  # where the demo corpus lives
+    args = build_parser().parse_args(["corpus", "--words-decide", "--n", "4", "--out", str(demo)])
+    with pytest.raises(InputError, match="own --out"):
+        args.func(args)
+    assert not demo.exists()
+
+
 def test_same_seed_gives_identical_files(tmp_path):
     a = generate_corpus(tmp_path / "a", n_utterances=4, seed=11, workers=1, progress=False)
     b = generate_corpus(tmp_path / "b", n_utterances=4, seed=11, workers=2, progress=False)

@@ -49,6 +49,23 @@ def test_demo_corpus_missing_says_how_to_make_it(tmp_path, monkeypatch):
         corpus_specs(["demo"], [])
 
 
+def test_the_calm_voice_set_is_a_rootless_synthetic_corpus_with_its_own_split(tmp_path, monkeypatch):
+    from ser_core.corpus import generate_corpus
+    from ser_core.data.mix import SYNTHETIC, load_spec
+
+    monkeypatch.setenv("SER_CACHE_DIR", str(tmp_path))
+    with pytest.raises(InputError, match="--words-decide"):
+        corpus_specs(["demo-calm"], [])
+    manifest = generate_corpus(tmp_path / "demo_calm", n_utterances=8, seed=0, workers=1, progress=False,
+                               words_decide=True)
+    specs = corpus_specs(["ravdess", "demo-calm"], ["/a"])
+    assert [(s.name, s.root) for s in specs] == [("ravdess", "/a"), ("demo-calm", str(manifest))]
+    utts = load_spec(specs[1])
+    assert len(utts) == 8 and all(u.meta["split"] in ("train", "val", "test") for u in utts)
+    assert all(u.meta["text_emotion"] == ("none" if u.label == "neu" else u.label) for u in utts)
+    assert "demo-calm" in SYNTHETIC and "ravdess" not in SYNTHETIC
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_speaker_split_never_shares_a_voice_between_train_and_test(seed):
     utts = _utts("c", speakers=10)
@@ -271,3 +288,20 @@ def test_two_epoch_training_on_a_mix_with_augmented_copies(cache, corpus, tmp_pa
     assert set(report["probe"]["by_corpus"]) == {"tess", "demo"}
     assert 0 <= report["probe"]["by_corpus"]["tess"]["ua"] <= 1
     assert report["by_corpus"]["tess"]["n"] == test["by_corpus"]["tess"]["n"]
+
+
+def test_real_voices_keep_cross_carries_over_the_earlier_cross_corpus_rows(tmp_path, monkeypatch):
+    import argparse
+
+    from ser_core import real_voices
+
+    old = {"checkpoint": "ks_without_tess.safetensors", "test": "tess", "model": {"ua": 0.56}}
+    fresh = {"checkpoint": "ks_without_ravdess.safetensors", "test": "ravdess", "model": {"ua": 0.3}}
+    (tmp_path / real_voices.REAL_VOICES).write_text(json.dumps({"cross_corpus": [old, dict(fresh, model={})]}))
+    monkeypatch.setattr(real_voices, "build_report",
+                        lambda model, cross, ablation: {"model": "m", "cross_corpus": [fresh]})
+    args = argparse.Namespace(model=str(tmp_path / "m.safetensors"), cross=[], ablation=[], keep_cross=True,
+                              write=True)
+    assert real_voices._cli(args) == 0
+    written = json.loads((tmp_path / real_voices.REAL_VOICES).read_text())
+    assert written["cross_corpus"] == [fresh, old]  # the new row wins over the old one of its checkpoint

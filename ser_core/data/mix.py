@@ -35,8 +35,11 @@ from ser_core.data.base import Utterance
 from ser_core.errors import InputError
 
 DEFAULT_CLASSES: tuple[str, ...] = ("ang", "hap", "neu", "sad")
-#: corpora that need no --root (they live in the project's cache)
-ROOTLESS = ("demo",)
+#: corpora that need no --root (they live in the project's cache): the demo corpus and its calm-voice
+#: companion set (``python -m ser_core corpus --words-decide``, where the words decide the label)
+ROOTLESS = ("demo", "demo-calm")
+#: the generated (synthetic) corpora: every other corpus is real voices
+SYNTHETIC = ROOTLESS
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,7 @@ def corpus_specs(corpora: Sequence[str], roots: Sequence[str | None]) -> list[Co
         test_only = name.startswith("test:")
         name = name.split(":", 1)[1] if test_only else name
         if name in ROOTLESS:
-            root = demo_manifest()
+            root = demo_manifest(name)
         else:
             if i >= len(roots):
                 raise InputError(f"The corpus {name} needs a folder: give one --root for each corpus "
@@ -84,9 +87,16 @@ def corpus_specs(corpora: Sequence[str], roots: Sequence[str | None]) -> list[Co
     return specs
 
 
-def demo_manifest() -> Path:
-    from ser_core.paths import default_corpus_dir
+def demo_manifest(name: str = "demo") -> Path:
+    """The manifest of the generated demo corpus (or, ``demo-calm``, of its calm-voice set)."""
+    from ser_core.paths import calm_corpus_dir, default_corpus_dir
 
+    if name == "demo-calm":
+        manifest = calm_corpus_dir() / "manifest.csv"
+        if not manifest.exists():
+            raise InputError("The calm-voice set has not been generated yet: run `python -m ser_core corpus "
+                             "--words-decide --n 800` first.")
+        return manifest
     manifest = default_corpus_dir() / "manifest.csv"
     if not manifest.exists():
         raise InputError("The demo corpus has not been generated yet: run `python -m ser_core corpus` "
@@ -97,7 +107,7 @@ def demo_manifest() -> Path:
 def load_spec(spec: CorpusSpec) -> list[Utterance]:
     from ser_core.data import load_corpus
 
-    return load_corpus("manifest" if spec.name == "demo" else spec.name, spec.root)
+    return load_corpus("manifest" if spec.name in ROOTLESS else spec.name, spec.root)
 
 
 def speaker_split(utts: Sequence[Utterance], seed: int = 0, test_size: float = 0.2,
