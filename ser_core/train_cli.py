@@ -215,10 +215,11 @@ def _train_cli(args: argparse.Namespace) -> int:
 
 
 def _evaluate_cli(args: argparse.Namespace) -> int:
-    if args.corpus == "demo":
+    named = args.corpus
+    if args.corpus in ("demo", "demo-calm"):  # the generated corpora: their manifests in the cache
         from .data.mix import demo_manifest
 
-        args.corpus, args.root = "manifest", str(demo_manifest())
+        args.corpus, args.root = "manifest", str(demo_manifest(args.corpus))
     result = evaluate(args.checkpoint, args.corpus, _default_root(args), args.protocol, args.fold,
                       args.split, args.device, keep_ratio=args.keep_ratio, top_p=args.top_p)
     print(json.dumps({k: v for k, v in result.items() if k != "predictions"}, indent=2))
@@ -229,7 +230,7 @@ def _evaluate_cli(args: argparse.Namespace) -> int:
 
         metrics_ = read_meta(args.checkpoint).get("metrics", {})
         held = dict(metrics_.get("held_out_speakers", {}))
-        name = "demo" if args.corpus == "manifest" else args.corpus
+        name = "demo" if named == "manifest" else named
         held[name] = {k: result[k] for k in ("wa", "ua", "macro_f1", "n", "fold")}
         held[name]["predicted_share"] = {label: sum(p["pred"] == label for p in result["predictions"]) / result["n"]
                                          for label in result["labels"]}

@@ -305,3 +305,26 @@ def test_real_voices_keep_cross_carries_over_the_earlier_cross_corpus_rows(tmp_p
     assert real_voices._cli(args) == 0
     written = json.loads((tmp_path / real_voices.REAL_VOICES).read_text())
     assert written["cross_corpus"] == [fresh, old]  # the new row wins over the old one of its checkpoint
+
+
+@pytest.mark.parametrize("name, folder", [("demo", "demo_corpus"), ("demo-calm", "demo_calm")])
+def test_evaluate_finds_the_generated_corpora_without_a_root(name, folder, tmp_path, monkeypatch):
+    import argparse
+
+    from ser_core import train_cli
+
+    monkeypatch.setenv("SER_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("SER_CORPUS_DIR", raising=False)
+    (tmp_path / folder).mkdir()
+    (tmp_path / folder / "manifest.csv").write_text("path,label\n")
+    seen = {}
+
+    def fake_evaluate(checkpoint, corpus, root, *args, **kw):
+        seen.update(corpus=corpus, root=root)
+        return {"ua": 1.0}
+
+    monkeypatch.setattr(train_cli, "evaluate", fake_evaluate)
+    args = argparse.Namespace(checkpoint="m.safetensors", corpus=name, root=None, protocol="predefined", fold=0,
+                              split="test", device=None, keep_ratio=None, top_p=None, write=False)
+    assert train_cli._evaluate_cli(args) == 0
+    assert seen == {"corpus": "manifest", "root": str(tmp_path / folder / "manifest.csv")}
