@@ -11,6 +11,7 @@ import streamlit as st  # noqa: E402
 
 from ser_core import ui, viz  # noqa: E402
 from ser_core.checkpoint import list_all_checkpoints  # noqa: E402
+from ser_core.data.mix import SYNTHETIC  # noqa: E402
 from ser_core.errors import InputError  # noqa: E402
 from ser_core.experiments import (  # noqa: E402
     EXPERIMENT_TITLES,
@@ -75,7 +76,7 @@ def faithfulness_section(c) -> None:
                "column) random removal hardly changes the probability, so there is nothing to compare with.")
 
 
-real_corpora = sorted({k for c in cards for k in c.by_corpus if k not in ("demo", "demo-calm", "manifest")})
+real_corpora = sorted({k for c in cards for k in c.by_corpus if k not in (*SYNTHETIC, "manifest")})
 table = pd.DataFrame([{
     "checkpoint": c.checkpoint.rsplit("/", 1)[-1],
     "model": c.name,

@@ -61,6 +61,8 @@ from .paths import SAMPLES_DIR, calm_corpus_dir, default_corpus_dir
 
 SAMPLE_RATE = 16000
 CLASSES = ("ang", "hap", "neu", "sad")
+#: how far the calm-voice set's voices lean towards their label's prosody (``--voice-strength``)
+CALM_VOICE_STRENGTH = 0.35
 
 # --- words ---------------------------------------------------------------------------------
 EMOTION_WORDS = {
@@ -179,7 +181,7 @@ def calm_profile(label: str, strength: float) -> tuple[tuple[float, float], ...]
 
 
 def plan_corpus(n: int, seed: int, video: bool, words_decide: bool = False,
-                voice_strength: float = 0.35) -> list[Plan]:
+                voice_strength: float = CALM_VOICE_STRENGTH) -> list[Plan]:
     """Draw every utterance's label, voice, words and prosody from one seeded generator.
 
     ``words_decide``: the companion set of the module docstring (calm voices at
@@ -306,7 +308,7 @@ def generate_corpus(
     force: bool = False,
     plans: list[Plan] | None = None,
     words_decide: bool = False,
-    voice_strength: float = 0.35,
+    voice_strength: float = CALM_VOICE_STRENGTH,
 ) -> Path:
     """Write the demo corpus (or its ``words_decide`` companion set); returns the manifest path.
     Same seed → same files."""
@@ -426,7 +428,7 @@ def add_cli(subparsers) -> None:
     p.add_argument("--words-decide", action="store_true",
                    help="the calm-voice set for training (`train --corpus demo-calm`): every sentence says "
                         "its label's word, every voice calm (see --voice-strength)")
-    p.add_argument("--voice-strength", type=float, default=0.35,
+    p.add_argument("--voice-strength", type=float, default=CALM_VOICE_STRENGTH,
                    help="with --words-decide: how far the calm voice leans towards its label's prosody "
                         "(0 = neutral, 1 = the full profile)")
     p.add_argument("--samples", action="store_true", help="(re)write the committed sample set in samples/")

@@ -215,10 +215,10 @@ def _train_cli(args: argparse.Namespace) -> int:
 
 
 def _evaluate_cli(args: argparse.Namespace) -> int:
-    named = args.corpus
-    if args.corpus in ("demo", "demo-calm"):  # the generated corpora: their manifests in the cache
-        from .data.mix import demo_manifest
+    from .data.mix import ROOTLESS, demo_manifest
 
+    named = args.corpus
+    if args.corpus in ROOTLESS:  # the generated corpora: their manifests in the cache
         args.corpus, args.root = "manifest", str(demo_manifest(args.corpus))
     result = evaluate(args.checkpoint, args.corpus, _default_root(args), args.protocol, args.fold,
                       args.split, args.device, keep_ratio=args.keep_ratio, top_p=args.top_p)

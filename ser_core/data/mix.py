@@ -91,16 +91,15 @@ def demo_manifest(name: str = "demo") -> Path:
     """The manifest of the generated demo corpus (or, ``demo-calm``, of its calm-voice set)."""
     from ser_core.paths import calm_corpus_dir, default_corpus_dir
 
-    if name == "demo-calm":
-        manifest = calm_corpus_dir() / "manifest.csv"
-        if not manifest.exists():
-            raise InputError("The calm-voice set has not been generated yet: run `python -m ser_core corpus "
-                             "--words-decide --n 800` first.")
-        return manifest
-    manifest = default_corpus_dir() / "manifest.csv"
+    folder, missing = {
+        "demo": (default_corpus_dir(), "The demo corpus has not been generated yet: run `python -m ser_core "
+                                       "corpus` (or press Generate on the Train page) first."),
+        "demo-calm": (calm_corpus_dir(), "The calm-voice set has not been generated yet: run `python -m "
+                                         "ser_core corpus --words-decide --n 800` first."),
+    }[name]
+    manifest = folder / "manifest.csv"
     if not manifest.exists():
-        raise InputError("The demo corpus has not been generated yet: run `python -m ser_core corpus` "
-                         "(or press Generate on the Train page) first.")
+        raise InputError(missing)
     return manifest
 
 
