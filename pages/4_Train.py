@@ -101,6 +101,10 @@ if access.teacher_gate("Starting, stopping or resuming a training run"):
                                              key="train_init_from"))
             else:
                 c2.warning(f"There is no saved {model} checkpoint yet: this run will start from scratch.")
+        if init_from:  # what it learnt from, and what fine-tuning keeps of it
+            about = ui.training_summary(init_from)
+            st.caption((about + " " if about else "") + "Fine-tuning keeps its settings and encoders; it "
+                       "learns from the corpora chosen below, in place of those.")
 
         corpora = ui.corpus_picker("train", mix=True)  # [(kind, path, test only)], the first one first
         is_mix = len(corpora) > 1
@@ -143,7 +147,9 @@ if access.teacher_gate("Starting, stopping or resuming a training run"):
             seed = int(a2.number_input("Seed", 0, 10**6, 0, key="train_seed"))
             model_args = st.text_input("Model settings (key=value, space-separated)", key="train_model_args",
                                        placeholder="d_model=96 ff_dim=192",
-                                       help="Overrides of the model's Config fields, e.g. a smaller d_model.")
+                                       help="Overrides of the model's Config fields, e.g. a smaller d_model. "
+                                            "Fine-tuning keeps the checkpoint's settings and encoders; "
+                                            "settings typed here replace them, but may not change its size.")
         c1, c2 = st.columns([2, 1])
         # the suggested name follows the model (and corpora) until the user types a name of their own
         suggested = jobs.default_checkpoint_name(model, corpora)

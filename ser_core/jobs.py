@@ -448,7 +448,7 @@ def start_training(
     instead of by a failed job.
     """
     from .models.base import model_class
-    from .train import PRESETS, TrainConfig, load_fold
+    from .train import PRESETS, TrainConfig, check_fine_tune, load_fold
     from .train_cli import corpus_choice
 
     _refuse_if_running(current_job())  # at once; checked again below, under the lock
@@ -518,6 +518,7 @@ def start_training(
         if source.get("model") != model:
             raise InputError(f"{Path(init_from).name} holds a {source.get('model')} model, not {model}; "
                              f"fine-tuning starts from a checkpoint of the same model.")
+        check_fine_tune(init_from, args)  # it keeps the checkpoint's settings; these may not resize it
         init_from = str(Path(init_from).resolve())
     if check_data:
         if mix:  # load and split the mix exactly as the trainer will (the same --corpus/--root lists)

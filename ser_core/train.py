@@ -20,7 +20,7 @@ import os
 import random
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import metrics
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, read_meta, save_checkpoint
 from .data.mix import balance_weights
 from .errors import InputError
 from .features import FeatureExtractor, atomic_write
@@ -67,13 +67,16 @@ class TrainConfig:
     resume: bool = False
     max_utterances: int | None = None
     device: str | None = None
-    speech_encoder: str = "whisper:tiny.en"
-    text_encoder: str = "minilm"
+    # the encoders; None: the ``init_from`` checkpoint's, else whisper:tiny.en and minilm
+    speech_encoder: str | None = None
+    text_encoder: str | None = None
     sec_encoder: str | None = None  # MFSN's second speech encoder: "hf:<local data2vec/wav2vec2 dir>"
     max_seconds: float | None = 9.2  # training items are cut to this (the paper: 460 frames of 20 ms)
     half: bool = False  # store the final checkpoint's weights as float16 (small files to commit)
     model_args: dict[str, Any] = field(default_factory=dict)
-    init_from: str | None = None  # fine-tune: start from this checkpoint's weights
+    # fine-tune: start from this checkpoint's weights, with its model settings and encoders (the
+    # ones given here replace them; see :func:`with_source_settings`)
+    init_from: str | None = None
     state_every: int = 20  # write the resume state every this many batches (and at each epoch end)
     calibration_batches: int = 16  # training batches that re-estimate batch-norm statistics per epoch
     # several corpora in one run (data/mix.py): [{"name", "root", "test_only"}]; replaces corpus/root
@@ -122,6 +125,7 @@ def train(cfg: TrainConfig, progress: bool = True, log=print, on_event=None, sho
     gradients are averaged by DistributedDataParallel (gloo on CPU, nccl on GPU); rank 0 alone
     validates, logs and writes files.
     """
+    cfg = with_source_settings(cfg)
     hyper = cfg.hyper()
     dist = _Distributed.start(cfg.device)
     device = dist.device
@@ -165,7 +169,7 @@ def train(cfg: TrainConfig, progress: bool = True, log=print, on_event=None, sho
                       if cfg.mix and cfg.balance else None)
 
     if cfg.init_from:
-        _init_from(model, cfg.init_from, device, log)
+        _init_from(model, cfg.init_from, device, log, labels)
     arch_params = list(model.arch_parameters()) if hasattr(model, "arch_parameters") else []
     arch_ids = {id(p) for p in arch_params}
     weight_params = [p for p in model.parameters() if id(p) not in arch_ids]
@@ -340,13 +344,79 @@ def _fill_config(model_cls: type, available: dict[str, Any], overrides: dict[str
     return {**{k: v for k, v in available.items() if k in names}, **overrides}
 
 
-def _init_from(model, checkpoint: str, device, log) -> None:
-    """Fine-tuning: start from a checkpoint's weights (same model; the classifier may differ)."""
+#: Config fields a run sets from its data and preset, never from the checkpoint it starts from.
+_FROM_THE_RUN = ("audio_dim", "audio_layers", "text_dim", "num_classes", "labels", "dropout")
+
+
+def with_source_settings(cfg: TrainConfig) -> TrainConfig:
+    """The run's settings with its encoders resolved. Fine-tuning (``init_from``) continues the
+    checkpoint's model: its encoders and its model settings (``d_model``, ``text_feature_layers``,
+    …) unless the run names others, so that every weight fits. Without this, fine-tuning the
+    shipped default (``d_model`` 96, words encoded on their own) from the Train page built a
+    ``d_model`` 128 model on sentence-context word vectors, and almost nothing was loaded."""
+    source: dict[str, Any] = {}
+    if cfg.init_from:
+        source = read_meta(cfg.init_from)
+        if source.get("model") != cfg.model:
+            raise InputError(f"{Path(cfg.init_from).name} holds a {source.get('model')} model, not {cfg.model}; "
+                             "fine-tuning starts from a checkpoint of the same model.")
+    encoders = source.get("encoders") or {}
+    inherited = {k: v for k, v in (source.get("config") or {}).items() if k not in _FROM_THE_RUN}
+    return replace(
+        cfg,
+        speech_encoder=cfg.speech_encoder or encoders.get("speech") or "whisper:tiny.en",
+        text_encoder=cfg.text_encoder or encoders.get("text") or "minilm",
+        sec_encoder=cfg.sec_encoder if cfg.sec_encoder is not None else encoders.get("sec"),
+        model_args={**inherited, **cfg.model_args},
+    )
+
+
+def _shape_clash(own: dict[str, torch.Size], theirs: dict[str, torch.Size], n_old: int | None,
+                 n_new: int) -> str | None:
+    """What keeps a checkpoint's weights out of the run's model: a tensor of another shape (a
+    classifier's class dimension may differ when the classes do), in words; None when all fit."""
+
+    def class_dim_only(a: torch.Size, b: torch.Size) -> bool:
+        return (n_old not in (None, n_new) and len(a) == len(b)
+                and all(x == y or {x, y} == {n_old, n_new} for x, y in zip(a, b)))
+
+    clash = [k for k, v in theirs.items() if k in own and own[k] != v and not class_dim_only(own[k], v)]
+    if not clash:
+        return None
+    return (f"{len(clash)} of its weights would have other shapes (first: {clash[0]}, "
+            f"{tuple(theirs[clash[0]])} in the checkpoint, {tuple(own[clash[0]])} here). Leave out the "
+            "model settings that change its size, so that fine-tuning keeps the checkpoint's")
+
+
+def check_fine_tune(checkpoint: str, model_args: dict[str, Any]) -> None:
+    """Refuse at once (InputError) when ``model_args`` change the size of the checkpoint's model,
+    which fine-tuning would otherwise find only once the features are computed. Shapes only: both
+    models are built on PyTorch's "meta" device, without memory or weights."""
+    meta = read_meta(checkpoint)
+    base = meta.get("config") or {}
+    shapes = []
+    for overrides in ({}, model_args):
+        with torch.device("meta"):
+            model = build_model(meta["model"], {**base, **overrides})
+        shapes.append({k: v.shape for k, v in model.state_dict().items()})
+    why = _shape_clash(shapes[1], shapes[0], None, 0)
+    if why:
+        raise InputError(f"{Path(checkpoint).name} does not fit the model these settings build: {why}.")
+
+
+def _init_from(model, checkpoint: str, device, log, labels: list[str]) -> None:
+    """Fine-tuning: start from a checkpoint's weights (same model). Only the classifier may differ,
+    and only when the run's classes do; any other tensor of another shape means the run's model
+    settings differ from the checkpoint's, and is refused rather than trained from scratch."""
     source, meta = load_checkpoint(checkpoint, device=device)
     if meta["model"] != model.model_name:
         raise InputError(f"{checkpoint} holds a {meta['model']} model, not {model.model_name}.")
-    own = model.state_dict()
-    loaded = {k: v for k, v in source.state_dict().items() if k in own and own[k].shape == v.shape}
+    own, theirs = model.state_dict(), source.state_dict()
+    why = _shape_clash({k: v.shape for k, v in own.items()}, {k: v.shape for k, v in theirs.items()},
+                       len(meta.get("config", {}).get("labels") or ()) or None, len(labels))
+    if why:
+        raise InputError(f"{Path(checkpoint).name} does not fit the model this run builds: {why}.")
+    loaded = {k: v for k, v in theirs.items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(loaded, strict=False)
     log(f"initialised {len(loaded)}/{len(own)} tensors from {checkpoint}")
 

@@ -70,7 +70,7 @@ def add_cli(subparsers) -> None:
     p.add_argument("--device")
     p.add_argument("--half", action="store_true", help="store the final weights as float16")
     p.add_argument("--init-from", help="fine-tune: start from this checkpoint's weights")
-    p.add_argument("--text-encoder", default="minilm", choices=("minilm", "minilm-isolated"),
+    p.add_argument("--text-encoder", choices=("minilm", "minilm-isolated"),
                    help="minilm-isolated: each word encoded on its own (no sentence context in a word)")
     p.add_argument("--sec-encoder", help="MFSN: second speech encoder, hf:<local data2vec/wav2vec2 dir> "
                    "(then also --model-arg sec_source=extra --model-arg sec_dim=<its width>)")

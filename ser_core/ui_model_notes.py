@@ -96,7 +96,9 @@ def training_summary(checkpoint: str | None) -> str | None:
     corpora = trained_on(meta)
     names = {"ravdess": "RAVDESS (real actors)", "tess": "TESS (two real actresses)",
              "savee": "SAVEE (real actors)", "demo": "the synthetic demo corpus",
-             "demo-calm": "its calm-voice sentences, where the words decide the emotion"}
+             "demo-calm": "its calm-voice sentences, where the words decide the emotion",
+             "iemocap": "IEMOCAP (real actors)", "cremad": "CREMA-D (real actors)",
+             "meld": "MELD (TV series dialogue)", "manifest": "a corpus listed in a manifest CSV"}
     voices = {"ravdess": "RAVDESS's real actors", "tess": "TESS's real actresses",
               "savee": "SAVEE's real actors", "demo": "synthetic voices",
               "demo-calm": "calm synthetic voices whose words decide"}

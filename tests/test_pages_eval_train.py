@@ -150,6 +150,12 @@ def test_a_trained_checkpoint_goes_to_SER_CHECKPOINTS_DIR_and_the_pickers_list_b
     at.radio(key="train_start").set_value("a checkpoint (fine-tune)").run()
     assert not at.exception, at.exception
     assert {"written_elsewhere.safetensors", CHECKPOINT.name} <= set(at.selectbox(key="train_init_from").options)
+    # what the chosen checkpoint learnt from, and that fine-tuning keeps its settings
+    about = " ".join(c.value for c in at.caption)
+    assert "This model was trained on a corpus listed in a manifest CSV." in about, about
+    assert "Fine-tuning keeps its settings and encoders" in about
+    at.selectbox(key="train_init_from").set_value(CHECKPOINT).run()
+    assert "This model was trained on RAVDESS (real actors), TESS" in " ".join(c.value for c in at.caption)
     assert "Run `written_elsewhere`: finished" in _subheads(at)
     assert any("saved as `written_elsewhere`" in c.value for c in at.caption)
 

@@ -102,6 +102,41 @@ def test_two_epoch_training_writes_checkpoint_metrics_and_resumes(cache, corpus,
     assert rec_s.keep_ratio == 0.1
 
 
+def test_fine_tuning_keeps_the_checkpoints_settings_and_encoders(cache, corpus, tmp_path):
+    """Fine-tuning with no settings given continues the checkpoint's model: its size, its word-level
+    stack and its text encoder (the shipped default's are not the trainer's defaults), every tensor
+    loaded; a setting that would resize it is refused, from the trainer and from the Train page."""
+    from ser_core.jobs import start_training
+    from ser_core.models import build_model
+    from ser_core.train import TrainConfig, check_fine_tune, train
+
+    fx = FeatureExtractor(device="cpu")
+    own = {"audio_dim": fx.speech_dim, "audio_layers": fx.speech_layers, "text_dim": fx.text_dim,
+           "num_classes": 4, "labels": ("ang", "hap", "neu", "sad"), **TINY, "text_feature_layers": 0}
+    source = build_model("ks_transformer", own)
+    src = save_checkpoint(tmp_path / "src.safetensors", source, {
+        "model": "ks_transformer", "config": source.config.to_dict(),
+        "encoders": {"speech": "whisper:tiny.en", "text": "minilm-isolated", "sec": None}})
+    logs: list[str] = []
+    cfg = TrainConfig(root=str(corpus), out=str(tmp_path / "ft.safetensors"), epochs=1, batch_size=8,
+                      device="cpu", init_from=str(src))
+    meta = train(cfg, progress=False, log=logs.append)
+    assert meta["encoders"]["text"] == "minilm-isolated"
+    assert meta["config"]["d_model"] == TINY["d_model"] and meta["config"]["text_feature_layers"] == 0
+    n = len(source.state_dict())
+    assert f"initialised {n}/{n} tensors" in " ".join(logs)
+    # a setting of the run still wins when it keeps the size (a keep ratio)
+    check_fine_tune(str(src), {"ccab_keep_ratio": 0.2})
+    with pytest.raises(InputError, match="does not fit"):
+        check_fine_tune(str(src), {"d_model": 64})
+    with pytest.raises(InputError, match="does not fit"):
+        train(TrainConfig(root=str(corpus), out=str(tmp_path / "bad.safetensors"), epochs=1, batch_size=8,
+                          device="cpu", init_from=str(src), model_args={"d_model": 64}),
+              progress=False, log=lambda *_: None)
+    with pytest.raises(InputError, match="does not fit"):  # the Train page: refused before any job starts
+        start_training("resized", root=str(corpus), init_from=str(src), model_args="d_model=64", check_data=False)
+
+
 def test_checkpoint_that_does_not_match_gives_input_error(tmp_path):
     from ser_core.models import build_model
 
