@@ -122,8 +122,8 @@ if access.teacher_gate("Starting, stopping or resuming a training run"):
                                       key="train_augment", help=corpus_choice.AUGMENT_HELP))
         augment_corpora = None
         real = corpus_choice.real_corpora(corpora)
-        if is_mix and augment and real and any(k == "demo" and not t for k, _, t in corpora):
-            if st.checkbox("Augment only the recorded corpora (not the generated demo corpus)", value=True,
+        if is_mix and augment and real and any(k not in real and not t for k, _, t in corpora):
+            if st.checkbox("Augment only the recorded corpora (not the generated ones)", value=True,
                            key="train_augment_real"):
                 augment_corpora = real
 

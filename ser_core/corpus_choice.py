@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import access, paths
+from .data.mix import ROOTLESS, demo_manifest
 from .errors import InputError
 
 
@@ -23,6 +24,10 @@ CORPUS_KINDS: dict[str, dict[str, str]] = {
     "demo": {
         "title": "Demo corpus (generated)", "corpus": "manifest", "example": "",
         "layout": "the synthetic demo corpus made by `python -m ser_core corpus`"},
+    "demo-calm": {
+        "title": "Calm-voice set (generated; the words decide)", "corpus": "manifest", "example": "",
+        "layout": "the demo corpus's voices speaking calmly, each sentence with its emotion's word, made by "
+                  "`python -m ser_core corpus --words-decide --n 800`"},
     "manifest": {
         "title": "Manifest CSV", "corpus": "manifest", "example": "/data/my_corpus/manifest.csv",
         "layout": "a CSV with at least path,label columns (optional id, transcript, speaker, session, split, "
@@ -72,7 +77,8 @@ AUGMENT_HELP = ("Each copy adds every training clip again with random background
 
 
 def resolve_corpus(kind: str, path: str | None = None, confine: bool = False) -> tuple[str, str]:
-    """(loader name, root) for a corpus chosen in the app; the demo corpus needs no path.
+    """(loader name, root) for a corpus chosen in the app; the generated corpora (the demo corpus
+    and its calm-voice set) need no path.
 
     ``confine`` (the pages, never the command line): the path must lie inside the folders the
     server allows (:func:`ser_core.access.confine_path`), else InputError naming them."""
@@ -84,6 +90,8 @@ def resolve_corpus(kind: str, path: str | None = None, confine: bool = False) ->
             raise InputError("The demo corpus has not been generated yet: press **Generate demo corpus** "
                              "on the Train page (a few minutes), or run `python -m ser_core corpus`.")
         return "manifest", str(manifest)
+    if kind in ROOTLESS:  # the calm-voice set: in the cache, or a message naming the command that makes it
+        return "manifest", str(demo_manifest(kind))
     path = (path or "").strip()
     if not path:
         raise InputError(f"Type the path of the {CORPUS_KINDS[kind]['title']}: "
@@ -139,15 +147,15 @@ def _is_mix(items: list[tuple[str, str | None, bool]]) -> bool:
 
 
 def check_corpora(corpora: Any, confine: bool = False) -> list[dict[str, Any]]:
-    """The app's chosen corpora as ``[{"kind", "root", "test_only"}]`` (the demo corpus's root is
-    None: the trainer finds it), each checked: a known kind, a path for every kind but the demo
-    corpus, the demo corpus generated, no kind twice, at least one corpus to train on; with
+    """The app's chosen corpora as ``[{"kind", "root", "test_only"}]`` (a generated corpus's root is
+    None: the trainer finds it), each checked: a known kind, a path for every kind but the
+    generated ones, those generated, no kind twice, at least one corpus to train on; with
     ``confine`` (the pages) every path inside the folders the server allows."""
     entries = []
     for kind, path, test_only in _corpus_items(corpora):
         root = None
-        if kind == "demo":
-            resolve_corpus("demo")  # generated?
+        if kind in ROOTLESS:
+            resolve_corpus(kind)  # generated?
         else:
             # a missing path → "Type the path of the … folder"; with confine, one outside → the allowed folders
             _, root = resolve_corpus(kind, path, confine=confine)
@@ -162,16 +170,17 @@ def check_corpora(corpora: Any, confine: bool = False) -> list[dict[str, Any]]:
 
 def real_corpora(corpora: Any) -> list[str]:
     """The kinds of the recorded (not generated) corpora a mix trains on: what to augment when
-    the generated demo corpus should stay as it is."""
-    return [kind for kind, _, test_only in _corpus_items(corpora) if kind != "demo" and not test_only]
+    the generated corpora should stay as they are."""
+    return [kind for kind, _, test_only in _corpus_items(corpora) if kind not in ROOTLESS and not test_only]
 
 
 def _mix_flags(entries: list[tuple[str, str | None, bool]]) -> list[str]:
-    """``--corpus K1 --root R1 --corpus demo --corpus test:K3 --root R3`` (demo takes no root)."""
+    """``--corpus K1 --root R1 --corpus demo --corpus test:K3 --root R3`` (the generated corpora
+    take no root)."""
     cmd: list[str] = []
     for kind, root, test_only in entries:
         cmd += ["--corpus", ("test:" if test_only else "") + kind]
-        if kind != "demo":
+        if kind not in ROOTLESS:
             if not (root or "").strip():
                 resolve_corpus(kind, root)  # raises: "Type the path of the … folder"
             cmd += ["--root", str(root)]
@@ -189,8 +198,8 @@ def describe_data(settings: dict[str, Any]) -> str:
         text = "a mix of " + " + ".join(parts) + " · split by speaker per corpus, corpora and classes balanced"
     else:
         kind = _single_kind(settings)
-        if kind == "demo":
-            where = CORPUS_KINDS["demo"]["title"]
+        if kind in ROOTLESS:
+            where = CORPUS_KINDS[kind]["title"]
         else:
             where = f"{CORPUS_KINDS[kind]['title'] if kind else settings.get('corpus')} `{settings.get('root')}`"
         protocol = settings.get("protocol")
@@ -213,7 +222,7 @@ def _single_kind(settings: dict[str, Any]) -> str | None:
         return kind
     corpus, root = settings.get("corpus"), str(settings.get("root") or "")
     if corpus == "manifest" and root:
-        demo = paths.default_corpus_dir() / "manifest.csv"
-        if Path(root) == demo:
-            return "demo"
-    return next((k for k, v in CORPUS_KINDS.items() if k != "demo" and v["corpus"] == corpus), None)
+        for kind, folder in (("demo", paths.default_corpus_dir()), ("demo-calm", paths.calm_corpus_dir())):
+            if Path(root) == folder / "manifest.csv":
+                return kind
+    return next((k for k, v in CORPUS_KINDS.items() if k not in ROOTLESS and v["corpus"] == corpus), None)

@@ -523,7 +523,7 @@ def start_training(
     if check_data:
         if mix:  # load and split the mix exactly as the trainer will (the same --corpus/--root lists)
             names = [("test:" if e["test_only"] else "") + e["kind"] for e in entries]
-            roots = [e["root"] for e in entries if e["kind"] != "demo"]
+            roots = [e["root"] for e in entries if e["kind"] not in SYNTHETIC]  # generated: no root
             cfg = TrainConfig(model=model, **corpus_choice(names, roots), seed=seed)
         else:
             cfg = TrainConfig(model=model, corpus=corpus, root=root, protocol=protocol, fold=fold,

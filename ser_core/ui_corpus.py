@@ -16,6 +16,8 @@ def corpus_picker(key: str, mix: bool = False):
     list of (kind, path or None, test_only), the first corpus first. A path outside the folders
     the server allows (``ser_core.access``) gets a warning naming them."""
     from . import access, corpus_choice
+    from .data.mix import ROOTLESS, demo_manifest
+    from .errors import InputError
     from .paths import default_corpus_dir
 
     def title(kind: str) -> str:
@@ -29,6 +31,12 @@ def corpus_picker(key: str, mix: bool = False):
                 box.caption(f"`{manifest}`")
             else:
                 box.warning(f"No demo corpus at `{manifest}`: generate it with `python -m ser_core corpus`.")
+            return None
+        if kind in ROOTLESS:  # the calm-voice set
+            try:
+                box.caption(f"`{demo_manifest(kind)}`")
+            except InputError as e:
+                box.warning(str(e))
             return None
         path = box.text_input(label, key=path_key, help=f"Expected: {layout}.",
                               placeholder=corpus_choice.CORPUS_KINDS[kind]["example"])

@@ -188,6 +188,43 @@ def test_start_training_checks_the_mix_the_way_the_trainer_loads_it(cache, check
     assert corpus_choice.real_corpora([("tess", "/T"), ("demo", None), ("test:savee", "/S")]) == ["tess"]
 
 
+def test_the_calm_voice_set_is_chosen_like_the_demo_corpus(cache, checkpoints, demo, tess, spawned, tmp_path,
+                                                           monkeypatch):
+    """The calm-voice set (the default KS-Transformer's fourth corpus) can be chosen on the Train and
+    Evaluate pages: no path, a message naming the command that makes it while it is missing, no
+    --root in the job's command, left as generated when the recorded corpora are augmented, and
+    named by its title, also in a one-corpus run."""
+    import ser_core.paths
+
+    monkeypatch.setattr(ser_core.paths, "calm_corpus_dir", lambda: tmp_path / "demo_calm")
+    with pytest.raises(InputError, match="--words-decide"):
+        corpus_choice.check_corpora([("tess", str(tess)), "demo", "demo-calm"])
+    calm = build_manifest(tmp_path / "demo_calm", [
+        {"path": f"wav/{split}_{label}.wav", "label": label, "speaker": f"s{n}", "split": split}
+        for n, split in enumerate(("train", "val", "test")) for label in ("ang", "hap", "neu", "sad")])
+    assert corpus_choice.resolve_corpus("demo-calm") == ("manifest", str(calm))
+    mix = [("tess", str(tess)), "demo", "demo-calm"]
+    assert corpus_choice.check_corpora(mix)[2] == {"kind": "demo-calm", "root": None, "test_only": False}
+    assert corpus_choice.real_corpora(mix) == ["tess"]
+    job = jobs.start_training("with_calm", corpora=mix, augment=2, augment_corpora=["tess"], check_data=False)
+    assert _corpus_flags(spawned[-1]) == [("--corpus", "tess"), ("--root", str(tess)), ("--corpus", "demo"),
+                                          ("--corpus", "demo-calm")]
+    assert "+ Demo corpus (generated) + Calm-voice set (generated; the words decide) ·" in \
+        corpus_choice.describe_data(job.settings)
+    job = jobs.start_training("calm_only", corpora=["demo-calm"], check_data=False)
+    assert (job.settings["root"], job.settings["kind"]) == (str(calm), "demo-calm")
+    assert corpus_choice.describe_data(job.settings).startswith("Calm-voice set (generated; the words decide) ·")
+    # an older record with no kind: told apart by its manifest, and any other manifest stays a manifest
+    assert corpus_choice._single_kind({"corpus": "manifest", "root": str(calm)}) == "demo-calm"
+    assert corpus_choice._single_kind({"corpus": "manifest", "root": str(tmp_path / "x.csv")}) == "manifest"
+    # the page: the set's manifest instead of a path box
+    at = AppTest.from_file(str(REPO / "pages/4_Train.py"), default_timeout=TIMEOUT).run()
+    at.selectbox(key="train_corpus_kind").set_value("demo-calm").run()
+    assert not at.exception, at.exception
+    assert "train_corpus_path" not in [t.key for t in at.text_input]
+    assert f"`{calm}`" in [c.value for c in at.caption]
+
+
 # --- pages ---------------------------------------------------------------------------------------
 def test_train_page_picks_a_mix_with_augmentation_and_shows_it(cache, checkpoints, demo, tess, spawned):
     at = AppTest.from_file(str(REPO / "pages/4_Train.py"), default_timeout=TIMEOUT).run()
