@@ -145,6 +145,12 @@ if access.teacher_gate("Starting, stopping or resuming a training run"):
                                            help="A random subset of a single corpus, for a quick trial run "
                                                 "(a mix uses every clip)."))
             seed = int(a2.number_input("Seed", 0, 10**6, 0, key="train_seed"))
+            shares = st.text_input("Corpus shares of each epoch (name=share, space-separated)", key="train_shares",
+                                   placeholder="demo-calm=2.5", disabled=not is_mix,
+                                   help="A mix gives every corpus the same part of each epoch; a share of 2 "
+                                        "doubles a corpus's part, 0.5 halves it. The default KS-Transformer "
+                                        "was fine-tuned with demo-calm=2.5. Names: "
+                                        + ", ".join(sorted({k for k, _, t in corpora if not t})) + ".")
             model_args = st.text_input("Model settings (key=value, space-separated)", key="train_model_args",
                                        placeholder="d_model=96 ff_dim=192",
                                        help="Overrides of the model's Config fields, e.g. a smaller d_model. "
@@ -171,7 +177,8 @@ if access.teacher_gate("Starting, stopping or resuming a training run"):
                         fold=0 if is_mix else fold, augment=augment, augment_corpora=augment_corpora,
                         preset=preset, epochs=epochs, batch_size=batch_size, lr=lr, dropout=dropout,
                         init_from=init_from, max_utterances=None if is_mix else max_utts or None,
-                        model_args=model_args, overwrite=overwrite, seed=seed)
+                        model_args=model_args, overwrite=overwrite, seed=seed,
+                        corpus_shares=shares if is_mix else None)
                 st.rerun()
             except Exception as exc:  # a message, never a traceback
                 ui.show_error(exc)

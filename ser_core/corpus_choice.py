@@ -6,11 +6,16 @@ corpus or a mix of several (some marked test only): :func:`check_corpora` checks
 :func:`resolve_corpus` turns one kind and path into the loader name and root (the pages pass
 ``confine=True``: only the server's allowed folders, see ``ser_core.access``), ``_mix_flags`` a mix
 into the trainer's repeated ``--corpus``/``--root`` flags, and :func:`describe_data` says in words
-what a run trains on. The training job (``ser_core.jobs``) builds its command from these.
+what a run trains on. :func:`build_command` is the trainer's command line the training job
+(``ser_core.jobs``) runs, with :func:`parse_model_args` and :func:`parse_shares` reading what the
+Train page's text boxes say.
 """
 
 from __future__ import annotations
 
+import json
+import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +74,8 @@ TRAIN_PROTOCOLS: tuple[str, ...] = tuple(p for p in PROTOCOL_TITLES if p != "all
 
 MIX_NOTE = ("Several corpora make a mix: each corpus is split by speaker on its own (its test voices "
             "are never heard in training), the labels are mapped to anger, happiness, neutral and "
-            "sadness, and every corpus, and every class in it, gets the same share of training. "
+            "sadness, and every corpus, and every class in it, gets the same share of training "
+            "(Advanced can give a corpus a larger or smaller share). "
             "The protocol and fold apply to a single corpus only.")
 AUGMENT_HELP = ("Each copy adds every training clip again with random background noise, room echo, a "
                 "phone or laptop microphone sound and a speed or pitch change; 0 trains on the "
@@ -196,6 +202,10 @@ def describe_data(settings: dict[str, Any]) -> str:
             title = CORPUS_KINDS[kind]["title"]
             parts.append(("test only: " if test_only else "") + (f"{title} `{root}`" if root else title))
         text = "a mix of " + " + ".join(parts) + " · split by speaker per corpus, corpora and classes balanced"
+        shares = settings.get("corpus_shares") or {}
+        if shares:
+            text += " · " + ", ".join(f"{CORPUS_KINDS[k]['title'] if k in CORPUS_KINDS else k}: {v:g} times "
+                                      "its part of each epoch" for k, v in shares.items())
     else:
         kind = _single_kind(settings)
         if kind in ROOTLESS:
@@ -226,3 +236,88 @@ def _single_kind(settings: dict[str, Any]) -> str | None:
             if Path(root) == folder / "manifest.csv":
                 return kind
     return next((k for k, v in CORPUS_KINDS.items() if k not in ROOTLESS and v["corpus"] == corpus), None)
+
+
+def build_command(
+    out: Path, run_dir: Path, events: Path, stop_file: Path, *, model: str, corpus: str = "manifest",
+    root: str | None = None, protocol: str = "predefined", fold: int = 0, preset: str = "fast",
+    epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
+    dropout: float | None = None, init_from: str | None = None, max_utterances: int | None = None,
+    model_args: dict[str, Any] | None = None, device: str | None = None, seed: int = 0,
+    corpora: Any = None, augment: int = 0, augment_corpora: list[str] | None = None,
+    corpus_shares: dict[str, float] | None = None,
+) -> list[str]:
+    """The ``python -m ser_core train`` command line for these settings.
+
+    ``corpora`` (kinds with their paths, see :func:`check_corpora`) of two or more corpora, or one
+    marked test only, is a mix: ``--corpus K --root R`` repeated in order (the demo corpus takes
+    no root), split by speaker per corpus (no ``--protocol``/``--fold``). One corpus there stands
+    for ``corpus``/``root`` and keeps ``protocol`` and ``fold``. ``augment`` > 0 adds
+    ``--augment N`` (and, for a mix, ``--augment-corpora`` when only some are augmented);
+    ``corpus_shares`` (a mix) one ``--corpus-share NAME=SHARE`` each.
+    """
+    items = _corpus_items(corpora) if corpora else []
+    mix = _is_mix(items) if items else False
+    if items and not mix:
+        corpus, root = resolve_corpus(items[0][0], items[0][1])
+    cmd = [sys.executable, "-m", "ser_core", "train", "--model", model]
+    if mix:
+        cmd += _mix_flags(items)
+    else:
+        cmd += ["--corpus", corpus, "--root", str(root), "--protocol", protocol, "--fold", str(fold)]
+    cmd += ["--preset", preset, "--seed", str(seed), "--out", str(out), "--run-dir", str(run_dir),
+            "--events", str(events), "--stop-file", str(stop_file)]
+    if augment:
+        cmd += ["--augment", str(int(augment))]
+        if mix and augment_corpora:
+            cmd += ["--augment-corpora", ",".join(augment_corpora)]
+    if mix:
+        for name, share in (corpus_shares or {}).items():
+            cmd += ["--corpus-share", f"{name}={share:g}"]
+    for flag, value in (("--epochs", epochs), ("--batch-size", batch_size), ("--lr", lr),
+                        ("--dropout", dropout), ("--init-from", init_from),
+                        ("--max-utterances", max_utterances), ("--device", device)):
+        if value is not None:
+            cmd += [flag, str(value)]
+    for key, value in (model_args or {}).items():
+        cmd += ["--model-arg", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
+    return cmd
+
+
+def parse_model_args(text: str | list[str] | dict[str, Any] | None) -> dict[str, Any]:
+    """``"d_model=32 ff_dim=64"`` (spaces, commas or lines between) → {"d_model": 32, ...}."""
+    if not text:
+        return {}
+    if isinstance(text, dict):
+        return dict(text)
+    items = text if isinstance(text, list) else re.split(r"[\s,;]+", text.strip())
+    out: dict[str, Any] = {}
+    for item in filter(None, items):
+        key, sep, value = item.partition("=")
+        if not sep or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key) or value == "":
+            raise InputError(f"Model argument {item!r}: write key=value, e.g. d_model=96.")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+def parse_shares(items: str | list[str] | dict[str, float] | None, option: str = "A corpus share",
+                 example: str = "demo-calm=2.5") -> dict[str, float] | None:
+    """``"ravdess=2 tess=0.5"`` (or the items as a list) → {"ravdess": 2.0, "tess": 0.5}; None when
+    none is given. Each share is a positive number (how many times the usual part of an epoch)."""
+    if isinstance(items, dict):
+        items = [f"{k}={v}" for k, v in items.items()]
+    if isinstance(items, str):
+        items = re.split(r"[\s,;]+", items.strip())
+    shares: dict[str, float] = {}
+    for item in filter(None, items or []):
+        name, _, value = item.partition("=")
+        try:
+            share = float(value)
+        except ValueError:  # no "=" leaves value empty: the same message
+            raise InputError(f"{option} is written NAME=SHARE, like {example}; got {item!r}.") from None
+        if not (0 < share <= 100):
+            raise InputError(f"{option} must be a number above 0; got {item!r}.")
+        shares[name.strip().lower()] = share
+    return shares or None

@@ -45,7 +45,6 @@ import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -54,7 +53,8 @@ from pathlib import Path
 from typing import Any
 
 from . import paths
-from .corpus_choice import PROTOCOL_TITLES, _corpus_items, _is_mix, _mix_flags, check_corpora, resolve_corpus
+from .corpus_choice import (PROTOCOL_TITLES, _corpus_items, _is_mix, build_command, check_corpora,
+                            parse_model_args, parse_shares, resolve_corpus)
 from .data.mix import SYNTHETIC
 from .errors import InputError
 from .job_progress import _events
@@ -368,66 +368,6 @@ def current_job_unlocked() -> Job | None:
     return _settle(job) if job is not None else None
 
 
-def build_command(
-    out: Path, run_dir: Path, events: Path, stop_file: Path, *, model: str, corpus: str = "manifest",
-    root: str | None = None, protocol: str = "predefined", fold: int = 0, preset: str = "fast",
-    epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
-    dropout: float | None = None, init_from: str | None = None, max_utterances: int | None = None,
-    model_args: dict[str, Any] | None = None, device: str | None = None, seed: int = 0,
-    corpora: Any = None, augment: int = 0, augment_corpora: list[str] | None = None,
-) -> list[str]:
-    """The ``python -m ser_core train`` command line for these settings.
-
-    ``corpora`` (kinds with their paths, see :func:`check_corpora`) of two or more corpora, or one
-    marked test only, is a mix: ``--corpus K --root R`` repeated in order (the demo corpus takes
-    no root), split by speaker per corpus (no ``--protocol``/``--fold``). One corpus there stands
-    for ``corpus``/``root`` and keeps ``protocol`` and ``fold``. ``augment`` > 0 adds
-    ``--augment N`` (and, for a mix, ``--augment-corpora`` when only some are augmented).
-    """
-    items = _corpus_items(corpora) if corpora else []
-    mix = _is_mix(items) if items else False
-    if items and not mix:
-        corpus, root = resolve_corpus(items[0][0], items[0][1])
-    cmd = [sys.executable, "-m", "ser_core", "train", "--model", model]
-    if mix:
-        cmd += _mix_flags(items)
-    else:
-        cmd += ["--corpus", corpus, "--root", str(root), "--protocol", protocol, "--fold", str(fold)]
-    cmd += ["--preset", preset, "--seed", str(seed), "--out", str(out), "--run-dir", str(run_dir),
-            "--events", str(events), "--stop-file", str(stop_file)]
-    if augment:
-        cmd += ["--augment", str(int(augment))]
-        if mix and augment_corpora:
-            cmd += ["--augment-corpora", ",".join(augment_corpora)]
-    for flag, value in (("--epochs", epochs), ("--batch-size", batch_size), ("--lr", lr),
-                        ("--dropout", dropout), ("--init-from", init_from),
-                        ("--max-utterances", max_utterances), ("--device", device)):
-        if value is not None:
-            cmd += [flag, str(value)]
-    for key, value in (model_args or {}).items():
-        cmd += ["--model-arg", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
-    return cmd
-
-
-def parse_model_args(text: str | list[str] | dict[str, Any] | None) -> dict[str, Any]:
-    """``"d_model=32 ff_dim=64"`` (spaces, commas or lines between) → {"d_model": 32, ...}."""
-    if not text:
-        return {}
-    if isinstance(text, dict):
-        return dict(text)
-    items = text if isinstance(text, list) else re.split(r"[\s,;]+", text.strip())
-    out: dict[str, Any] = {}
-    for item in filter(None, items):
-        key, sep, value = item.partition("=")
-        if not sep or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key) or value == "":
-            raise InputError(f"Model argument {item!r}: write key=value, e.g. d_model=96.")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
-
-
 def start_training(
     name: str, model: str = "ks_transformer", corpus: str = "manifest", root: str | None = None,
     protocol: str = "predefined", fold: int = 0, preset: str = "fast", epochs: int | None = None,
@@ -436,6 +376,7 @@ def start_training(
     model_args: str | list[str] | dict[str, Any] | None = None, overwrite: bool = False,
     device: str | None = None, seed: int = 0, check_data: bool = True, corpora: Any = None,
     augment: int = 0, augment_corpora: list[str] | None = None,
+    corpus_shares: str | dict[str, float] | None = None,
 ) -> Job:
     """Check the settings, then start the trainer in the background; refuses while a job runs.
 
@@ -445,7 +386,8 @@ def start_training(
     corpus and balanced. ``augment`` augmented copies of every training clip (of the kinds in
     ``augment_corpora`` only, in a mix; None: all). With ``check_data`` the corpus (or the mix,
     as the trainer will) is loaded and split here first, so a wrong folder is reported at once
-    instead of by a failed job.
+    instead of by a failed job. ``corpus_shares`` (a mix; ``"demo-calm=2.5"`` or a dict): how many
+    times its usual part of each epoch a corpus gets.
     """
     from .models.base import model_class
     from .train import PRESETS, TrainConfig, check_fine_tune, load_fold
@@ -502,6 +444,15 @@ def start_training(
                 augment_corpora = None  # all of them: the trainer's default
     if not (mix and augment):
         augment_corpora = None  # one corpus (or no copies): nothing to choose
+    corpus_shares = parse_shares(corpus_shares)
+    if corpus_shares:
+        if not mix:
+            raise InputError("Corpus shares apply to a mix of corpora; with one corpus, leave them empty.")
+        trained = [e["kind"] for e in entries if not e["test_only"]]
+        stray = [k for k in corpus_shares if k not in trained]
+        if stray:
+            raise InputError(f"A share can only be given to a corpus the mix trains on ({', '.join(trained)}), "
+                             f"not {', '.join(stray)}.")
     for label, value in (("learning rate", lr), ("dropout", dropout)):
         if value is not None and not (0 <= value < (1 if label == "dropout" else 10)):
             raise InputError(f"The {label} {value!r} is out of range.")
@@ -543,7 +494,7 @@ def start_training(
                         preset=preset, epochs=epochs, batch_size=batch_size, lr=lr, dropout=dropout,
                         init_from=init_from, max_utterances=max_utterances, model_args=args,
                         device=device, seed=seed, corpora=entries, augment=augment,
-                        augment_corpora=augment_corpora)
+                        augment_corpora=augment_corpora, corpus_shares=corpus_shares)
         job = Job(id=job_id, name=out.stem, out=str(out), command=[], pid=0, started=time.time(),
                   settings={**settings, "kind": kind})
         job.command = build_command(out, job.run_dir, job.events_path, job.stop_path, **settings)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .corpus_choice import parse_shares
 from .data.mix import corpus_specs
 from .errors import InputError
 from .scoring import evaluate
@@ -109,18 +110,6 @@ def _default_root(args) -> str:
     return str(manifest)
 
 
-def _parse_shares(items: list[str], option: str, example: str = "ravdess=2") -> dict[str, float] | None:
-    """["ravdess=2", "tess=0.5"] → {"ravdess": 2.0, "tess": 0.5} (None when none is given)."""
-    shares = {}
-    for item in items:
-        name, _, value = item.partition("=")
-        try:
-            shares[name.strip().lower()] = float(value)
-        except ValueError:  # no "=" leaves value empty: the same message
-            raise InputError(f"{option} takes NAME=SHARE, like {example}; got {item!r}.") from None
-    return shares or None
-
-
 def _parse_model_args(items: list[str]) -> dict[str, Any]:
     out = {}
     for item in items:
@@ -180,8 +169,8 @@ def _train_cli(args: argparse.Namespace) -> int:
         augment_copies=args.augment, augment_seed=args.augment_seed,
         augment_corpora=args.augment_corpora.split(",") if args.augment_corpora else None,
         epoch_items=args.epoch_items, group_by_length=args.group_by_length, layer_mix_lr=args.layer_mix_lr,
-        corpus_shares=_parse_shares(args.corpus_share, "--corpus-share"),
-        input_dropout=_parse_shares(args.input_dropout, "--input-dropout", "audio=0.3"),
+        corpus_shares=parse_shares(args.corpus_share, "--corpus-share", "ravdess=2"),
+        input_dropout=parse_shares(args.input_dropout, "--input-dropout", "audio=0.3"),
         train_keep_ratio=_parse_range(args.train_keep_ratio, args.model),
         leave_out_conflicts=args.leave_out_conflicts,
         model=args.model,

@@ -225,6 +225,41 @@ def test_the_calm_voice_set_is_chosen_like_the_demo_corpus(cache, checkpoints, d
     assert f"`{calm}`" in [c.value for c in at.caption]
 
 
+def test_corpus_shares_go_from_the_page_to_the_trainer_and_are_checked_first(cache, checkpoints, demo, tess,
+                                                                              spawned):
+    """A mix's corpus shares (the default KS-Transformer's demo-calm=2.5): typed on the Train page,
+    checked before anything starts, passed as --corpus-share, read back by the trainer's parser,
+    and said in the run's description."""
+    from ser_core.corpus_choice import parse_shares
+
+    assert parse_shares("demo=2, tess=0.5") == {"demo": 2.0, "tess": 0.5} and parse_shares("  ") is None
+    for bad, why in (("demo", "NAME=SHARE"), ("demo=x", "NAME=SHARE"), ("demo=0", "above 0")):
+        with pytest.raises(InputError, match=why):
+            parse_shares(bad)
+    mix = [("tess", str(tess)), "demo"]
+    with pytest.raises(InputError, match=r"trains on \(tess, demo\), not ravdess"):
+        jobs.start_training("shares", corpora=mix, corpus_shares="ravdess=2", check_data=False)
+    with pytest.raises(InputError, match="apply to a mix"):
+        jobs.start_training("shares", corpora=["demo"], corpus_shares="demo=2", check_data=False)
+    assert spawned == []
+
+    at = AppTest.from_file(str(REPO / "pages/4_Train.py"), default_timeout=TIMEOUT).run()
+    assert at.text_input(key="train_shares").disabled  # one corpus: nothing to share
+    at.selectbox(key="train_corpus_kind").set_value("tess").run()
+    at.text_input(key="train_corpus_path").set_value(str(tess))
+    at.multiselect(key="train_mix_kinds").set_value(["demo"]).run()
+    assert not at.text_input(key="train_shares").disabled
+    at.text_input(key="train_shares").set_value("demo=2.5")
+    at.text_input(key="train_name").set_value("page_shares")
+    at.button(key="train_start_button").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    args = _parse(spawned[-1])
+    assert args.corpus_share == ["demo=2.5"]
+    assert jobs.current_job().settings["corpus_shares"] == {"demo": 2.5}
+    assert corpus_choice.describe_data(jobs.current_job().settings).endswith(
+        "corpora and classes balanced · Demo corpus (generated): 2.5 times its part of each epoch")
+
+
 # --- pages ---------------------------------------------------------------------------------------
 def test_train_page_picks_a_mix_with_augmentation_and_shows_it(cache, checkpoints, demo, tess, spawned):
     at = AppTest.from_file(str(REPO / "pages/4_Train.py"), default_timeout=TIMEOUT).run()
