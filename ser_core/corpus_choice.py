@@ -302,6 +302,7 @@ def parse_model_args(text: str | list[str] | dict[str, Any] | None) -> dict[str,
             out[key] = value
     return out
 
+
 def parse_shares(items: str | list[str] | dict[str, float] | None, option: str = "A corpus share",
                  example: str = "demo-calm=2.5") -> dict[str, float] | None:
     """``"ravdess=2 tess=0.5"`` (or the items as a list) → {"ravdess": 2.0, "tess": 0.5}; None when

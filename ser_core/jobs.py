@@ -55,7 +55,7 @@ from typing import Any
 from . import paths
 from .corpus_choice import (PROTOCOL_TITLES, _corpus_items, _is_mix, build_command, check_corpora,
                             parse_model_args, parse_shares, resolve_corpus)
-from .data.mix import SYNTHETIC
+from .data.mix import ROOTLESS, SYNTHETIC
 from .errors import InputError
 from .job_progress import _events
 
@@ -462,19 +462,13 @@ def start_training(
     if unknown:
         raise InputError(f"{model} has no setting(s) {', '.join(unknown)}; its settings are "
                          f"{', '.join(sorted(known))}.")
-    if init_from:
-        from .checkpoint import read_meta
-
-        source = read_meta(init_from)
-        if source.get("model") != model:
-            raise InputError(f"{Path(init_from).name} holds a {source.get('model')} model, not {model}; "
-                             f"fine-tuning starts from a checkpoint of the same model.")
-        check_fine_tune(init_from, args)  # it keeps the checkpoint's settings; these may not resize it
+    if init_from:  # the same model, whose settings fine-tuning keeps: these may not resize it
+        check_fine_tune(init_from, args, model)
         init_from = str(Path(init_from).resolve())
     if check_data:
         if mix:  # load and split the mix exactly as the trainer will (the same --corpus/--root lists)
             names = [("test:" if e["test_only"] else "") + e["kind"] for e in entries]
-            roots = [e["root"] for e in entries if e["kind"] not in SYNTHETIC]  # generated: no root
+            roots = [e["root"] for e in entries if e["kind"] not in ROOTLESS]
             cfg = TrainConfig(model=model, **corpus_choice(names, roots), seed=seed)
         else:
             cfg = TrainConfig(model=model, corpus=corpus, root=root, protocol=protocol, fold=fold,

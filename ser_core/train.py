@@ -354,12 +354,7 @@ def with_source_settings(cfg: TrainConfig) -> TrainConfig:
     …) unless the run names others, so that every weight fits. Without this, fine-tuning the
     shipped default (``d_model`` 96, words encoded on their own) from the Train page built a
     ``d_model`` 128 model on sentence-context word vectors, and almost nothing was loaded."""
-    source: dict[str, Any] = {}
-    if cfg.init_from:
-        source = read_meta(cfg.init_from)
-        if source.get("model") != cfg.model:
-            raise InputError(f"{Path(cfg.init_from).name} holds a {source.get('model')} model, not {cfg.model}; "
-                             "fine-tuning starts from a checkpoint of the same model.")
+    source = _source_meta(cfg.init_from, cfg.model) if cfg.init_from else {}
     encoders = source.get("encoders") or {}
     inherited = {k: v for k, v in (source.get("config") or {}).items() if k not in _FROM_THE_RUN}
     return replace(
@@ -369,6 +364,15 @@ def with_source_settings(cfg: TrainConfig) -> TrainConfig:
         sec_encoder=cfg.sec_encoder if cfg.sec_encoder is not None else encoders.get("sec"),
         model_args={**inherited, **cfg.model_args},
     )
+
+
+def _source_meta(checkpoint: str, model: str) -> dict[str, Any]:
+    """The meta of the checkpoint a run fine-tunes, refused (InputError) when it holds another model."""
+    meta = read_meta(checkpoint)
+    if meta.get("model") != model:
+        raise InputError(f"{Path(checkpoint).name} holds a {meta.get('model')} model, not {model}; "
+                         "fine-tuning starts from a checkpoint of the same model.")
+    return meta
 
 
 def _shape_clash(own: dict[str, torch.Size], theirs: dict[str, torch.Size], n_old: int | None,
@@ -388,11 +392,12 @@ def _shape_clash(own: dict[str, torch.Size], theirs: dict[str, torch.Size], n_ol
             "model settings that change its size, so that fine-tuning keeps the checkpoint's")
 
 
-def check_fine_tune(checkpoint: str, model_args: dict[str, Any]) -> None:
-    """Refuse at once (InputError) when ``model_args`` change the size of the checkpoint's model,
-    which fine-tuning would otherwise find only once the features are computed. Shapes only: both
-    models are built on PyTorch's "meta" device, without memory or weights."""
-    meta = read_meta(checkpoint)
+def check_fine_tune(checkpoint: str, model_args: dict[str, Any], model: str | None = None) -> None:
+    """Refuse at once (InputError) when the checkpoint holds another model than ``model`` (when
+    given), or when ``model_args`` change the size of its model, which fine-tuning would otherwise
+    find only once the features are computed. Shapes only: both models are built on PyTorch's
+    "meta" device, without memory or weights."""
+    meta = _source_meta(checkpoint, model) if model else read_meta(checkpoint)
     base = meta.get("config") or {}
     shapes = []
     for overrides in ({}, model_args):
