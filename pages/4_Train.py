@@ -41,35 +41,43 @@ job = jobs.current_job()
 busy = job is not None and job.active
 st.session_state["train_seen"] = (job.id, job.status) if job else None
 
-# --- the demo corpus, generated in the background when it is missing -----------------------------
+# --- the generated corpora (the demo corpus, its calm-voice set), made in the background when missing --
+GENERATE_KEYS = {"demo": "train_generate_corpus", "demo-calm": "train_generate_calm"}
+ABOUT = {"demo": "short synthetic clips of four emotions",
+         "demo-calm": "synthetic clips said calmly, where only the words say the emotion (the default "
+                      "KS-Transformer learnt from them to look at the emotion words)"}
+
+
 def corpus_generation() -> None:
-    """Progress of the demo corpus being generated (any session started it); redraws the page once
-    it is there, so that Start becomes available."""
+    """Progress of a corpus being generated (any session started it); redraws the page once it is
+    there, so that Start becomes available."""
     gen = corpus_job.corpus_job()
     if gen is None or not gen.active:
         st.rerun()
     p = corpus_job.corpus_progress(gen)
     left = f" · {corpus_job.format_duration(p.remaining)} left" if p.remaining else ""
-    st.progress(p.fraction, text=f"Generating the demo corpus: {p.done}/{p.total} clips{left}")
+    st.progress(p.fraction, text=f"Generating the {gen.title}: {p.done}/{p.total} clips{left}")
 
 
-def demo_corpus_panel() -> None:
-    """The demo corpus is not there: a button that generates it in the background (or its progress)."""
+def generated_corpus_panel(kind: str) -> None:
+    """A generated corpus is not there: a button that makes it in the background (or its progress)."""
+    title = corpus_job.GENERATED[kind][0]
     gen = corpus_job.corpus_job()
-    if gen is not None and gen.out != str(corpus_job.demo_corpus_manifest().parent):
-        gen = None  # a generation of another folder
-    if gen is not None and gen.active:
-        st.fragment(corpus_generation, run_every=2)()
+    if gen is not None and gen.active:  # one generation at a time, whichever it is
+        if gen.out == str(corpus_job.corpus_folder(kind)):
+            st.fragment(corpus_generation, run_every=2)()
+        else:
+            st.info(f"The {gen.title} is being generated; the {title} can be made once it is done.")
         return
-    if gen is not None and gen.status == "failed" and gen.message:
+    if gen is not None and gen.out == str(corpus_job.corpus_folder(kind)) and gen.status == "failed" and gen.message:
         st.error(gen.message)
-    st.info(f"The demo corpus is {corpus_job.DEMO_CORPUS_UTTERANCES} short synthetic clips of four emotions, "
-            f"made on this server. Generating it takes "
-            f"{corpus_job.format_duration(corpus_job.estimate_corpus_seconds())} in the background; "
+    n = corpus_job.corpus_size(kind)
+    st.info(f"The {title} is {n} {ABOUT[kind]}, made on this server. Generating it takes "
+            f"{corpus_job.format_duration(corpus_job.estimate_corpus_seconds(n))} in the background; "
             f"the page stays usable.")
-    if st.button("Generate demo corpus", key="train_generate_corpus", icon=":material/graphic_eq:"):
+    if st.button(f"Generate {title}", key=GENERATE_KEYS[kind], icon=":material/graphic_eq:"):
         try:
-            corpus_job.start_corpus()
+            corpus_job.start_corpus(kind=kind)
             st.rerun()
         except Exception as exc:  # a message, never a traceback
             ui.show_error(exc)
@@ -108,9 +116,11 @@ if access.teacher_gate("Starting, stopping or resuming a training run"):
 
         corpora = ui.corpus_picker("train", mix=True)  # [(kind, path, test only)], the first one first
         is_mix = len(corpora) > 1
-        no_corpus = any(k == "demo" for k, _, _ in corpora) and not corpus_job.demo_corpus_ready()
-        if no_corpus:
-            demo_corpus_panel()
+        missing = [k for k in corpus_job.GENERATED if any(c == k for c, _, _ in corpora)
+                   and not corpus_job.demo_corpus_ready(k)]
+        no_corpus = bool(missing)
+        if missing:
+            generated_corpus_panel(missing[0])
         st.caption(corpus_choice.MIX_NOTE)
         c1, c2, c3 = st.columns([2, 1, 1])
         protocol = c1.selectbox("Protocol", corpus_choice.TRAIN_PROTOCOLS, key="train_protocol", disabled=is_mix,
@@ -151,6 +161,23 @@ if access.teacher_gate("Starting, stopping or resuming a training run"):
                                         "doubles a corpus's part, 0.5 halves it. The default KS-Transformer "
                                         "was fine-tuned with demo-calm=2.5. Names: "
                                         + ", ".join(sorted({k for k, _, t in corpora if not t})) + ".")
+            a3, a4 = st.columns(2)
+            epoch_items = int(a3.number_input(
+                "Clips drawn per epoch (0: as many as the mix has)", 0, 10**7, 0, step=100, key="train_epoch_items",
+                disabled=not is_mix, help="A mix draws its clips by the corpora's shares; this sets how many make "
+                                          "one epoch (so an epoch can be shorter or longer than one pass)."))
+            mixes_layers = hasattr(MODELS[model], "layer_mix_parameters")
+            layer_mix_lr = float(a4.number_input(
+                "Learning rate of the speech-layer weights (0: the network's)", 0.0, 9.0, 0.0, step=0.01,
+                format="%.4f", key="train_layer_mix_lr", disabled=not mixes_layers,
+                help="The model hears a weighted sum of the speech encoder's (Whisper's) layers. These few "
+                     "weights barely move at the network's learning rate; the default KS-Transformer was "
+                     "fine-tuned with 0.05 for them." if mixes_layers
+                else f"{model} does not mix the speech encoder's layers."))
+            group_by_length = st.checkbox(
+                "Batches of clips of similar length", key="train_group_by_length",
+                help="Less padding in each batch, so faster epochs with the same clips (the default "
+                     "KS-Transformer's fine-tuning: 176 s an epoch instead of 248 s).")
             model_args = st.text_input("Model settings (key=value, space-separated)", key="train_model_args",
                                        placeholder="d_model=96 ff_dim=192",
                                        help="Overrides of the model's Config fields, e.g. a smaller d_model. "
@@ -167,7 +194,7 @@ if access.teacher_gate("Starting, stopping or resuming a training run"):
                                   "then appears in every page's model list.")
         overwrite = c2.checkbox("Overwrite an existing checkpoint of that name", key="train_overwrite")
         if st.button("Start training", type="primary", key="train_start_button", disabled=busy or no_corpus,
-                     help="Generate the demo corpus first (above)." if no_corpus else None):
+                     help=f"Generate the {corpus_job.GENERATED[missing[0]][0]} first (above)." if no_corpus else None):
             try:
                 with st.spinner("Checking the corpora and starting the run…" if is_mix
                                 else "Checking the corpus and starting the run…"):
@@ -178,7 +205,10 @@ if access.teacher_gate("Starting, stopping or resuming a training run"):
                         preset=preset, epochs=epochs, batch_size=batch_size, lr=lr, dropout=dropout,
                         init_from=init_from, max_utterances=None if is_mix else max_utts or None,
                         model_args=model_args, overwrite=overwrite, seed=seed,
-                        corpus_shares=shares if is_mix else None)
+                        corpus_shares=shares if is_mix else None,
+                        epoch_items=epoch_items if is_mix and epoch_items else None,
+                        group_by_length=group_by_length,
+                        layer_mix_lr=layer_mix_lr if mixes_layers and layer_mix_lr else None)
                 st.rerun()
             except Exception as exc:  # a message, never a traceback
                 ui.show_error(exc)
@@ -242,7 +272,9 @@ def job_panel() -> None:
     s = job.settings
     st.subheader(f"Run `{job.name}`: {job.status}")
     st.caption(f"{s.get('model')} on {corpus_choice.describe_data(s)} · "
-               f"{s.get('preset')} preset · started {_ago(job.started)} ago"
+               f"{s.get('preset')} preset"
+               + (f" · speech-layer weights at learning rate {s['layer_mix_lr']:g}" if s.get("layer_mix_lr") else "")
+               + f" · started {_ago(job.started)} ago"
                + (f" · fine-tuned from {Path(s['init_from']).name}" if s.get("init_from") else "")
                + f" → saved as `{Path(job.out).stem}`")
 

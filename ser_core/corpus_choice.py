@@ -206,6 +206,8 @@ def describe_data(settings: dict[str, Any]) -> str:
         if shares:
             text += " · " + ", ".join(f"{CORPUS_KINDS[k]['title'] if k in CORPUS_KINDS else k}: {v:g} times "
                                       "its part of each epoch" for k, v in shares.items())
+        if settings.get("epoch_items"):
+            text += f" · {int(settings['epoch_items'])} clips drawn per epoch"
     else:
         kind = _single_kind(settings)
         if kind in ROOTLESS:
@@ -221,6 +223,8 @@ def describe_data(settings: dict[str, Any]) -> str:
         which = settings.get("augment_corpora")
         text += (f" · {copies} augmented cop{'y' if copies == 1 else 'ies'} per clip"
                  + (f" ({', '.join(which)} only)" if which else ""))
+    if settings.get("group_by_length"):
+        text += " · batches of clips of similar length"
     return text
 
 
@@ -245,7 +249,8 @@ def build_command(
     dropout: float | None = None, init_from: str | None = None, max_utterances: int | None = None,
     model_args: dict[str, Any] | None = None, device: str | None = None, seed: int = 0,
     corpora: Any = None, augment: int = 0, augment_corpora: list[str] | None = None,
-    corpus_shares: dict[str, float] | None = None,
+    corpus_shares: dict[str, float] | None = None, epoch_items: int | None = None,
+    group_by_length: bool = False, layer_mix_lr: float | None = None,
 ) -> list[str]:
     """The ``python -m ser_core train`` command line for these settings.
 
@@ -254,7 +259,8 @@ def build_command(
     no root), split by speaker per corpus (no ``--protocol``/``--fold``). One corpus there stands
     for ``corpus``/``root`` and keeps ``protocol`` and ``fold``. ``augment`` > 0 adds
     ``--augment N`` (and, for a mix, ``--augment-corpora`` when only some are augmented);
-    ``corpus_shares`` (a mix) one ``--corpus-share NAME=SHARE`` each.
+    ``corpus_shares`` (a mix) one ``--corpus-share NAME=SHARE`` each; ``epoch_items`` (a mix)
+    ``--epoch-items``; ``group_by_length`` ``--group-by-length``; ``layer_mix_lr`` ``--layer-mix-lr``.
     """
     items = _corpus_items(corpora) if corpora else []
     mix = _is_mix(items) if items else False
@@ -274,6 +280,12 @@ def build_command(
     if mix:
         for name, share in (corpus_shares or {}).items():
             cmd += ["--corpus-share", f"{name}={share:g}"]
+        if epoch_items:
+            cmd += ["--epoch-items", str(int(epoch_items))]
+    if group_by_length:
+        cmd.append("--group-by-length")
+    if layer_mix_lr:
+        cmd += ["--layer-mix-lr", f"{layer_mix_lr:g}"]
     for flag, value in (("--epochs", epochs), ("--batch-size", batch_size), ("--lr", lr),
                         ("--dropout", dropout), ("--init-from", init_from),
                         ("--max-utterances", max_utterances), ("--device", device)):

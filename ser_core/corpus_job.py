@@ -1,4 +1,5 @@
-"""Generating the demo corpus from the app: ``python -m ser_core corpus`` as a detached process.
+"""Generating the demo corpus (or its calm-voice set) from the app: ``python -m ser_core corpus``
+as a detached process.
 
 Like a training run (``ser_core.jobs``, whose process and file helpers this uses), the generator
 outlives the Streamlit script run that started it (:func:`start_corpus`), one generation at a time
@@ -26,6 +27,9 @@ from .errors import InputError
 
 # --- the demo corpus, generated from the app ------------------------------------------------------
 DEMO_CORPUS_UTTERANCES = 2000  # what `python -m ser_core corpus` makes by default
+CALM_SET_UTTERANCES = 800  # the calm-voice set the default KS-Transformer was fine-tuned with
+#: the corpora the app generates: kind → (what it is called on screen, the generator's extra flags)
+GENERATED = {"demo": ("demo corpus", []), "demo-calm": ("calm-voice set", ["--words-decide"])}
 #: one worker's time per clip (espeak-ng, alignment, writing): 2000 clips took 161 s on 2 workers
 CORPUS_SECONDS_PER_UTTERANCE = 0.16
 CORPUS_STARTUP_SECONDS = 10.0  # loading Python, PyTorch and the aligner before the first clip
@@ -34,7 +38,8 @@ _CORPUS_BAR = re.compile(r"demo corpus:\s*\d+%\|[^|]*\|\s*(\d+)/(\d+)\s*\[([\d:]
 
 @dataclass
 class CorpusJob(jobs.ProcessFiles):
-    """One ``python -m ser_core corpus`` run started from the app. ``status``: running, finished, failed."""
+    """One ``python -m ser_core corpus`` run started from the app. ``status``: running, finished, failed;
+    ``kind``: which generated corpus (:data:`GENERATED`)."""
 
     out: str
     n: int
@@ -47,6 +52,11 @@ class CorpusJob(jobs.ProcessFiles):
     ended: float | None = None
     pid_start: str | None = None
     message: str | None = None
+    kind: str = "demo"
+
+    @property
+    def title(self) -> str:
+        return GENERATED.get(self.kind, GENERATED["demo"])[0]
 
     @property
     def folder(self) -> Path:
@@ -71,13 +81,26 @@ class CorpusProgress:
         return min(1.0, self.done / max(self.total, 1))
 
 
-def demo_corpus_manifest() -> Path:
-    return paths.default_corpus_dir() / "manifest.csv"
+def corpus_folder(kind: str = "demo") -> Path:
+    """Where the app keeps a generated corpus (the demo corpus, or ``demo-calm``: its calm-voice set)."""
+    if kind not in GENERATED:
+        raise InputError(f"{kind!r} is not a corpus the app generates; those are {', '.join(GENERATED)}.")
+    return paths.default_corpus_dir() if kind == "demo" else paths.calm_corpus_dir()
 
 
-def demo_corpus_ready() -> bool:
-    """Whether the demo corpus has been generated (its manifest, written last, exists)."""
-    return demo_corpus_manifest().exists()
+def demo_corpus_manifest(kind: str = "demo") -> Path:
+    return corpus_folder(kind) / "manifest.csv"
+
+
+def demo_corpus_ready(kind: str = "demo") -> bool:
+    """Whether the demo corpus (or its calm-voice set) has been generated (its manifest, written
+    last, exists)."""
+    return demo_corpus_manifest(kind).exists()
+
+
+def corpus_size(kind: str = "demo") -> int:
+    """Clips the app generates for ``kind`` (read when asked, so a test can make it small)."""
+    return DEMO_CORPUS_UTTERANCES if kind == "demo" else CALM_SET_UTTERANCES
 
 
 def corpus_workers() -> int:
@@ -86,7 +109,7 @@ def corpus_workers() -> int:
 
 
 def estimate_corpus_seconds(n: int | None = None, workers: int | None = None) -> float:
-    """About how long generating ``n`` clips takes on this machine."""
+    """About how long generating ``n`` clips (default: the demo corpus's) takes on this machine."""
     n = DEMO_CORPUS_UTTERANCES if n is None else n
     return CORPUS_STARTUP_SECONDS + n * CORPUS_SECONDS_PER_UTTERANCE / (workers or corpus_workers())
 
@@ -126,12 +149,12 @@ def _settle_corpus(job: CorpusJob) -> CorpusJob:
         job.status = "failed"
         errors = [line[len("error: "):] for line in job.log_tail(3000).splitlines() if line.startswith("error: ")]
         if errors:
-            job.message = f"The demo corpus could not be generated: {errors[-1]}"
+            job.message = f"The {job.title} could not be generated: {errors[-1]}"
         elif code is None or code > 128:
-            job.message = ("Generating the demo corpus stopped before it finished (the server was "
+            job.message = (f"Generating the {job.title} stopped before it finished (the server was "
                            "restarted, or it ran out of memory). Press the button again to start over.")
         else:
-            job.message = (f"Generating the demo corpus failed (exit code {code}). The log below says "
+            job.message = (f"Generating the {job.title} failed (exit code {code}). The log below says "
                            "why; press the button again to retry.")
     proc = jobs._CHILDREN.pop(job.pid, None)
     if proc is not None:
@@ -144,33 +167,37 @@ def _settle_corpus(job: CorpusJob) -> CorpusJob:
 
 
 def corpus_job() -> CorpusJob | None:
-    """The latest demo-corpus generation of this server (running or not), as every session sees it."""
+    """The latest corpus generation of this server (running or not; the demo corpus or its calm-voice
+    set), as every session sees it."""
     with jobs._lock():
         job = _load_corpus_job()
         return _settle_corpus(job) if job is not None else None
 
 
-def start_corpus(n: int | None = None, workers: int | None = None) -> CorpusJob:
-    """Generate the demo corpus in the background (``python -m ser_core corpus --out <demo folder>``):
-    the page that starts it returns at once and every session sees its progress. Refused while one
-    runs or when the corpus is already there; a half-written folder from a failed try is replaced
-    (``--force`` removes only the generator's own files)."""
-    n = DEMO_CORPUS_UTTERANCES if n is None else int(n)
+def start_corpus(n: int | None = None, workers: int | None = None, kind: str = "demo") -> CorpusJob:
+    """Generate the demo corpus (or, ``kind="demo-calm"``, its calm-voice set: ``--words-decide``)
+    in the background (``python -m ser_core corpus --out <its folder>``): the page that starts it
+    returns at once and every session sees its progress. Refused while a generation runs or when
+    the corpus is already there; a half-written folder from a failed try is replaced (``--force``
+    removes only the generator's own files)."""
+    out = corpus_folder(kind)  # an unknown kind is refused here
+    title = GENERATED[kind][0]
+    n = corpus_size(kind) if n is None else int(n)
     workers = workers or corpus_workers()
     if shutil.which("espeak-ng") is None:
-        raise InputError("The demo corpus needs the espeak-ng speech synthesiser, which is not installed "
-                         "on this server: ask whoever runs it to install espeak-ng (setup.sh does).")
-    out = paths.default_corpus_dir()
+        raise InputError(f"The {title} needs the espeak-ng speech synthesiser, which is not installed "
+                         f"on this server: ask whoever runs it to install espeak-ng (setup.sh does).")
     with jobs._lock():
         job = _load_corpus_job()
         if job is not None and _settle_corpus(job).active:
-            raise InputError("The demo corpus is already being generated (see its progress below).")
+            raise InputError(f"The {job.title} is already being generated (see its progress); one "
+                             f"generation at a time, so wait until it is done.")
         if (out / "manifest.csv").exists():
-            raise InputError("The demo corpus is already there: choose it as the corpus.")
-        job = CorpusJob(out=str(out), n=n, workers=workers, started=time.time())
+            raise InputError(f"The {title} is already there: choose it as the corpus.")
+        job = CorpusJob(out=str(out), n=n, workers=workers, started=time.time(), kind=kind)
         job.folder.mkdir(parents=True, exist_ok=True)
         job.command = [sys.executable, "-m", "ser_core", "corpus", "--out", str(out), "--n", str(n),
-                       "--workers", str(workers), "--force"]
+                       "--workers", str(workers), "--force", *GENERATED[kind][1]]
         job.log_path.write_bytes(b"")  # a fresh log: progress is read from it
         jobs._spawn(job, job.command)
         jobs._write_json(job.folder / "job.json", asdict(job))

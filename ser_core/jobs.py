@@ -376,7 +376,8 @@ def start_training(
     model_args: str | list[str] | dict[str, Any] | None = None, overwrite: bool = False,
     device: str | None = None, seed: int = 0, check_data: bool = True, corpora: Any = None,
     augment: int = 0, augment_corpora: list[str] | None = None,
-    corpus_shares: str | dict[str, float] | None = None,
+    corpus_shares: str | dict[str, float] | None = None, epoch_items: int | None = None,
+    group_by_length: bool = False, layer_mix_lr: float | None = None,
 ) -> Job:
     """Check the settings, then start the trainer in the background; refuses while a job runs.
 
@@ -387,7 +388,9 @@ def start_training(
     ``augment_corpora`` only, in a mix; None: all). With ``check_data`` the corpus (or the mix,
     as the trainer will) is loaded and split here first, so a wrong folder is reported at once
     instead of by a failed job. ``corpus_shares`` (a mix; ``"demo-calm=2.5"`` or a dict): how many
-    times its usual part of each epoch a corpus gets.
+    times its usual part of each epoch a corpus gets; ``epoch_items`` (a mix): clips drawn per
+    epoch (None: as many as it has). ``group_by_length``: batches of clips of similar length.
+    ``layer_mix_lr`` (models that mix the speech encoder's layers): those weights' own learning rate.
     """
     from .models.base import model_class
     from .train import PRESETS, TrainConfig, check_fine_tune, load_fold
@@ -416,7 +419,8 @@ def start_training(
         kind = "demo"
         corpus, root = resolve_corpus("demo")
     for label, value, low in (("epochs", epochs, 1), ("batch size", batch_size, 1),
-                              ("max utterances", max_utterances, 2), ("augmented copies", augment, 0)):
+                              ("max utterances", max_utterances, 2), ("augmented copies", augment, 0),
+                              ("clips per epoch", epoch_items, 1)):
         if value is not None and (isinstance(value, bool) or int(value) != value or value < low):
             raise InputError(f"The {label} must be a whole number >= {low}, not {value!r}.")
     augment = int(augment or 0)
@@ -453,7 +457,13 @@ def start_training(
         if stray:
             raise InputError(f"A share can only be given to a corpus the mix trains on ({', '.join(trained)}), "
                              f"not {', '.join(stray)}.")
-    for label, value in (("learning rate", lr), ("dropout", dropout)):
+    if epoch_items is not None and not mix:
+        raise InputError("'Clips drawn per epoch' applies to a mix of corpora; one corpus uses every "
+                         "training clip once per epoch.")
+    if layer_mix_lr is not None and not hasattr(cls, "layer_mix_parameters"):
+        raise InputError(f"{model} has no weights that mix the speech encoder's layers, so they cannot "
+                         "have a learning rate of their own; leave it empty.")
+    for label, value in (("learning rate", lr), ("dropout", dropout), ("speech-layer learning rate", layer_mix_lr)):
         if value is not None and not (0 <= value < (1 if label == "dropout" else 10)):
             raise InputError(f"The {label} {value!r} is out of range.")
     args = parse_model_args(model_args)
@@ -488,7 +498,9 @@ def start_training(
                         preset=preset, epochs=epochs, batch_size=batch_size, lr=lr, dropout=dropout,
                         init_from=init_from, max_utterances=max_utterances, model_args=args,
                         device=device, seed=seed, corpora=entries, augment=augment,
-                        augment_corpora=augment_corpora, corpus_shares=corpus_shares)
+                        augment_corpora=augment_corpora, corpus_shares=corpus_shares,
+                        epoch_items=None if epoch_items is None else int(epoch_items),
+                        group_by_length=bool(group_by_length), layer_mix_lr=layer_mix_lr)
         job = Job(id=job_id, name=out.stem, out=str(out), command=[], pid=0, started=time.time(),
                   settings={**settings, "kind": kind})
         job.command = build_command(out, job.run_dir, job.events_path, job.stop_path, **settings)

@@ -118,6 +118,43 @@ def test_start_is_disabled_without_a_demo_corpus_and_the_page_generates_it(cache
     assert "train_generate_corpus" not in [b.key for b in at.button]
 
 
+
+def test_the_page_generates_the_calm_voice_set_when_a_run_needs_it(cache, no_demo_corpus, monkeypatch):
+    """The calm-voice set (the default KS-Transformer's fourth corpus) gets its own Generate button:
+    the generator's --words-decide companion set, in its own folder, and Start waits for it."""
+    from ser_core.paths import calm_corpus_dir
+
+    (no_demo_corpus / "manifest.csv").write_text("path,label\n")  # the demo corpus is there; the set is not
+    at = _train_page()
+    at.selectbox(key="train_corpus_kind").set_value("demo-calm").run()
+    assert not at.exception, at.exception
+    assert at.button(key="train_start_button").disabled
+    assert "train_generate_corpus" not in [b.key for b in at.button]
+    info = " ".join(i.value for i in at.info)
+    assert "The calm-voice set is 800 synthetic clips said calmly" in info
+    assert "press Generate calm-voice set on the Train page" in " ".join(w.value for w in at.warning)
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng not installed")
+
+    monkeypatch.setattr(corpus_job, "CALM_SET_UTTERANCES", 8)  # a small set, the same command
+    at.button(key="train_generate_calm").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    job = corpus_job.corpus_job()
+    assert (job.kind, job.title, job.out) == ("demo-calm", "calm-voice set", str(calm_corpus_dir()))
+    assert job.command[1:4] == ["-m", "ser_core", "corpus"] and job.command[-1] == "--words-decide"
+    with pytest.raises(InputError, match="calm-voice set is already being generated|already there"):
+        corpus_job.start_corpus(kind="demo")  # one generation at a time (or, done: the demo corpus is there)
+    deadline = time.time() + 120
+    while corpus_job.corpus_job().active and time.time() < deadline:
+        time.sleep(0.5)
+    assert corpus_job.corpus_job().status == "finished", corpus_job.corpus_job().log_tail()
+    rows = (calm_corpus_dir() / "manifest.csv").read_text().splitlines()
+    assert len(rows) == 9 and all("words_" in r for r in rows[1:])
+    at.run()
+    assert not at.exception, at.exception
+    assert not at.button(key="train_start_button").disabled
+    assert "train_generate_calm" not in [b.key for b in at.button]
+
 def test_corpus_generation_is_refused_when_the_corpus_is_there_and_reads_the_progress_bar(cache, no_demo_corpus):
     (no_demo_corpus / "manifest.csv").write_text("path,label\n")
     assert corpus_job.demo_corpus_ready()

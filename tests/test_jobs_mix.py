@@ -260,6 +260,49 @@ def test_corpus_shares_go_from_the_page_to_the_trainer_and_are_checked_first(cac
         "corpora and classes balanced · Demo corpus (generated): 2.5 times its part of each epoch")
 
 
+
+def test_the_default_recipes_training_options_go_from_the_page_to_the_trainer(cache, checkpoints, demo, tess,
+                                                                               spawned):
+    """The default KS-Transformer's recipe can be set on the Train page (Advanced): clips drawn per
+    epoch (a mix), batches of similar length, the speech-layer weights' own learning rate (models
+    that mix the encoder's layers); refused in plain words where they do not apply."""
+    mix = [("tess", str(tess)), "demo"]
+    with pytest.raises(InputError, match="applies to a mix"):
+        jobs.start_training("opts", corpora=["demo"], epoch_items=100, check_data=False)
+    with pytest.raises(InputError, match="whole number >= 1"):
+        jobs.start_training("opts", corpora=mix, epoch_items=0, check_data=False)
+    with pytest.raises(InputError, match="cat has no weights that mix"):
+        jobs.start_training("opts", model="cat", corpora=mix, layer_mix_lr=0.05, check_data=False)
+    with pytest.raises(InputError, match="speech-layer learning rate -1.0 is out of range"):
+        jobs.start_training("opts", corpora=mix, layer_mix_lr=-1.0, check_data=False)
+    assert spawned == []
+
+    at = AppTest.from_file(str(REPO / "pages/4_Train.py"), default_timeout=TIMEOUT).run()
+    assert at.number_input(key="train_epoch_items").disabled  # one corpus: every clip once per epoch
+    assert not at.number_input(key="train_layer_mix_lr").disabled  # the KS-Transformer mixes Whisper's layers
+    at.selectbox(key="train_model").set_value("cat").run()
+    assert at.number_input(key="train_layer_mix_lr").disabled
+    at.selectbox(key="train_model").set_value("ks_transformer").run()
+    at.selectbox(key="train_corpus_kind").set_value("tess").run()
+    at.text_input(key="train_corpus_path").set_value(str(tess))
+    at.multiselect(key="train_mix_kinds").set_value(["demo"]).run()
+    at.number_input(key="train_epoch_items").set_value(300)
+    at.number_input(key="train_layer_mix_lr").set_value(0.05)
+    at.checkbox(key="train_group_by_length").check()
+    at.text_input(key="train_name").set_value("page_recipe")
+    at.button(key="train_start_button").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    args = _parse(spawned[-1])
+    assert (args.epoch_items, args.group_by_length, args.layer_mix_lr) == (300, True, 0.05)
+    settings = jobs.current_job().settings
+    assert (settings["epoch_items"], settings["group_by_length"], settings["layer_mix_lr"]) == (300, True, 0.05)
+    assert corpus_choice.describe_data(settings).endswith(
+        "300 clips drawn per epoch · batches of clips of similar length")
+    # left at their defaults, none of the three flags is passed
+    spawned.clear()
+    jobs.start_training("plain", corpora=mix, check_data=False, overwrite=True)
+    assert not {"--epoch-items", "--group-by-length", "--layer-mix-lr"} & set(spawned[-1])
+
 # --- pages ---------------------------------------------------------------------------------------
 def test_train_page_picks_a_mix_with_augmentation_and_shows_it(cache, checkpoints, demo, tess, spawned):
     at = AppTest.from_file(str(REPO / "pages/4_Train.py"), default_timeout=TIMEOUT).run()

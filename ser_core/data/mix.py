@@ -94,8 +94,9 @@ def demo_manifest(name: str = "demo") -> Path:
     folder, missing = {
         "demo": (default_corpus_dir(), "The demo corpus has not been generated yet: run `python -m ser_core "
                                        "corpus` (or press Generate on the Train page) first."),
-        "demo-calm": (calm_corpus_dir(), "The calm-voice set has not been generated yet: run `python -m "
-                                         "ser_core corpus --words-decide --n 800` first."),
+        "demo-calm": (calm_corpus_dir(), "The calm-voice set has not been generated yet: press Generate "
+                                         "calm-voice set on the Train page, or run `python -m ser_core "
+                                         "corpus --words-decide --n 800`."),
     }[name]
     manifest = folder / "manifest.csv"
     if not manifest.exists():
