@@ -92,6 +92,14 @@ def wait_idle(page, timeout_ms: int = 120_000) -> None:
         timeout=timeout_ms)
 
 
+def open_expander(page, title: str) -> None:
+    """Click an expander open and wait until its opening animation (half a second of height
+    growing) has finished: a click aimed at its content while it still grows can land beside the
+    widget on a loaded machine and be lost (seen with the deletion test's toggle)."""
+    page.get_by_text(title).click()
+    page.wait_for_function("() => document.getAnimations().every(a => a.playState !== 'running')")
+
+
 # --- timing a user action to the settled page (tests and bench/bench_page.py) ----------------------
 ARM = """() => {
   window.__settled = null;

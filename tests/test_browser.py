@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from browser import ARM, CHROMIUM_FLAGS, REPO, chromium_path, streamlit_server, wait_idle
+from browser import ARM, CHROMIUM_FLAGS, REPO, chromium_path, open_expander, streamlit_server, wait_idle
 
 playwright = pytest.importorskip("playwright.sync_api")
 CHECKPOINT = REPO / "checkpoints" / "ks_transformer_demo.safetensors"
@@ -153,8 +153,9 @@ def test_deletion_view_answers_attention_against_random_then_adds_the_attributio
     page.get_by_role("button", name="Analyze").click()
     page.get_by_text("Prediction:").wait_for(timeout=180_000)
     wait_idle(page)
-    page.get_by_text("Is this faithful? (deletion test)").click()
+    open_expander(page, "Is this faithful? (deletion test)")
     page.get_by_text("Run the deletion test").click()
+    playwright.expect(page.locator(".st-key-analyze_faithful input")).to_be_checked()
     page.get_by_text("model runs in", exact=False).wait_for(timeout=180_000)  # the last line it writes
     wait_idle(page)
     text = page.inner_text("body")
@@ -183,7 +184,7 @@ def test_a_45_s_upload_finishes_with_its_maps_at_display_resolution(server, brow
     page.locator(".js-plotly-plot").nth(1).wait_for(timeout=60_000)
     titles = page.eval_on_selector_all(".js-plotly-plot .gtitle", "els => els.map(e => e.textContent)")
     assert any("max-pooled over" in t for t in titles), titles
-    page.get_by_text("Is this faithful? (deletion test)").click()
+    open_expander(page, "Is this faithful? (deletion test)")
     page.get_by_text("run on clips up to", exact=False).wait_for(timeout=30_000)
     assert "Traceback" not in page.content()
     page.screenshot(path=str(_shots(tmp_path) / "analyze_45s_upload.png"), full_page=True)
