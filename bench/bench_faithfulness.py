@@ -12,6 +12,13 @@ already computed (what the page has after **Analyze**):
   * the Analyze page's order: attention against random first (what its sentence says), then every
     ranking (reusing the first step's removals).
 Target (issue 11): the deletion test ≤ 2 s for a 10 s clip on CPU.
+
+Measured 2026-12-04 (2 cores, idle): model 40 ms; attention vs random first 0.86 s; the whole test
+4.05 s, of which Integrated Gradients 2.2 s (16 Gauss–Legendre steps, one batch), gradient × input
+0.3 s, rollout 0.1 s and the ~54 removal runs 1.7 s. Fewer IG steps were measured and not taken: on
+16 clips (10 demo test, 6 RAVDESS) with the default, 8 steps instead of 16 gave the same top 20 %
+of words as 64 steps (97 % of frames) but a completeness gap |Σ IG − (f(x) − f(0))| of 0.205 on
+average, against 0.123 at 16 and 0.064 at 64: the attribution the page shows would no longer add up.
 """
 
 from __future__ import annotations
