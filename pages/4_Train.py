@@ -63,13 +63,14 @@ def generated_corpus_panel(kind: str) -> None:
     """A generated corpus is not there: a button that makes it in the background (or its progress)."""
     title = corpus_job.GENERATED[kind][0]
     gen = corpus_job.corpus_job()
+    mine = gen is not None and gen.out == str(corpus_job.corpus_folder(kind))
     if gen is not None and gen.active:  # one generation at a time, whichever it is
-        if gen.out == str(corpus_job.corpus_folder(kind)):
+        if mine:
             st.fragment(corpus_generation, run_every=2)()
         else:
             st.info(f"The {gen.title} is being generated; the {title} can be made once it is done.")
         return
-    if gen is not None and gen.out == str(corpus_job.corpus_folder(kind)) and gen.status == "failed" and gen.message:
+    if mine and gen.status == "failed" and gen.message:
         st.error(gen.message)
     n = corpus_job.corpus_size(kind)
     st.info(f"The {title} is {n} {ABOUT[kind]}, made on this server. Generating it takes "

@@ -21,7 +21,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import jobs, paths
+from . import jobs
+from .data.mix import generated_folder
 from .errors import InputError
 
 
@@ -85,7 +86,7 @@ def corpus_folder(kind: str = "demo") -> Path:
     """Where the app keeps a generated corpus (the demo corpus, or ``demo-calm``: its calm-voice set)."""
     if kind not in GENERATED:
         raise InputError(f"{kind!r} is not a corpus the app generates; those are {', '.join(GENERATED)}.")
-    return paths.default_corpus_dir() if kind == "demo" else paths.calm_corpus_dir()
+    return generated_folder(kind)
 
 
 def demo_corpus_manifest(kind: str = "demo") -> Path:

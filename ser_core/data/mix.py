@@ -87,16 +87,20 @@ def corpus_specs(corpora: Sequence[str], roots: Sequence[str | None]) -> list[Co
     return specs
 
 
-def demo_manifest(name: str = "demo") -> Path:
-    """The manifest of the generated demo corpus (or, ``demo-calm``, of its calm-voice set)."""
+def generated_folder(name: str = "demo") -> Path:
+    """Where the generated demo corpus (or, ``demo-calm``, its calm-voice set) lives."""
     from ser_core.paths import calm_corpus_dir, default_corpus_dir
 
-    folder, missing = {
-        "demo": (default_corpus_dir(), "The demo corpus has not been generated yet: run `python -m ser_core "
-                                       "corpus` (or press Generate on the Train page) first."),
-        "demo-calm": (calm_corpus_dir(), "The calm-voice set has not been generated yet: press Generate "
-                                         "calm-voice set on the Train page, or run `python -m ser_core "
-                                         "corpus --words-decide --n 800`."),
+    return default_corpus_dir() if name == "demo" else calm_corpus_dir()
+
+
+def demo_manifest(name: str = "demo") -> Path:
+    """The manifest of the generated demo corpus (or, ``demo-calm``, of its calm-voice set)."""
+    folder, missing = generated_folder(name), {
+        "demo": ("The demo corpus has not been generated yet: run `python -m ser_core corpus` (or press "
+                 "Generate on the Train page) first."),
+        "demo-calm": ("The calm-voice set has not been generated yet: press Generate calm-voice set on the "
+                      "Train page, or run `python -m ser_core corpus --words-decide --n 800`."),
     }[name]
     manifest = folder / "manifest.csv"
     if not manifest.exists():
