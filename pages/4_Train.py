@@ -155,7 +155,10 @@ if access.teacher_gate("Starting, stopping or resuming a training run"):
                                            key="train_max_utts", disabled=is_mix,
                                            help="A random subset of a single corpus, for a quick trial run "
                                                 "(a mix uses every clip)."))
-            seed = int(a2.number_input("Seed", 0, 10**6, 0, key="train_seed"))
+            seed = int(a2.number_input("Seed", 0, 10**6, 0, key="train_seed",
+                                       help="Another seed starts the model from other random weights and "
+                                            "draws the clips in another order. The speakers held out for "
+                                            "validation and test stay the same, so runs can be compared."))
             shares = st.text_input("Corpus shares of each epoch (name=share, space-separated)", key="train_shares",
                                    placeholder="demo-calm=2.5", disabled=not is_mix,
                                    help="A mix gives every corpus the same part of each epoch; a share of 2 "

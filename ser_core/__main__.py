@@ -1,4 +1,4 @@
-"""Command line: ``python -m ser_core {corpus,train,evaluate,analyze,faithfulness} --help``."""
+"""Command line: ``python -m ser_core {corpus,train,evaluate,analyze,faithfulness,soup,...} --help``."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="SER attention explorer: demo corpus, training, evaluation and analysis.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    from . import corpus, experiments, expressive, probe, real_voices, train_cli
+    from . import corpus, experiments, expressive, probe, real_voices, soup, train_cli
 
     corpus.add_cli(sub)
     train_cli.add_cli(sub)
@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     expressive.add_cli(sub)
     probe.add_cli(sub)
     real_voices.add_cli(sub)
+    soup.add_cli(sub)
 
     a = sub.add_parser("analyze", help="analyse one clip and print the prediction and trace as JSON")
     a.add_argument("audio", help="audio file (wav, flac, ogg, mp3, m4a, webm)")

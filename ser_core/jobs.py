@@ -393,7 +393,7 @@ def start_training(
     ``layer_mix_lr`` (models that mix the speech encoder's layers): those weights' own learning rate.
     """
     from .models.base import model_class
-    from .train import PRESETS, TrainConfig, check_fine_tune, load_fold
+    from .train import PRESETS, TrainConfig, check_fine_tune, check_same_split, load_fold
     from .train_cli import corpus_choice
 
     _refuse_if_running(current_job())  # at once; checked again below, under the lock
@@ -483,6 +483,8 @@ def start_training(
         else:
             cfg = TrainConfig(model=model, corpus=corpus, root=root, protocol=protocol, fold=fold,
                               max_utterances=max_utterances, seed=seed)
+        if init_from:
+            check_same_split(dataclasses.replace(cfg, init_from=init_from))
         fold_ = load_fold(cfg)
         if not fold_.train or not fold_.val or not fold_.test:
             raise InputError(f"Fold {fold_.name!r} has an empty train, validation or test part.")

@@ -85,7 +85,7 @@ def add_cli(subparsers) -> None:
     p.add_argument("--corpus", action="append", default=[], help="as for train (repeatable; test:NAME)")
     p.add_argument("--root", action="append", default=[], help="as for train, in the order of --corpus")
     p.add_argument("--classes", help="comma-separated labels (default ang,hap,neu,sad)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the speaker split's seed (as a model's --split-seed)")
     p.add_argument("--augment", type=int, default=0, metavar="N", help="as for train: N augmented copies")
     p.add_argument("--augment-corpora", help="as for train (default: all)")
     p.add_argument("--out", help="write the result as JSON here")

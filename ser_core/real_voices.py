@@ -9,7 +9,7 @@ end of its training), three tables, and fits the linear probe (``ser_core.probe`
 training data of each run, so every model figure has its baseline beside it:
 
 * ``probe``: the probe on the shipped model's mix, per corpus, on the same held-out speakers;
-* ``cross_corpus``: runs trained without a corpus and tested on all of it (``test:NAME``);
+* ``cross_corpus``: runs of any model trained without a corpus and tested on all of it (``test:NAME``);
 * ``ablation``: what augmentation and mixing bought (the same held-out speakers): model runs given
   with ``--ablation``, and ``probe_ablation``, the probe with and without augmentation and the demo
   corpus.
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import read_meta
-from .data.mix import SYNTHETIC, CorpusSpec
+from .data.mix import SYNTHETIC, CorpusSpec, split_seed_of
 from .model_card import REAL_VOICES, trained_on
 
 
@@ -56,7 +56,7 @@ def build_report(model: str, cross: list[str], ablation: list[tuple[str, str]], 
         "by_corpus": {k: _compact(v) for k, v in by.items()},
     }
     log("probe on the shipped model's mix")
-    probe = run_probe(_specs(meta), seed=training.get("seed", 0), progress=False, **probe_kw)
+    probe = run_probe(_specs(meta), seed=split_seed_of(training), progress=False, **probe_kw)
     report["probe"] = {"level": probe["level"], "C": probe["C"],
                        "by_corpus": {k: _compact(v) for k, v in probe["test"]["by_corpus"].items()}}
     report["cross_corpus"] = []
@@ -65,11 +65,12 @@ def build_report(model: str, cross: list[str], ablation: list[tuple[str, str]], 
         specs = _specs(m)
         for spec in (s for s in specs if s.test_only):
             log(f"probe without {spec.name}")
-            p = run_probe(specs, seed=m["training"].get("seed", 0), progress=False, **probe_kw)
+            p = run_probe(specs, seed=split_seed_of(m["training"]), progress=False, **probe_kw)
             tests = m["metrics"]["test"].get("by_corpus") or {spec.name: m["metrics"]["test"]}
             ptests = p["test"].get("by_corpus") or {spec.name: p["test"]}
             report["cross_corpus"].append({
                 "test": spec.name, "trained_on": trained_on(m), "checkpoint": Path(path).name,
+                "model_name": m["model"],
                 "model": _compact(tests[spec.name]), "probe": _compact(ptests[spec.name])})
     # what augmentation and mixing buy, measured with the probe on the same held-out speakers
     training_aug = {"augment_copies": training.get("augment_copies", 0),
@@ -86,7 +87,7 @@ def build_report(model: str, cross: list[str], ablation: list[tuple[str, str]], 
         if not specs or (kw and not kw["augment_copies"]):
             continue
         log(setting)
-        p = run_probe(specs, seed=training.get("seed", 0), progress=False, **probe_kw, **kw)
+        p = run_probe(specs, seed=split_seed_of(training), progress=False, **probe_kw, **kw)
         report["probe_ablation"].append({"setting": setting, "by_corpus": {
             k: _compact(v) for k, v in (p["test"].get("by_corpus") or {specs[0].name: p["test"]}).items()}})
     report["ablation"] = [{"setting": f"shipped: real corpora + {synthetic}, augmented",

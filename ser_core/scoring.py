@@ -12,7 +12,7 @@ from . import metrics
 from .checkpoint import load_checkpoint
 from .data import load_corpus
 from .data.base import Utterance
-from .data.mix import corpus_of
+from .data.mix import corpus_of, split_seed_of
 from .errors import InputError
 from .features import FeatureExtractor, Features
 from .models.base import collate_batch
@@ -74,9 +74,9 @@ def evaluate(checkpoint: str, corpus: str, root: str, protocol: str = "predefine
     utts = load_corpus(corpus, root)
     seed = 0
     if protocol == "speakers":  # the held-out speakers of the mix the checkpoint was trained on:
-        # split as mixed_fold does (only the model's labels, the training seed)
+        # split as mixed_fold does (only the model's labels, its split seed)
         utts = [u for u in utts if u.label in labels]
-        seed = int(meta.get("training", {}).get("seed", 0))
+        seed = split_seed_of(meta.get("training", {}))
     folds = list(_folds(protocol, utts, seed))
     if not folds:
         raise InputError(f"Protocol {protocol!r} gave no folds for this corpus.")

@@ -31,13 +31,13 @@ from tqdm import tqdm
 
 from . import metrics
 from .checkpoint import load_checkpoint, read_meta, save_checkpoint
-from .data.mix import balance_weights
+from .data.mix import SPLIT_SEED, balance_weights
 from .errors import InputError
 from .features import FeatureExtractor, atomic_write
 from .models import build_model
 from .models.base import collate_batch, model_class
 from .scoring import predict, score_parts
-from .train_data import (crop_features, drop_inputs, extract_all, length_grouped_batches, load_fold,
+from .train_data import (crop_features, drop_inputs, extract_all, length_grouped_batches, load_fold, split_clash,
                          with_augmented_copies, without_conflicts)
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -61,7 +61,8 @@ class TrainConfig:
     batch_size: int | None = None
     lr: float | None = None
     dropout: float | None = None
-    seed: int = 0
+    seed: int = 0  # the initialisation, each epoch's items, dropout: never which speakers are held out
+    split_seed: int = SPLIT_SEED  # draws the speaker split of a corpus without its own (data/mix.py)
     out: str = "checkpoints/model.safetensors"
     run_dir: str | None = None
     resume: bool = False
@@ -126,6 +127,8 @@ def train(cfg: TrainConfig, progress: bool = True, log=print, on_event=None, sho
     validates, logs and writes files.
     """
     cfg = with_source_settings(cfg)
+    if cfg.init_from:  # refused before any feature is computed
+        check_same_split(cfg)
     hyper = cfg.hyper()
     dist = _Distributed.start(cfg.device)
     device = dist.device
@@ -407,6 +410,14 @@ def check_fine_tune(checkpoint: str, model_args: dict[str, Any], model: str | No
     why = _shape_clash(shapes[1], shapes[0], None, 0)
     if why:
         raise InputError(f"{Path(checkpoint).name} does not fit the model these settings build: {why}.")
+
+
+def check_same_split(cfg: TrainConfig) -> None:
+    """Refuse (InputError) fine-tuning ``cfg.init_from`` when the run would test on voices that
+    checkpoint trained on (:func:`ser_core.train_data.split_clash`)."""
+    why = split_clash(cfg, read_meta(cfg.init_from).get("training") or {})
+    if why:
+        raise InputError(f"{Path(cfg.init_from).name} cannot start this run: {why}.")
 
 
 def _init_from(model, checkpoint: str, device, log, labels: list[str]) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .corpus_choice import parse_shares
-from .data.mix import corpus_specs
+from .data.mix import SPLIT_SEED, corpus_specs
 from .errors import InputError
 from .scoring import evaluate
 from .train import PRESETS, Stopped, TrainConfig, train
@@ -63,7 +63,11 @@ def add_cli(subparsers) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--dropout", type=float)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="initialisation, order of the items, dropout (not which speakers are held out)")
+    p.add_argument("--split-seed", type=int, default=SPLIT_SEED,
+                   help="draws the held-out speakers of a corpus without its own split (default 0, as "
+                        "every shipped model; fine-tuning needs its checkpoint's)")
     p.add_argument("--out", default="checkpoints/model.safetensors")
     p.add_argument("--run-dir", default=None, help="metrics.jsonl and resume state (default: beside --out)")
     p.add_argument("--resume", action="store_true")
@@ -175,7 +179,7 @@ def _train_cli(args: argparse.Namespace) -> int:
         leave_out_conflicts=args.leave_out_conflicts,
         model=args.model,
         fold=args.fold, preset=args.preset, epochs=args.epochs, batch_size=args.batch_size,
-        lr=args.lr, dropout=args.dropout, seed=args.seed, out=args.out, run_dir=args.run_dir,
+        lr=args.lr, dropout=args.dropout, seed=args.seed, split_seed=args.split_seed, out=args.out, run_dir=args.run_dir,
         resume=args.resume, max_utterances=args.max_utterances, device=args.device,
         half=args.half, model_args=_parse_model_args(args.model_arg), init_from=args.init_from,
         max_seconds=args.max_seconds or None, state_every=args.state_every, sec_encoder=args.sec_encoder,

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from .audio import load_audio
 from .data import load_corpus, protocols
 from .data.base import Utterance
-from .data.mix import DEFAULT_CLASSES, CorpusSpec, corpus_of, mixed_fold, speaker_split
+from .data.mix import ROOTLESS, DEFAULT_CLASSES, CorpusSpec, corpus_of, mixed_fold, speaker_split, split_seed_of
 from .errors import InputError
 from .features import EXTRAS, FeatureExtractor, Features
 from .models.base import feature_extras, model_inputs
@@ -32,19 +32,53 @@ if TYPE_CHECKING:
 def load_fold(cfg: TrainConfig) -> protocols.Fold:
     if cfg.mix:
         return mixed_fold([CorpusSpec(**spec) for spec in cfg.mix],
-                          tuple(cfg.classes or DEFAULT_CLASSES), cfg.seed)
+                          tuple(cfg.classes or DEFAULT_CLASSES), cfg.split_seed)
     utts = load_corpus(cfg.corpus, cfg.root)
     if cfg.max_utterances:
-        rng = random.Random(cfg.seed)
+        rng = random.Random(cfg.split_seed)
         utts = list(utts)
         rng.shuffle(utts)
         utts = utts[: cfg.max_utterances]
-    folds = list(_folds(cfg.protocol, utts, cfg.seed))
+    folds = list(_folds(cfg.protocol, utts, cfg.split_seed))
     if not folds:
         raise InputError(f"protocol {cfg.protocol!r} gave no folds for this corpus")
     if cfg.fold >= len(folds):
         raise InputError(f"fold {cfg.fold} does not exist: protocol gives {len(folds)} folds")
     return folds[cfg.fold]
+
+
+def _held_out_by(training: dict) -> dict[str, tuple]:
+    """How a run (a TrainConfig as a dict, or a checkpoint meta's ``training``) held out the voices
+    of each real corpus it read: ``{corpus: ("test only",)}`` for a corpus it only tested on, else
+    the split that chose its test speakers. The generated corpora keep their own split."""
+    seed = split_seed_of(training)
+    if training.get("mix"):
+        return {m["name"]: ("test only",) if m.get("test_only") else ("mix", seed)
+                for m in training["mix"] if m["name"] not in ROOTLESS}
+    corpus = training.get("corpus")
+    if not corpus or corpus in ROOTLESS or corpus == "manifest":
+        return {}
+    protocol = training.get("protocol", "predefined")
+    return {corpus: ("test only",) if protocol == "all" else (protocol, training.get("fold", 0), seed)}
+
+
+def split_clash(cfg: TrainConfig, source_training: dict) -> str | None:
+    """Why fine-tuning ``cfg.init_from`` (trained as ``source_training`` says) would test this run
+    on voices the starting model was trained on, in words; None when it would not. That happens
+    when the run splits a corpus the model trained on in another way (another split seed or
+    protocol), or tests on the whole of it."""
+    source = {c: how for c, how in _held_out_by(source_training).items() if how != ("test only",)}
+    for corpus, how in _held_out_by(dataclasses.asdict(cfg)).items():
+        if corpus not in source or how == source[corpus]:
+            continue
+        if how == ("test only",):
+            return (f"the checkpoint it starts from was trained on {corpus}, and this run tests on every "
+                    f"{corpus} clip: its scores would count voices the model has heard. Start from a "
+                    f"checkpoint that never trained on {corpus}")
+        return (f"this run splits {corpus}'s speakers differently from the run that trained the checkpoint "
+                f"it starts from, so some of its test speakers were that model's training speakers. Keep "
+                f"the checkpoint's split (split seed {split_seed_of(source_training)})")
+    return None
 
 
 def _folds(protocol: str, utts: list[Utterance], seed: int) -> Iterable[protocols.Fold]:

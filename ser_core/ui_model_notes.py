@@ -63,10 +63,12 @@ def real_voices_section(cards) -> None:
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
     cross = report.get("cross_corpus", [])
     if cross:
-        st.markdown("**A corpus the model never trained on** (every one of its clips is test data):")
+        st.markdown("**A corpus the model never trained on** (every one of its clips is test data; each "
+                    "model started from its demo-corpus-only file, so it never heard that corpus):")
         st.dataframe(pd.DataFrame([{
+            "model": r.get("model_name", "ks_transformer"),  # rows written before other models had them
             "tested on": r["test"].upper(), "trained on": ", ".join(r["trained_on"]),
-            "KS-Transformer UA %": pct(r["model"].get("ua")), "KS-Transformer WA %": pct(r["model"].get("wa")),
+            "model UA %": pct(r["model"].get("ua")), "model WA %": pct(r["model"].get("wa")),
             "linear probe UA %": pct(r["probe"].get("ua")), "linear probe WA %": pct(r["probe"].get("wa")),
         } for r in cross]), hide_index=True, width="stretch")
     ablation = report.get("ablation", []) + report.get("probe_ablation", [])

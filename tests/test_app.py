@@ -231,6 +231,14 @@ def test_models_page_lists_every_checkpoint_with_size_cost_and_scores():
             assert row[f"{corpus.upper()} test UA %"] == f"{100 * scores['ua']:.1f}"
     assert row["paper UA %"] == "75.3"  # KS-Transformer, IEMOCAP (Table 2)
     assert "not a comparison" in " ".join(c.value for c in at.caption)
+    # the cross-corpus runs, one row per (model, corpus left out), each beside the probe on its data
+    report = json.loads((REPO / "checkpoints" / "real_voices.json").read_text())
+    cross = next(d.value for d in at.dataframe if "tested on" in d.value.columns)
+    assert len(cross) == len(report["cross_corpus"]) > 0
+    for (_, shown), r in zip(cross.iterrows(), report["cross_corpus"]):
+        assert shown["model"] == r.get("model_name", "ks_transformer") and shown["tested on"] == r["test"].upper()
+        assert shown["model UA %"] == f"{100 * r['model']['ua']:.1f}"
+        assert shown["linear probe UA %"] == f"{100 * r['probe']['ua']:.1f}"
 
 
 MESM_CHECKPOINT = REPO / "checkpoints" / "mesm_demo.safetensors"

@@ -11,6 +11,12 @@ training (the ``speakers`` protocol below):
 * a corpus with two speakers (TESS) tests on one of them and validates on a stratified 15 % of the
   other's utterances (there is no third voice to hold out).
 
+The split is drawn with its own seed (``split_seed``, 0 unless a run asks for another), never
+the training seed: a second training seed must change the initialisation and the order of the
+items, not which voices are held out. (Until 2026-12-04 the training seed drew the split, so a run
+with ``--seed 1`` fine-tuned from a seed-0 model was tested on voices that model had trained on;
+:func:`split_seed_of` reads such older checkpoints as they were split.)
+
 Labels are mapped onto one set (``DEFAULT_CLASSES``: anger, happiness, neutral, sadness); the
 utterances with other labels are left out. A corpus named ``test:NAME`` goes to the test part
 whole: that is a cross-corpus run (train without it, score on every one of its utterances).
@@ -40,6 +46,17 @@ DEFAULT_CLASSES: tuple[str, ...] = ("ang", "hap", "neu", "sad")
 ROOTLESS = ("demo", "demo-calm")
 #: the generated (synthetic) corpora: every other corpus is real voices
 SYNTHETIC = ROOTLESS
+
+
+#: the seed of the speaker split every shipped model and every run uses unless told otherwise
+SPLIT_SEED = 0
+
+
+def split_seed_of(training: dict) -> int:
+    """The seed that drew a checkpoint's speaker split, from its meta's ``training``: its
+    ``split_seed``; a checkpoint written before the split had its own seed was split by its
+    training ``seed``."""
+    return int(training.get("split_seed", training.get("seed", SPLIT_SEED)))
 
 
 @dataclass(frozen=True)
