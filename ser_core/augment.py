@@ -72,8 +72,6 @@ __all__ = [
     "AugmentConfig",
     "SyntheticReverb",
     "augment_waveform",
-    "augmented_copies",
-    "copy_seed",
 ]
 
 SAMPLE_RATE = 16000
@@ -346,28 +344,3 @@ def augment_waveform(
     with _seeded_global_rngs(seed):
         y = chain(samples=x, sample_rate=int(sample_rate))
     return _safe(y)
-
-
-def copy_seed(base_seed: int, utterance_id: str, index: int) -> int:
-    """Stable 63-bit seed for copy ``index`` of ``utterance_id`` (same in every process and run;
-    hashlib, not the per-process salted ``hash()``)."""
-    key = f"{int(base_seed)}\x1f{utterance_id}\x1f{int(index)}".encode("utf-8")
-    return int.from_bytes(hashlib.sha256(key).digest()[:8], "big") & ((1 << 63) - 1)
-
-
-def augmented_copies(
-    audio: np.ndarray,
-    utterance_id: str,
-    copies: int,
-    base_seed: int,
-    config: AugmentConfig = AugmentConfig(),
-    sample_rate: int = SAMPLE_RATE,
-) -> list[np.ndarray]:
-    """``copies`` augmented versions of one utterance; copy ``i`` uses
-    ``copy_seed(base_seed, utterance_id, i)``, so a copy does not depend on how many are made."""
-    if int(copies) < 0:
-        raise ValueError(f"copies must be >= 0, got {copies!r}")
-    return [
-        augment_waveform(audio, copy_seed(base_seed, utterance_id, i), config, sample_rate)
-        for i in range(int(copies))
-    ]

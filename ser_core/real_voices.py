@@ -60,12 +60,16 @@ def build_report(model: str, cross: list[str], ablation: list[tuple[str, str]], 
     report["probe"] = {"level": probe["level"], "C": probe["C"],
                        "by_corpus": {k: _compact(v) for k, v in probe["test"]["by_corpus"].items()}}
     report["cross_corpus"] = []
+    cross_probes: dict[tuple, dict[str, Any]] = {}  # runs of several models on one mix share its probe
     for path in cross:
         m = read_meta(path)
         specs = _specs(m)
         for spec in (s for s in specs if s.test_only):
-            log(f"probe without {spec.name}")
-            p = run_probe(specs, seed=split_seed_of(m["training"]), progress=False, **probe_kw)
+            key = (tuple(specs), split_seed_of(m["training"]))
+            if key not in cross_probes:
+                log(f"probe without {spec.name}")
+                cross_probes[key] = run_probe(specs, seed=key[1], progress=False, **probe_kw)
+            p = cross_probes[key]
             tests = m["metrics"]["test"].get("by_corpus") or {spec.name: m["metrics"]["test"]}
             ptests = p["test"].get("by_corpus") or {spec.name: p["test"]}
             report["cross_corpus"].append({
@@ -122,6 +126,9 @@ def _cli(args: argparse.Namespace) -> int:
         new = {row["checkpoint"] for row in report["cross_corpus"]}
         report["cross_corpus"] += [row for row in json.loads(earlier.read_text()).get("cross_corpus", [])
                                    if row.get("checkpoint") not in new]
+    # the default's model first, then the others by name; within a model, by the corpus left out
+    report["cross_corpus"].sort(key=lambda r: (r.get("model_name", "ks_transformer") != "ks_transformer",
+                                               r.get("model_name", "ks_transformer"), r["test"]))
     text = json.dumps(report, indent=1)
     if args.write:
         (Path(args.model).parent / REAL_VOICES).write_text(text + "\n")

@@ -87,6 +87,7 @@ class TrainConfig:
     augment_copies: int = 0  # augmented copies of every training utterance (augment.py), cached
     augment_seed: int = 0
     augment_corpora: list[str] | None = None  # corpora whose training utterances are augmented (None: all)
+    augment_config: dict[str, Any] | None = None  # AugmentConfig overrides (None: augment.py's defaults)
     epoch_items: int | None = None  # a balanced mix draws this many items per epoch (default: all of them)
     corpus_shares: dict[str, float] | None = None  # a balanced mix: relative share per corpus (default 1 each)
     group_by_length: bool = False  # batches of similar length (less padding: faster epochs, same items)
@@ -146,7 +147,8 @@ def train(cfg: TrainConfig, progress: bool = True, log=print, on_event=None, sho
     train_items = without_conflicts(fold.train) if cfg.leave_out_conflicts else fold.train
     if len(train_items) < len(fold.train):
         log(f"left out {len(fold.train) - len(train_items)} training items whose words say another emotion")
-    train_utts = with_augmented_copies(train_items, cfg.augment_copies, cfg.augment_seed, cfg.augment_corpora)
+    train_utts = with_augmented_copies(train_items, cfg.augment_copies, cfg.augment_seed, cfg.augment_corpora,
+                                       cfg.augment_config)
     model_cls = model_class(cfg.model)
     extractor = FeatureExtractor(cfg.speech_encoder, cfg.text_encoder, device=device,
                                  sec_encoder=cfg.sec_encoder)

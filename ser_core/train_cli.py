@@ -40,6 +40,9 @@ def add_cli(subparsers) -> None:
                         "speed, pitch; reproducible from --augment-seed)")
     p.add_argument("--augment-seed", type=int, default=0)
     p.add_argument("--augment-corpora", help="comma-separated corpora to augment (default: all)")
+    p.add_argument("--augment-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="a range or probability of the augmentation chain (ser_core/augment.py AugmentConfig), "
+                        "e.g. semitones=-4,4 or p_pitch=0.6; repeatable")
     p.add_argument("--epoch-items", type=int, help="a mix: items drawn per epoch (default: as many as "
                                                    "there are training items)")
     p.add_argument("--corpus-share", action="append", default=[], metavar="NAME=SHARE",
@@ -163,6 +166,29 @@ def _parse_range(text: str | None, model: str) -> tuple[float, float] | None:
     return lo, hi
 
 
+def _parse_augment_args(items: list[str], copies: int) -> dict[str, Any] | None:
+    """``--augment-arg KEY=VALUE`` → AugmentConfig overrides (a pair as ``lo,hi``), checked at once."""
+    from .augment import AugmentConfig
+
+    if not items:
+        return None
+    if not copies:
+        raise InputError("--augment-arg changes the augmented copies; add --augment N to make some.")
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise InputError(f"--augment-arg wants KEY=VALUE, got {item!r}.")
+        try:
+            out[key.strip()] = [float(v) for v in value.split(",")] if "," in value else float(value)
+        except ValueError:
+            raise InputError(f"--augment-arg {key}: {value!r} is not a number or a pair lo,hi.") from None
+    try:
+        return AugmentConfig.from_dict(out).to_dict()
+    except (TypeError, ValueError) as e:
+        raise InputError(f"--augment-arg: {e}.") from None
+
+
 def _train_cli(args: argparse.Namespace) -> int:
     choice = corpus_choice(args.corpus, args.root)
     if args.protocol != "predefined" and "mix" in choice:
@@ -172,6 +198,7 @@ def _train_cli(args: argparse.Namespace) -> int:
         classes=args.classes.split(",") if args.classes else None, balance=not args.no_balance,
         augment_copies=args.augment, augment_seed=args.augment_seed,
         augment_corpora=args.augment_corpora.split(",") if args.augment_corpora else None,
+        augment_config=_parse_augment_args(args.augment_arg, args.augment),
         epoch_items=args.epoch_items, group_by_length=args.group_by_length, layer_mix_lr=args.layer_mix_lr,
         corpus_shares=parse_shares(args.corpus_share, "--corpus-share", "ravdess=2"),
         input_dropout=parse_shares(args.input_dropout, "--input-dropout", "audio=0.3"),

@@ -127,9 +127,10 @@ def without_conflicts(utts: Iterable[Utterance]) -> list[Utterance]:
 
 
 def with_augmented_copies(utts: Iterable[Utterance], copies: int, seed: int,
-                          corpora: list[str] | None = None) -> list[Utterance]:
+                          corpora: list[str] | None = None, config: dict | None = None) -> list[Utterance]:
     """``utts`` followed by ``copies`` augmented copies of each (of the named corpora only), each
-    seeded from (seed, utterance id, copy) so a rerun makes the same waveforms."""
+    seeded from (seed, utterance id, copy) so a rerun makes the same waveforms; ``config``: the
+    AugmentConfig's ranges and probabilities (as ``to_dict``), None for its defaults."""
     utts = list(utts)
     extra = []
     for copy in range(copies):
@@ -138,7 +139,8 @@ def with_augmented_copies(utts: Iterable[Utterance], copies: int, seed: int,
                 continue
             extra.append(dataclasses.replace(
                 utt, id=f"{utt.id}#aug{copy}",
-                meta={**utt.meta, "augment": {"seed": copy_seed(seed, utt.id, copy)}}))
+                meta={**utt.meta, "augment": {"seed": copy_seed(seed, utt.id, copy),
+                                              **({"config": config} if config else {})}}))
     return utts + extra
 
 

@@ -70,7 +70,8 @@ def real_voices_section(cards) -> None:
             "tested on": r["test"].upper(), "trained on": ", ".join(r["trained_on"]),
             "model UA %": pct(r["model"].get("ua")), "model WA %": pct(r["model"].get("wa")),
             "linear probe UA %": pct(r["probe"].get("ua")), "linear probe WA %": pct(r["probe"].get("wa")),
-        } for r in cross]), hide_index=True, width="stretch")
+        } for r in cross]), hide_index=True, width="stretch", height=35 * (len(cross) + 1) + 3,  # every row
+            column_config={"model": st.column_config.TextColumn(width="medium")})
     ablation = report.get("ablation", []) + report.get("probe_ablation", [])
     if len(ablation) > 1:
         st.markdown("**What augmentation and mixing bought** (same held-out speakers):")

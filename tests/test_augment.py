@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ser_core.augment import AugmentConfig, augment_waveform, augmented_copies, copy_seed
+from ser_core.augment import AugmentConfig, augment_waveform
+from ser_core.train_data import copy_seed
 
 SR = 16000
 REPO = Path(__file__).resolve().parent.parent
@@ -304,30 +305,40 @@ def test_gain_range_is_in_decibels():
 
 
 def test_copy_seed_is_hashlib_based_and_fixed():
-    # sha256 of "base_seed \x1f utterance_id \x1f index", first 8 bytes big-endian, 63 bits.
-    assert copy_seed(0, "ravdess/03-01-05-01-01-01-12", 0) == 1890440108019999612
-    assert copy_seed(7, "utt", 2) == 3016008806714747794
+    # the trainer's (ser_core.train_data): sha256 of "seed|utterance id|copy", first 4 bytes, 31 bits;
+    # the same in every process, so a rerun finds the cached features of the same waveforms
+    assert copy_seed(0, "ravdess/03-01-05-01-01-01-12", 0) == 15113314
+    assert copy_seed(7, "utt", 2) == 978270803
     assert copy_seed(0, "a", 0) != copy_seed(0, "a", 1) != copy_seed(1, "a", 1)
     assert copy_seed(0, "a", 0) != copy_seed(0, "b", 0)
 
 
-def test_augmented_copies_are_distinct_and_independent_of_count():
+def test_augmented_copies_are_distinct_and_independent_of_count(tmp_path):
+    from ser_core.data.base import Utterance
+    from ser_core.train_data import utterance_audio, with_augmented_copies
+
+    import soundfile as sf
+
+    from ser_core.audio import load_audio
+
     x = voice()
-    three = augmented_copies(x, "spk1/utt7", 3, base_seed=11, config=ALL_ON)
-    five = augmented_copies(x, "spk1/utt7", 5, base_seed=11, config=ALL_ON)
-    assert len(three) == 3 and len(five) == 5
-    for a, b in zip(three, five):
-        assert np.array_equal(a, b)
-    for i in range(5):
-        check_safe(five[i])
-        assert np.array_equal(five[i], augment_waveform(x, copy_seed(11, "spk1/utt7", i), ALL_ON))
-        for j in range(i + 1, 5):
-            assert five[i].shape != five[j].shape or not np.allclose(five[i], five[j])
-    other = augmented_copies(x, "spk1/utt8", 1, base_seed=11, config=ALL_ON)[0]
-    assert other.shape != five[0].shape or not np.allclose(other, five[0])
-    assert augmented_copies(x, "u", 0, 0, ALL_ON) == []
-    with pytest.raises(ValueError):
-        augmented_copies(x, "u", -1, 0, ALL_ON)
+    sf.write(tmp_path / "utt7.wav", x, 16000, subtype="FLOAT")
+    x = load_audio(tmp_path / "utt7.wav")
+    utt = Utterance(id="spk1/utt7", audio=tmp_path / "utt7.wav", label="ang", speaker="spk1", transcript="",
+                    session="s1")
+    three = with_augmented_copies([utt], 3, seed=11)
+    five = with_augmented_copies([utt], 5, seed=11)
+    assert [u.id for u in five] == ["spk1/utt7"] + [f"spk1/utt7#aug{i}" for i in range(5)]
+    assert [u.meta for u in three[1:]] == [u.meta for u in five[1:4]]  # copy i: the same seed
+    waves = [utterance_audio(u) for u in five]
+    assert np.array_equal(waves[0], x)  # the original is not augmented
+    for i in range(1, 6):
+        check_safe(waves[i])
+        assert np.array_equal(waves[i], augment_waveform(x, copy_seed(11, "spk1/utt7", i - 1)))
+        for j in range(i + 1, 6):
+            assert waves[i].shape != waves[j].shape or not np.allclose(waves[i], waves[j])
+    assert with_augmented_copies([utt], 0, seed=11) == [utt]
+    assert with_augmented_copies([utt], 2, seed=11, corpora=["tess"]) == [utt]  # not one of the corpora named
 
 
 _CHILD = """
@@ -335,8 +346,9 @@ import hashlib, json, sys
 import numpy as np
 sys.path.insert(0, sys.argv[1])
 from tests.test_augment import ALL_ON, voice
-from ser_core.augment import augmented_copies, copy_seed
-copies = augmented_copies(voice(), "spk1/utt7", 3, base_seed=11, config=ALL_ON)
+from ser_core.augment import augment_waveform
+from ser_core.train_data import copy_seed
+copies = [augment_waveform(voice(), copy_seed(11, "spk1/utt7", i), ALL_ON) for i in range(3)]
 print(json.dumps({
     "seeds": [copy_seed(11, "spk1/utt7", i) for i in range(3)],
     "digests": [hashlib.sha256(c.tobytes()).hexdigest() for c in copies],
@@ -351,7 +363,7 @@ def test_augmented_copies_are_stable_across_processes():
         "seeds": [copy_seed(11, "spk1/utt7", i) for i in range(3)],
         "digests": [
             hashlib.sha256(c.tobytes()).hexdigest()
-            for c in augmented_copies(voice(), "spk1/utt7", 3, base_seed=11, config=ALL_ON)
+            for c in (augment_waveform(voice(), copy_seed(11, "spk1/utt7", i), ALL_ON) for i in range(3))
         ],
     }
     # A different hash salt in the child: Python's hash() would differ, ours must not.
@@ -401,3 +413,31 @@ def test_config_rejects_bad_values(bad):
 def test_config_from_dict_rejects_unknown_keys():
     with pytest.raises(ValueError, match="p_nosie"):
         AugmentConfig.from_dict({"p_nosie": 0.5})
+
+
+def test_augment_args_from_the_command_line_reach_every_copy(tmp_path):
+    import soundfile as sf
+
+    from ser_core.data.base import Utterance
+    from ser_core.errors import InputError
+    from ser_core.train_cli import _parse_augment_args
+    from ser_core.train_data import utterance_audio, with_augmented_copies
+
+    config = _parse_augment_args(["semitones=-4,-4", "p_pitch=1", "p_speed=0"], copies=1)
+    assert config["semitones"] == [-4.0, -4.0] and config["p_pitch"] == 1.0
+    assert AugmentConfig.from_dict(config) == AugmentConfig(semitones=(-4, -4), p_pitch=1.0, p_speed=0.0)
+    assert _parse_augment_args([], copies=0) is None
+    for items, copies, message in ((["p_pitch=0.5"], 0, "add --augment"), (["pitch"], 1, "KEY=VALUE"),
+                                   (["formant=1"], 1, "unknown"), (["p_noise=high"], 1, "not a number"),
+                                   (["semitones=-30,2"], 1, "must lie in")):
+        with pytest.raises(InputError, match=message):
+            _parse_augment_args(items, copies)
+
+    sf.write(tmp_path / "u.wav", voice(), 16000, subtype="FLOAT")
+    utt = Utterance(id="u", audio=tmp_path / "u.wav", label="sad", speaker="s", transcript="", session="s")
+    lower, plain = (with_augmented_copies([utt], 1, seed=3, config=c)[1] for c in (config, None))
+    assert lower.meta["augment"]["config"] == config and "config" not in plain.meta["augment"]
+    assert lower.meta["augment"]["seed"] == plain.meta["augment"]["seed"]  # same seed, other chain
+    a, b = utterance_audio(lower), utterance_audio(plain)
+    assert a.shape != b.shape or not np.allclose(a, b)
+    assert np.array_equal(a, utterance_audio(lower))  # reproducible

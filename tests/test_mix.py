@@ -307,6 +307,35 @@ def test_real_voices_keep_cross_carries_over_the_earlier_cross_corpus_rows(tmp_p
     assert written["cross_corpus"] == [fresh, old]  # the new row wins over the old one of its checkpoint
 
 
+def test_real_voices_cross_rows_name_their_model_and_share_the_probe_of_one_mix(tmp_path, monkeypatch):
+    """Cross-corpus runs of several models on one mix: a row per run, each with its model's name
+    and its score, beside one probe fitted once on that mix's data."""
+    from ser_core import real_voices
+
+    def meta(model, mix, ua):
+        return {"model": model, "training": {"mix": mix, "seed": 0, "split_seed": 0},
+                "metrics": {"test": {"by_corpus": {c["name"]: {"ua": ua, "wa": ua, "n": 10} for c in mix}}}}
+
+    shipped = [{"name": "ravdess", "root": "/r"}, {"name": "tess", "root": "/t"}]
+    without = [{"name": "ravdess", "root": "/r"}, {"name": "tess", "root": "/t", "test_only": True}]
+    metas = {"default": meta("ks_transformer", shipped, 0.8), "ks_x": meta("ks_transformer", without, 0.56),
+             "cat_x": meta("cat", without, 0.41)}
+    fits = []
+
+    def probe(specs, seed=0, progress=False, **kw):
+        fits.append(tuple(s.label for s in specs))
+        return {"level": 2, "C": 0.1, "test": {"by_corpus": {s.name: {"ua": 0.42, "wa": 0.42, "n": 10}
+                                                             for s in specs}}}
+
+    monkeypatch.setattr(real_voices, "read_meta", metas.__getitem__)
+    monkeypatch.setattr("ser_core.probe.run_probe", probe)
+    report = real_voices.build_report("default", ["ks_x", "cat_x"], [], log=lambda *_: None)
+    rows = report["cross_corpus"]
+    assert [(r["model_name"], r["test"], r["model"]["ua"], r["probe"]["ua"]) for r in rows] == [
+        ("ks_transformer", "tess", 0.56, 0.42), ("cat", "tess", 0.41, 0.42)]
+    assert fits.count(("ravdess", "test:tess")) == 1  # one probe for the two runs on that mix
+
+
 @pytest.mark.parametrize("name, folder", [("demo", "demo_corpus"), ("demo-calm", "demo_calm")])
 def test_evaluate_finds_the_generated_corpora_without_a_root(name, folder, tmp_path, monkeypatch):
     import argparse
