@@ -159,7 +159,7 @@ def held_out_utterances(name: str, root: str | Path, labels: list[str], meta: di
     scores them: only the model's emotions, then the corpus's speaker split (``data.mix``) with the
     checkpoint's split seed; the demo corpus keeps its own split. A corpus the run only tested on (a
     ``test:NAME`` corpus of its mix) is used whole."""
-    from .data.mix import CorpusSpec, load_spec, speaker_split, split_seed_of
+    from .data.mix import CorpusSpec, load_spec, speaker_split, split_of
 
     training = meta.get("training", {})
     utts = [u for u in load_spec(CorpusSpec(name, str(root))) if u.label in labels]
@@ -167,7 +167,7 @@ def held_out_utterances(name: str, root: str | Path, labels: list[str], meta: di
         raise InputError(f"{name}: no clip has one of the model's emotions ({', '.join(labels)}).")
     if any(m.get("name") == name and m.get("test_only") for m in training.get("mix") or []):
         return utts
-    return list(getattr(speaker_split(utts, split_seed_of(training)), split))
+    return list(getattr(speaker_split(utts, **split_of(training)), split))
 
 
 def stratified_order(utts: list, seed: int = 0) -> list:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import read_meta
-from .data.mix import SYNTHETIC, CorpusSpec, split_seed_of
+from .data.mix import SYNTHETIC, CorpusSpec, split_of, split_seed_of
 from .model_card import REAL_VOICES, trained_on
 
 
@@ -56,6 +56,7 @@ def build_report(model: str, cross: list[str], ablation: list[tuple[str, str]], 
         "by_corpus": {k: _compact(v) for k, v in by.items()},
     }
     log("probe on the shipped model's mix")
+    probe_kw = {**probe_kw, "val_size": split_of(training)["val_size"]}
     probe = run_probe(_specs(meta), seed=split_seed_of(training), progress=False, **probe_kw)
     report["probe"] = {"level": probe["level"], "C": probe["C"],
                        "by_corpus": {k: _compact(v) for k, v in probe["test"]["by_corpus"].items()}}
@@ -65,10 +66,11 @@ def build_report(model: str, cross: list[str], ablation: list[tuple[str, str]], 
         m = read_meta(path)
         specs = _specs(m)
         for spec in (s for s in specs if s.test_only):
-            key = (tuple(specs), split_seed_of(m["training"]))
+            key = (tuple(specs), split_seed_of(m["training"]), split_of(m["training"])["val_size"])
             if key not in cross_probes:
                 log(f"probe without {spec.name}")
-                cross_probes[key] = run_probe(specs, seed=key[1], progress=False, **probe_kw)
+                cross_probes[key] = run_probe(specs, seed=key[1], progress=False,
+                                              **{**probe_kw, "val_size": key[2]})
             p = cross_probes[key]
             tests = m["metrics"]["test"].get("by_corpus") or {spec.name: m["metrics"]["test"]}
             ptests = p["test"].get("by_corpus") or {spec.name: p["test"]}

@@ -12,7 +12,7 @@ from . import metrics
 from .checkpoint import load_checkpoint
 from .data import load_corpus
 from .data.base import Utterance
-from .data.mix import corpus_of, split_seed_of
+from .data.mix import VAL_SHARE, corpus_of, split_of
 from .errors import InputError
 from .features import FeatureExtractor, Features
 from .models.base import collate_batch
@@ -72,12 +72,13 @@ def evaluate(checkpoint: str, corpus: str, root: str, protocol: str = "predefine
     model, meta = load_checkpoint(checkpoint, device=dev)
     labels = list(meta["config"]["labels"])
     utts = load_corpus(corpus, root)
-    seed = 0
+    seed, val_share = 0, VAL_SHARE
     if protocol == "speakers":  # the held-out speakers of the mix the checkpoint was trained on:
         # split as mixed_fold does (only the model's labels, its split seed)
         utts = [u for u in utts if u.label in labels]
-        seed = split_seed_of(meta.get("training", {}))
-    folds = list(_folds(protocol, utts, seed))
+        held = split_of(meta.get("training", {}))
+        seed, val_share = held["seed"], held["val_size"]
+    folds = list(_folds(protocol, utts, seed, val_share))
     if not folds:
         raise InputError(f"Protocol {protocol!r} gave no folds for this corpus.")
     if not 0 <= fold < len(folds):

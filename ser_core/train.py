@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from . import metrics
 from .checkpoint import load_checkpoint, read_meta, save_checkpoint
-from .data.mix import SPLIT_SEED, balance_weights
+from .data.mix import SPLIT_SEED, VAL_SHARE, balance_weights
 from .errors import InputError
 from .features import FeatureExtractor, atomic_write
 from .models import build_model
@@ -63,6 +63,7 @@ class TrainConfig:
     dropout: float | None = None
     seed: int = 0  # the initialisation, each epoch's items, dropout: never which speakers are held out
     split_seed: int = SPLIT_SEED  # draws the speaker split of a corpus without its own (data/mix.py)
+    val_share: float = VAL_SHARE  # of a corpus's non-test speakers, held out for validation (the same)
     out: str = "checkpoints/model.safetensors"
     run_dir: str | None = None
     resume: bool = False

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .corpus_choice import parse_shares
-from .data.mix import SPLIT_SEED, corpus_specs
+from .data.mix import SPLIT_SEED, VAL_SHARE, corpus_specs
 from .errors import InputError
 from .scoring import evaluate
 from .train import PRESETS, Stopped, TrainConfig, train
@@ -71,6 +71,9 @@ def add_cli(subparsers) -> None:
     p.add_argument("--split-seed", type=int, default=SPLIT_SEED,
                    help="draws the held-out speakers of a corpus without its own split (default 0, as "
                         "every shipped model; fine-tuning needs its checkpoint's)")
+    p.add_argument("--val-share", type=float, default=VAL_SHARE,
+                   help="share of a corpus's non-test speakers held out for validation (default 0.15, as "
+                        "every shipped model; the test speakers do not change with it)")
     p.add_argument("--out", default="checkpoints/model.safetensors")
     p.add_argument("--run-dir", default=None, help="metrics.jsonl and resume state (default: beside --out)")
     p.add_argument("--resume", action="store_true")
@@ -166,6 +169,13 @@ def _parse_range(text: str | None, model: str) -> tuple[float, float] | None:
     return lo, hi
 
 
+def _val_share(share: float) -> float:
+    if not 0 < share < 0.8:
+        raise InputError(f"--val-share {share:g}: hold out more than 0 and less than 0.8 of the speakers "
+                         "for validation.")
+    return share
+
+
 def _parse_augment_args(items: list[str], copies: int) -> dict[str, Any] | None:
     """``--augment-arg KEY=VALUE`` → AugmentConfig overrides (a pair as ``lo,hi``), checked at once."""
     from .augment import AugmentConfig
@@ -206,7 +216,8 @@ def _train_cli(args: argparse.Namespace) -> int:
         leave_out_conflicts=args.leave_out_conflicts,
         model=args.model,
         fold=args.fold, preset=args.preset, epochs=args.epochs, batch_size=args.batch_size,
-        lr=args.lr, dropout=args.dropout, seed=args.seed, split_seed=args.split_seed, out=args.out, run_dir=args.run_dir,
+        lr=args.lr, dropout=args.dropout, seed=args.seed, split_seed=args.split_seed,
+        val_share=_val_share(args.val_share), out=args.out, run_dir=args.run_dir,
         resume=args.resume, max_utterances=args.max_utterances, device=args.device,
         half=args.half, model_args=_parse_model_args(args.model_arg), init_from=args.init_from,
         max_seconds=args.max_seconds or None, state_every=args.state_every, sec_encoder=args.sec_encoder,

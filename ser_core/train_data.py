@@ -21,7 +21,8 @@ from tqdm import tqdm
 from .audio import load_audio
 from .data import load_corpus, protocols
 from .data.base import Utterance
-from .data.mix import ROOTLESS, DEFAULT_CLASSES, CorpusSpec, corpus_of, mixed_fold, speaker_split, split_seed_of
+from .data.mix import (ROOTLESS, DEFAULT_CLASSES, VAL_SHARE, CorpusSpec, corpus_of, mixed_fold, speaker_split,
+                       split_of, split_seed_of)
 from .errors import InputError
 from .features import EXTRAS, FeatureExtractor, Features
 from .models.base import feature_extras, model_inputs
@@ -32,14 +33,15 @@ if TYPE_CHECKING:
 def load_fold(cfg: TrainConfig) -> protocols.Fold:
     if cfg.mix:
         return mixed_fold([CorpusSpec(**spec) for spec in cfg.mix],
-                          tuple(cfg.classes or DEFAULT_CLASSES), cfg.split_seed)
+                          tuple(cfg.classes or DEFAULT_CLASSES), cfg.split_seed,
+                          cfg.val_share)
     utts = load_corpus(cfg.corpus, cfg.root)
     if cfg.max_utterances:
         rng = random.Random(cfg.split_seed)
         utts = list(utts)
         rng.shuffle(utts)
         utts = utts[: cfg.max_utterances]
-    folds = list(_folds(cfg.protocol, utts, cfg.split_seed))
+    folds = list(_folds(cfg.protocol, utts, cfg.split_seed, cfg.val_share))
     if not folds:
         raise InputError(f"protocol {cfg.protocol!r} gave no folds for this corpus")
     if cfg.fold >= len(folds):
@@ -51,15 +53,15 @@ def _held_out_by(training: dict) -> dict[str, tuple]:
     """How a run (a TrainConfig as a dict, or a checkpoint meta's ``training``) held out the voices
     of each real corpus it read: ``{corpus: ("test only",)}`` for a corpus it only tested on, else
     the split that chose its test speakers. The generated corpora keep their own split."""
-    seed = split_seed_of(training)
+    seed, val = split_seed_of(training), split_of(training)["val_size"]
     if training.get("mix"):
-        return {m["name"]: ("test only",) if m.get("test_only") else ("mix", seed)
+        return {m["name"]: ("test only",) if m.get("test_only") else ("mix", seed, val)
                 for m in training["mix"] if m["name"] not in ROOTLESS}
     corpus = training.get("corpus")
     if not corpus or corpus in ROOTLESS or corpus == "manifest":
         return {}
     protocol = training.get("protocol", "predefined")
-    return {corpus: ("test only",) if protocol == "all" else (protocol, training.get("fold", 0), seed)}
+    return {corpus: ("test only",) if protocol == "all" else (protocol, training.get("fold", 0), seed, val)}
 
 
 def split_clash(cfg: TrainConfig, source_training: dict) -> str | None:
@@ -75,13 +77,16 @@ def split_clash(cfg: TrainConfig, source_training: dict) -> str | None:
             return (f"the checkpoint it starts from was trained on {corpus}, and this run tests on every "
                     f"{corpus} clip: its scores would count voices the model has heard. Start from a "
                     f"checkpoint that never trained on {corpus}")
+        split = split_of(source_training)
         return (f"this run splits {corpus}'s speakers differently from the run that trained the checkpoint "
-                f"it starts from, so some of its test speakers were that model's training speakers. Keep "
-                f"the checkpoint's split (split seed {split_seed_of(source_training)})")
+                f"it starts from, so some of its validation or test speakers were that model's training "
+                f"speakers. Keep the checkpoint's split (split seed {split['seed']}, validation share "
+                f"{split['val_size']:g})")
     return None
 
 
-def _folds(protocol: str, utts: list[Utterance], seed: int) -> Iterable[protocols.Fold]:
+def _folds(protocol: str, utts: list[Utterance], seed: int,
+           val_share: float = VAL_SHARE) -> Iterable[protocols.Fold]:
     if protocol == "predefined":
         return protocols.predefined_split(utts)
     if protocol in ("loso", "leave-one-session-out"):
@@ -91,7 +96,7 @@ def _folds(protocol: str, utts: list[Utterance], seed: int) -> Iterable[protocol
     if protocol in ("random", "stratified"):
         return protocols.stratified_split(utts, seed=seed)
     if protocol == "speakers":  # the per-corpus speaker-independent split a mix uses
-        return [speaker_split(utts, seed)]
+        return [speaker_split(utts, seed, val_size=val_share)]
     if protocol == "all":  # every utterance is test data (a corpus never trained on)
         return [protocols.Fold("all", (), (), tuple(utts))]
     raise InputError(f"unknown protocol {protocol!r}")

@@ -76,3 +76,27 @@ def test_the_trainer_refuses_it_before_computing_any_feature(tmp_path):
     with pytest.raises(InputError, match="cannot start this run"):  # the corpora do not even exist
         train(run, progress=False, log=lambda *_: None)
     assert not (tmp_path / "new.safetensors").exists()
+
+
+def test_a_larger_validation_share_holds_out_more_voices_and_never_moves_the_test_ones(tmp_path):
+    from pathlib import Path
+
+    from ser_core.data.base import Utterance
+    from ser_core.data.mix import speaker_split
+    from ser_core.train_cli import _val_share
+
+    utts = [Utterance(id=f"a{s}_{l}_{i}", audio=Path("x.wav"), label=l, speaker=f"a{s:02d}", transcript="",
+                      session="s") for s in range(20) for l in ("ang", "hap", "neu", "sad") for i in range(2)]
+    usual, wider = speaker_split(utts, 0), speaker_split(utts, 0, val_size=0.3)
+    assert [u.id for u in usual.test] == [u.id for u in wider.test]
+    voices = {name: {u.speaker for u in fold.val} for name, fold in (("usual", usual), ("wider", wider))}
+    assert len(voices["wider"]) > len(voices["usual"]) >= 2
+    assert voices["wider"].isdisjoint({u.speaker for u in wider.train})
+    # a checkpoint split with the usual share cannot start a run validated on some of its training voices
+    rav, tes = tmp_path / "rav", tmp_path / "tess"
+    shipped = {"mix": _mix(rav, tes), "seed": 0}  # no val_share in its meta: the usual 0.15
+    assert split_clash(TrainConfig(corpus="mix", mix=_mix(rav, tes)), shipped) is None
+    why = split_clash(TrainConfig(corpus="mix", mix=_mix(rav, tes), val_share=0.3), shipped)
+    assert "validation or test speakers" in why and "validation share 0.15" in why
+    with pytest.raises(InputError, match="less than 0.8"):
+        _val_share(0.9)

@@ -50,6 +50,9 @@ SYNTHETIC = ROOTLESS
 
 #: the seed of the speaker split every shipped model and every run uses unless told otherwise
 SPLIT_SEED = 0
+#: the share of a corpus's non-test speakers (two-speaker corpora: of the training voice's clips)
+#: held out for validation, unless a run asks for another (``--val-share``)
+VAL_SHARE = 0.15
 
 
 def split_seed_of(training: dict) -> int:
@@ -57,6 +60,12 @@ def split_seed_of(training: dict) -> int:
     ``split_seed``; a checkpoint written before the split had its own seed was split by its
     training ``seed``."""
     return int(training.get("split_seed", training.get("seed", SPLIT_SEED)))
+
+
+def split_of(training: dict) -> dict:
+    """:func:`speaker_split`'s settings for a checkpoint's meta ``training``: its split seed and
+    its validation share."""
+    return {"seed": split_seed_of(training), "val_size": float(training.get("val_share") or VAL_SHARE)}
 
 
 @dataclass(frozen=True)
@@ -132,7 +141,7 @@ def load_spec(spec: CorpusSpec) -> list[Utterance]:
 
 
 def speaker_split(utts: Sequence[Utterance], seed: int = 0, test_size: float = 0.2,
-                  val_size: float = 0.15) -> protocols.Fold:
+                  val_size: float = VAL_SHARE) -> protocols.Fold:
     """The ``speakers`` protocol: test voices never heard in training (see the module docstring)."""
     utts = list(utts)
     if not utts:
@@ -166,7 +175,7 @@ def tag(utt: Utterance, corpus: str) -> Utterance:
 
 
 def mixed_fold(specs: Sequence[CorpusSpec], classes: Sequence[str] = DEFAULT_CLASSES,
-               seed: int = 0) -> protocols.Fold:
+               seed: int = 0, val_size: float = VAL_SHARE) -> protocols.Fold:
     """One fold over every corpus of the mix (each split on its own, then joined)."""
     keep = set(classes)
     parts: dict[str, list[Utterance]] = {"train": [], "val": [], "test": []}
@@ -177,7 +186,7 @@ def mixed_fold(specs: Sequence[CorpusSpec], classes: Sequence[str] = DEFAULT_CLA
         if spec.test_only:
             parts["test"] += utts
             continue
-        fold = speaker_split(utts, seed)
+        fold = speaker_split(utts, seed, val_size=val_size)
         for part in parts:
             parts[part] += getattr(fold, part)
     name = "+".join(s.label for s in specs)
