@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import read_meta
-from .data.mix import SYNTHETIC, CorpusSpec, split_of, split_seed_of
+from .data.mix import SYNTHETIC, CorpusSpec, split_of
 from .model_card import REAL_VOICES, trained_on
 
 
@@ -56,8 +56,7 @@ def build_report(model: str, cross: list[str], ablation: list[tuple[str, str]], 
         "by_corpus": {k: _compact(v) for k, v in by.items()},
     }
     log("probe on the shipped model's mix")
-    probe_kw = {**probe_kw, "val_size": split_of(training)["val_size"]}
-    probe = run_probe(_specs(meta), seed=split_seed_of(training), progress=False, **probe_kw)
+    probe = run_probe(_specs(meta), progress=False, **split_of(training), **probe_kw)
     report["probe"] = {"level": probe["level"], "C": probe["C"],
                        "by_corpus": {k: _compact(v) for k, v in probe["test"]["by_corpus"].items()}}
     report["cross_corpus"] = []
@@ -66,11 +65,11 @@ def build_report(model: str, cross: list[str], ablation: list[tuple[str, str]], 
         m = read_meta(path)
         specs = _specs(m)
         for spec in (s for s in specs if s.test_only):
-            key = (tuple(specs), split_seed_of(m["training"]), split_of(m["training"])["val_size"])
+            split = split_of(m["training"])
+            key = (tuple(specs), *split.values())
             if key not in cross_probes:
                 log(f"probe without {spec.name}")
-                cross_probes[key] = run_probe(specs, seed=key[1], progress=False,
-                                              **{**probe_kw, "val_size": key[2]})
+                cross_probes[key] = run_probe(specs, progress=False, **split, **probe_kw)
             p = cross_probes[key]
             tests = m["metrics"]["test"].get("by_corpus") or {spec.name: m["metrics"]["test"]}
             ptests = p["test"].get("by_corpus") or {spec.name: p["test"]}
@@ -93,7 +92,7 @@ def build_report(model: str, cross: list[str], ablation: list[tuple[str, str]], 
         if not specs or (kw and not kw["augment_copies"]):
             continue
         log(setting)
-        p = run_probe(specs, seed=split_seed_of(training), progress=False, **probe_kw, **kw)
+        p = run_probe(specs, progress=False, **split_of(training), **probe_kw, **kw)
         report["probe_ablation"].append({"setting": setting, "by_corpus": {
             k: _compact(v) for k, v in (p["test"].get("by_corpus") or {specs[0].name: p["test"]}).items()}})
     report["ablation"] = [{"setting": f"shipped: real corpora + {synthetic}, augmented",

@@ -20,7 +20,6 @@ says where each did. Batch-norm statistics, where a model has them, are averaged
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -52,14 +51,11 @@ def check_ingredients(metas: list[dict[str, Any]], names: list[str]) -> None:
                              "mean other things.")
         if meta["config"].get("labels") != first["config"].get("labels"):
             raise InputError(f"{name} answers with other emotions than {names[0]}.")
-        if not (meta.get("training") or {}).get("mix") and not (first.get("training") or {}).get("mix"):
+        if not _corpora(meta) and not _corpora(first):
             continue
-        if [m["name"] for m in meta["training"].get("mix") or []] != [m["name"] for m in first["training"].get("mix") or []]:
+        if _corpora(meta) != _corpora(first):
             raise InputError(f"{name} was trained on other corpora than {names[0]}: their validation parts differ.")
-        own = TrainConfig(**{f.name: meta["training"][f.name] for f in dataclasses.fields(TrainConfig)
-                             if f.name in meta["training"]})
-        why = split_clash(dataclasses.replace(own, split_seed=_split_seed(meta)), first["training"])
-        if why:
+        if split_clash(TrainConfig.from_meta(meta["training"]), first["training"]):
             raise InputError(f"{name} and {names[0]} held out other speakers; averaging them would judge the "
                              f"soup on voices one of them trained on.")
 
@@ -70,10 +66,8 @@ def _encoders(meta: dict[str, Any]) -> tuple:
     return tuple(enc.get(k) for k in ("speech", "text", "sec"))
 
 
-def _split_seed(meta: dict[str, Any]) -> int:
-    from .data.mix import split_seed_of
-
-    return split_seed_of(meta.get("training") or {})
+def _corpora(meta: dict[str, Any]) -> list[str]:
+    return [m["name"] for m in (meta.get("training") or {}).get("mix") or []]
 
 
 def average_weights(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -102,9 +96,7 @@ class _Judge:
         from .train import TrainConfig
         from .train_data import extract_all, load_fold
 
-        training = meta["training"]
-        cfg = TrainConfig(**{f.name: training[f.name] for f in dataclasses.fields(TrainConfig) if f.name in training})
-        self.fold = load_fold(dataclasses.replace(cfg, split_seed=_split_seed(meta)))
+        self.fold = load_fold(TrainConfig.from_meta(meta["training"]))
         self.labels = list(meta["config"]["labels"])
         self.judge = judge
         self.device = device

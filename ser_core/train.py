@@ -20,7 +20,7 @@ import os
 import random
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from . import metrics
 from .checkpoint import load_checkpoint, read_meta, save_checkpoint
-from .data.mix import SPLIT_SEED, VAL_SHARE, balance_weights
+from .data.mix import SPLIT_SEED, VAL_SHARE, balance_weights, split_seed_of
 from .errors import InputError
 from .features import FeatureExtractor, atomic_write
 from .models import build_model
@@ -100,6 +100,13 @@ class TrainConfig:
     # leave out of training the items whose words say another emotion than their label (the demo
     # corpus's ``conflict`` column: there the label follows the voice); validation and test keep them
     leave_out_conflicts: bool = False
+
+    @classmethod
+    def from_meta(cls, training: dict[str, Any]) -> "TrainConfig":
+        """The settings a checkpoint's meta ``training`` records (its other entries, such as
+        ``hyper`` or ``sizes``, left out), split as that run was split (:func:`split_seed_of`)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{**{k: v for k, v in training.items() if k in known}, "split_seed": split_seed_of(training)})
 
     def hyper(self) -> dict[str, Any]:
         h = dict(PRESETS[self.preset])

@@ -22,7 +22,7 @@ from .audio import load_audio
 from .data import load_corpus, protocols
 from .data.base import Utterance
 from .data.mix import (ROOTLESS, DEFAULT_CLASSES, VAL_SHARE, CorpusSpec, corpus_of, mixed_fold, speaker_split,
-                       split_of, split_seed_of)
+                       split_of)
 from .errors import InputError
 from .features import EXTRAS, FeatureExtractor, Features
 from .models.base import feature_extras, model_inputs
@@ -53,7 +53,7 @@ def _held_out_by(training: dict) -> dict[str, tuple]:
     """How a run (a TrainConfig as a dict, or a checkpoint meta's ``training``) held out the voices
     of each real corpus it read: ``{corpus: ("test only",)}`` for a corpus it only tested on, else
     the split that chose its test speakers. The generated corpora keep their own split."""
-    seed, val = split_seed_of(training), split_of(training)["val_size"]
+    seed, val = split_of(training).values()
     if training.get("mix"):
         return {m["name"]: ("test only",) if m.get("test_only") else ("mix", seed, val)
                 for m in training["mix"] if m["name"] not in ROOTLESS}
@@ -61,7 +61,17 @@ def _held_out_by(training: dict) -> dict[str, tuple]:
     if not corpus or corpus in ROOTLESS or corpus == "manifest":
         return {}
     protocol = training.get("protocol", "predefined")
-    return {corpus: ("test only",) if protocol == "all" else (protocol, training.get("fold", 0), seed, val)}
+    # a checkpoint's meta names its fold ("Session1"), a run numbers it: only numbers can be compared
+    fold = training.get("fold", 0) if isinstance(training.get("fold", 0), int) else None
+    return {corpus: ("test only",) if protocol == "all" else (protocol, seed, val, fold)}
+
+
+def _same_split(a: tuple, b: tuple) -> bool:
+    """Two ``_held_out_by`` entries that hold out the same voices (a fold known on one side only
+    is taken as the same)."""
+    if len(a) == len(b) == 4 and None in (a[3], b[3]):
+        return a[:3] == b[:3]
+    return a == b
 
 
 def split_clash(cfg: TrainConfig, source_training: dict) -> str | None:
@@ -71,7 +81,7 @@ def split_clash(cfg: TrainConfig, source_training: dict) -> str | None:
     protocol), or tests on the whole of it."""
     source = {c: how for c, how in _held_out_by(source_training).items() if how != ("test only",)}
     for corpus, how in _held_out_by(dataclasses.asdict(cfg)).items():
-        if corpus not in source or how == source[corpus]:
+        if corpus not in source or _same_split(how, source[corpus]):
             continue
         if how == ("test only",):
             return (f"the checkpoint it starts from was trained on {corpus}, and this run tests on every "

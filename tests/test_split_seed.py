@@ -100,3 +100,10 @@ def test_a_larger_validation_share_holds_out_more_voices_and_never_moves_the_tes
     assert "validation or test speakers" in why and "validation share 0.15" in why
     with pytest.raises(InputError, match="less than 0.8"):
         _val_share(0.9)
+
+
+def test_a_checkpoint_of_one_corpus_with_its_fold_named_is_not_refused(tmp_path):
+    # the trainer's meta stores the fold's name ("Session1"), a run its number
+    run = TrainConfig(corpus="iemocap", root=str(tmp_path), protocol="loso", fold=0)
+    assert split_clash(run, {"corpus": "iemocap", "protocol": "loso", "fold": "Session1", "seed": 0}) is None
+    assert "differently" in split_clash(run, {"corpus": "iemocap", "protocol": "lospk", "fold": "Ses01F", "seed": 0})
