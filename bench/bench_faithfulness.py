@@ -13,10 +13,12 @@ already computed (what the page has after **Analyze**):
     ranking (reusing the first step's removals).
 Target (issue 11): the deletion test ≤ 2 s for a 10 s clip on CPU.
 
-Measured 2026-12-04 (2 cores, idle): model 40 ms; attention vs random first 0.86 s; the whole test
-4.05 s, of which Integrated Gradients 2.2 s (16 Gauss–Legendre steps, one batch), gradient × input
-0.3 s, rollout 0.1 s and the ~54 removal runs 1.7 s. Fewer IG steps were measured and not taken: on
-16 clips (10 demo test, 6 RAVDESS) with the default, 8 steps instead of 16 gave the same top 20 %
+Measured 2026-12-04 (2 cores, idle, --runs 5, both files in one sitting): the default before
+(Whisper's 50 frames a second) model 49 ms, attention vs random first 0.90 s, the whole test 4.36 s
+(Integrated Gradients 2.15 s, gradient × input 0.38 s); the default since then (``audio_pool`` 2:
+frames averaged in pairs, 250 model frames for 10 s) model 23 ms, first 0.45 s, **the whole test
+1.76 s** (IG 0.80 s, gradient × input 0.20 s, 51 model runs). IG keeps its 16 steps: on 16 clips
+(10 demo test, 6 RAVDESS) with the 50-frame default, 8 steps instead of 16 gave the same top 20 %
 of words as 64 steps (97 % of frames) but a completeness gap |Σ IG − (f(x) − f(0))| of 0.205 on
 average, against 0.123 at 16 and 0.064 at 64: the attribution the page shows would no longer add up.
 """
@@ -59,8 +61,12 @@ def main() -> None:
         audio = load_audio(ten_second_clip(Path(tmp)))
     analyzer = Analyzer(args.checkpoint, device="cpu", disk_cache=False)
     base = analyzer.analyze(audio)  # features computed once; every row below starts from them
+    from ser_core.attribution import model_adapter
+
+    frames = model_adapter(analyzer.model, base.features).n_frames  # what the model reads (KS: audio_pool)
     print(f"checkpoint {Path(args.checkpoint).name} · clip {base.features.duration:.1f} s · "
-          f"{len(base.features.words)} words · {len(base.features.frame_times)} speech frames")
+          f"{len(base.features.words)} words · {len(base.features.frame_times)} Whisper frames, "
+          f"{frames} model frames")
 
     rows: dict[str, list[float]] = {"model alone": [], "deletion test, first call": [],
                                     "Integrated Gradients alone": [], "gradient × input alone": [],

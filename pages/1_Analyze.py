@@ -174,67 +174,74 @@ def explore():
                            f"{stem}_trace.json", "application/json", on_click="ignore")
 
     with st.expander("Is this faithful? (deletion test)", expanded=False):
-        st.caption(
-            "If this layer's attention shows what the model relies on, removing the words or speech frames "
-            "it ranks highest should lower the prediction more than removing random ones. The test removes "
-            "the top 10–50 % (as if they were padding) and runs the model again; it does the same for "
-            "Integrated Gradients, gradient × input and attention rollout."
-        )
-        too_long = limits.too_long_to_explain(feats.duration)
-        if too_long:
-            st.info(too_long)
-        elif st.toggle("Run the deletion test", key="analyze_faithful",
-                       help="Re-runs the model about 50 times on the cached features: attention against random "
-                            "first (1–2 s on a 10 s clip), then the gradient attributions (about 5 s more)."):
-            sentence_box, curves_box, pending = st.empty(), st.empty(), st.empty()
+        faithfulness_view(analysis, layer, feats)
 
-            def show(test, stage):
-                sentence_box.markdown(test.sentence())
-                tested = list(test.axes)
-                with curves_box.container():
-                    for column, axis in zip(st.columns(max(len(tested), 1)), tested):
-                        curves = {c.ranking: (c.shares, c.probs) for c in test.curves if c.axis == axis}
-                        unit = AXIS_NAMES.get(test.axes[axis].kind, "speech frames")
-                        column.plotly_chart(viz.deletion_curves_figure(curves, test.p_orig, test.emotion, unit,
-                                                                       test.aopc(axis)),
-                                            width="stretch", key=f"deletion_{axis}_{stage}")
 
-            try:
-                # 1. attention against random: the sentence's answer, from a dozen model runs
-                quick = ui.run_queued(lambda should_stop: analysis.deletion_test(layer=layer, rankings=QUICK_RANKINGS))
-                if quick.attention_layers:
-                    show(quick, "quick")
-                    pending.caption("Integrated Gradients, gradient × input and attention rollout are being added…")
+# Inside the expander, a fragment of its own: the toggle and the test re-run (and the browser redraws)
+# only this part, not the maps above it.
+@st.fragment
+def faithfulness_view(analysis, layer, feats):
+    st.caption(
+        "If this layer's attention shows what the model relies on, removing the words or speech frames "
+        "it ranks highest should lower the prediction more than removing random ones. The test removes "
+        "the top 10–50 % (as if they were padding) and runs the model again; it does the same for "
+        "Integrated Gradients, gradient × input and attention rollout."
+    )
+    too_long = limits.too_long_to_explain(feats.duration)
+    if too_long:
+        st.info(too_long)
+    elif st.toggle("Run the deletion test", key="analyze_faithful",
+                   help="Re-runs the model about 50 times on the cached features: attention against random "
+                        "first (about a second on a 10 s clip), then the gradient attributions (2–3 s more)."):
+        sentence_box, curves_box, pending = st.empty(), st.empty(), st.empty()
 
-                # 2. every ranking (the removals of step 1 are reused), and the words' IG scores
-                def deletion_and_words(should_stop):  # in the shared line of analyses, like an analysis
-                    test = analysis.deletion_test(layer=layer)
-                    words = (analysis.attribution("integrated_gradients")["words"]
-                             if "words" in test.axes and not should_stop() else None)
-                    return test, words
+        def show(test, stage):
+            sentence_box.markdown(test.sentence())
+            tested = list(test.axes)
+            with curves_box.container():
+                for column, axis in zip(st.columns(max(len(tested), 1)), tested):
+                    curves = {c.ranking: (c.shares, c.probs) for c in test.curves if c.axis == axis}
+                    unit = AXIS_NAMES.get(test.axes[axis].kind, "speech frames")
+                    column.plotly_chart(viz.deletion_curves_figure(curves, test.p_orig, test.emotion, unit,
+                                                                   test.aopc(axis)),
+                                        width="stretch", key=f"deletion_{axis}_{stage}")
 
-                deletion, ig_words = ui.run_queued(
-                    deletion_and_words, spinner="Removing words and frames and re-running the model…")
-            except Exception as exc:  # a message, never a traceback
-                ui.show_error(exc)
-            else:
-                pending.empty()
-                show(deletion, "full")
-                if ig_words is not None and len(ig_words) == len(feats.words):
-                    st.markdown("**Words by Integrated Gradients** (shade = how much the word raises the "
-                                f"probability of {deletion.emotion}; words that lower it stay pale)")
-                    st.html(viz.word_importance_html(feats.words, ig_words))
-                used = ", ".join(f"{a}: `{name}`" for a, name in deletion.attention_layers.items())
-                st.caption(
-                    (f"Attention ranking from {used} (kept keys first, then by key score). " if used else
-                     "This model's attention does not rank whole words or frames: no attention line. ")
-                    + "AOPC = mean drop of the probability over the five steps (higher = the ranking found "
-                    "what the model needs). Removed positions become padding in the model's input batch; "
-                    f"{quick.forward_items + deletion.forward_items} model runs in "
-                    f"{quick.seconds + deletion.seconds:.1f} s"
-                    + (f" (attention against random, shown first: {quick.forward_items} runs in {quick.seconds:.1f} s)."
-                       if quick.attention_layers else ".")
-                )
+        try:
+            # 1. attention against random: the sentence's answer, from a dozen model runs
+            quick = ui.run_queued(lambda should_stop: analysis.deletion_test(layer=layer, rankings=QUICK_RANKINGS))
+            if quick.attention_layers:
+                show(quick, "quick")
+                pending.caption("Integrated Gradients, gradient × input and attention rollout are being added…")
+
+            # 2. every ranking (the removals of step 1 are reused), and the words' IG scores
+            def deletion_and_words(should_stop):  # in the shared line of analyses, like an analysis
+                test = analysis.deletion_test(layer=layer)
+                words = (analysis.attribution("integrated_gradients")["words"]
+                         if "words" in test.axes and not should_stop() else None)
+                return test, words
+
+            deletion, ig_words = ui.run_queued(
+                deletion_and_words, spinner="Removing words and frames and re-running the model…")
+        except Exception as exc:  # a message, never a traceback
+            ui.show_error(exc)
+        else:
+            pending.empty()
+            show(deletion, "full")
+            if ig_words is not None and len(ig_words) == len(feats.words):
+                st.markdown("**Words by Integrated Gradients** (shade = how much the word raises the "
+                            f"probability of {deletion.emotion}; words that lower it stay pale)")
+                st.html(viz.word_importance_html(feats.words, ig_words))
+            used = ", ".join(f"{a}: `{name}`" for a, name in deletion.attention_layers.items())
+            st.caption(
+                (f"Attention ranking from {used} (kept keys first, then by key score). " if used else
+                 "This model's attention does not rank whole words or frames: no attention line. ")
+                + "AOPC = mean drop of the probability over the five steps (higher = the ranking found "
+                "what the model needs). Removed positions become padding in the model's input batch; "
+                f"{quick.forward_items + deletion.forward_items} model runs in "
+                f"{quick.seconds + deletion.seconds:.1f} s"
+                + (f" (attention against random, shown first: {quick.forward_items} runs in {quick.seconds:.1f} s)."
+                   if quick.attention_layers else ".")
+            )
 
 
 explore()

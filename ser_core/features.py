@@ -28,6 +28,7 @@ the same cache file:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -460,6 +461,39 @@ def collate_speech_text(
         "text": words.to(device),
         "text_mask": text_mask.to(device),
     }
+
+
+def pooled_speech(feats: Features, factor: int) -> Features:
+    """``feats`` with its speech frames averaged in consecutive groups of ``factor`` (the last
+    group may be shorter): every layer's states, and the frame times (each group's mean). A
+    model that reads 25 frames a second instead of Whisper's 50 sees half the positions.
+    factor 1 returns ``feats`` itself."""
+    if factor <= 1:
+        return feats
+    speech = np.asarray(feats.speech, dtype=np.float32)
+    L, T, D = speech.shape
+    n = -(-T // factor)
+    padded = np.zeros((L, n * factor, D), dtype=np.float32)
+    padded[:, :T] = speech
+    counts = np.full(n, factor, dtype=np.float32)
+    counts[-1] = T - (n - 1) * factor
+    pooled = padded.reshape(L, n, factor, D).sum(axis=2) / counts[None, :, None]
+    times = np.zeros(n * factor)
+    times[:T] = feats.frame_times
+    times = times.reshape(n, factor).sum(axis=1) / counts
+    return dataclasses.replace(feats, speech=pooled.astype(feats.speech.dtype), frame_times=times.astype(np.float32))
+
+
+def pooled_axis(labels: AxisLabels, factor: int) -> AxisLabels:
+    """Frame labels for groups of ``factor`` frames (as :func:`pooled_speech` makes them): each
+    group spans its first frame's start to its last frame's end."""
+    if factor <= 1:
+        return labels
+    start, end = np.asarray(labels.start), np.asarray(labels.end)
+    first = np.arange(0, len(start), factor)
+    last = np.minimum(first + factor - 1, len(start) - 1)
+    return AxisLabels(kind=labels.kind, names=[f"{(start[i] + end[j]) / 2:.2f} s" for i, j in zip(first, last)],
+                      start=start[first], end=end[last])
 
 
 def speech_text_axis_labels(feats: Features) -> dict[str, AxisLabels]:

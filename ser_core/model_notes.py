@@ -78,6 +78,9 @@ SETTINGS = [
     ("heads", "Attention heads", str, "Attention patterns computed side by side in each attention layer."),
     ("feature_layers", "Layers per input", str, "Transformer layers that first process the voice and the "
                                                  "words separately."),
+    ("audio_pool", "Speech moments per second", lambda v: f"{50 // max(int(v), 1)}",
+     "How often the model looks at the voice: Whisper describes it 50 times a second, and the model may "
+     "average neighbours (25: each moment on the maps is 40 ms, and the model does about half the work)."),
     ("ccab_layers", "Cross-attention blocks", str, "Blocks in which the voice looks at the words and the "
                                                     "words at the voice."),
     ("fusion_layers", "Fusion layers", str, "Layers that mix the two streams before the decision."),

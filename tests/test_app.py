@@ -239,6 +239,11 @@ def test_models_page_lists_every_checkpoint_with_size_cost_and_scores():
         assert shown["model"] == r.get("model_name", "ks_transformer") and shown["tested on"] == r["test"].upper()
         assert shown["model UA %"] == f"{100 * r['model']['ua']:.1f}"
         assert shown["linear probe UA %"] == f"{100 * r['probe']['ua']:.1f}"
+    # the default's card explains how often it looks at the voice (Whisper's frames averaged in pairs)
+    rows = [t.value[t.value["setting"] == "Speech moments per second"]["value"].tolist()
+            for t in at.table if "setting" in t.value.columns]
+    pooled = [path for path in shipped if read_meta(path)["config"].get("audio_pool") == 2]
+    assert CHECKPOINT in pooled and sorted(r for r in rows if r) == [["25"]] * len(pooled)
 
 
 MESM_CHECKPOINT = REPO / "checkpoints" / "mesm_demo.safetensors"

@@ -247,3 +247,64 @@ def test_too_long_audio_raises_input_error():
     m = small_model(audio_max_len=20)
     with pytest.raises(InputError, match="too long"):
         m(make_batch([25], [2]))
+
+
+# ------------------------------------------------------------------ frames averaged in groups
+
+
+def _features(T: int, n_words: int = 3, seed: int = 0):
+    from ser_core.asr import Word
+    from ser_core.features import Features
+
+    rng = np.random.default_rng(seed)
+    words = [Word(f"w{i}", 0.3 * i, 0.3 * i + 0.25) for i in range(n_words)]
+    return Features(key=f"f{seed}", audio=np.zeros(int(T * 320), np.float32), words=words,
+                    speech=rng.standard_normal((SMALL["audio_layers"], T, SMALL["audio_dim"])).astype(np.float32),
+                    frame_times=(np.arange(T) * 0.02 + 0.01).astype(np.float32),
+                    text=rng.standard_normal((n_words, SMALL["text_dim"])).astype(np.float32))
+
+
+def test_pooled_speech_averages_each_group_of_frames_and_their_times():
+    from ser_core.features import pooled_axis, pooled_speech, speech_text_axis_labels
+
+    feats = _features(7)
+    assert pooled_speech(feats, 1) is feats
+    pooled = pooled_speech(feats, 2)
+    assert pooled.speech.shape == (SMALL["audio_layers"], 4, SMALL["audio_dim"])
+    np.testing.assert_allclose(pooled.speech[:, 1], feats.speech[:, 2:4].mean(axis=1), rtol=1e-6)
+    np.testing.assert_allclose(pooled.speech[:, 3], feats.speech[:, 6], rtol=1e-6)  # the last group: one frame
+    np.testing.assert_allclose(pooled.frame_times, [0.02, 0.06, 0.10, 0.13], atol=1e-6)
+    frames = pooled_axis(speech_text_axis_labels(feats)["audio"], 2)
+    np.testing.assert_allclose(frames.start, [0.0, 0.04, 0.08, 0.12], atol=1e-6)
+    np.testing.assert_allclose(frames.end, [0.04, 0.08, 0.12, 0.14], atol=1e-6)
+    assert frames.names == ["0.02 s", "0.06 s", "0.10 s", "0.13 s"]
+
+
+def test_audio_pool_gives_the_model_and_its_trace_half_the_frames():
+    """audio_pool=2 is the same network fed Whisper's frames averaged in pairs: its output equals
+    the unpooled model's on a pooled batch, and every axis a view or the deletion test reads
+    (trace, attributions) has ceil(T / 2) frames spanning the same seconds."""
+    from ser_core.attribution import model_adapter
+    from ser_core.features import pooled_speech
+    from ser_core.models.base import collate_batch, model_axis_labels
+
+    plain, pooled = small_model(3), small_model(3, audio_pool=2)
+    feats = [_features(9, seed=1), _features(6, seed=2)]
+    batch = collate_batch(pooled, feats, "cpu")
+    assert batch["audio"].shape[2] == 5 and batch["audio_mask"].sum(dim=1).tolist() == [0, 2]
+    by_hand = collate_batch(plain, [pooled_speech(f, 2) for f in feats], "cpu")
+    with torch.no_grad():
+        np.testing.assert_allclose(pooled(batch).probs.numpy(), plain(by_hand).probs.numpy(), atol=1e-6)
+    labels = model_axis_labels(pooled, feats[0])
+    assert len(labels["audio"]) == 5 and labels["audio"].end[-1] == pytest.approx(0.18, abs=1e-6)
+    with torch.no_grad():
+        trace = to_trace(pooled(collate_batch(pooled, feats[:1], "cpu"), record=True), 0, labels, "ks_transformer")
+    audio_side = [r for r in trace.records if r.key_modality == "audio"]
+    assert audio_side and {np.asarray(r.weights).shape[-1] for r in audio_side} == {5}
+    adapter = model_adapter(pooled, feats[0])
+    assert adapter.n_frames == 5 and adapter.axes()["frames"].names == labels["audio"].names
+
+
+def test_audio_pool_out_of_range_is_refused():
+    with pytest.raises(InputError, match="audio_pool"):
+        KSTransformerConfig(**SMALL, audio_pool=0)
