@@ -85,7 +85,7 @@ class KSTransformerConfig(ModelConfig):
     labels: tuple[str, ...] = ("ang", "hap", "neu", "sad")
     ccab_keep_ratio: float = 0.5  # k of Fig. 6 for the modality interaction module
     fusion_keep_ratio: float = 0.5  # k of Fig. 6 for the deep fusion module
-    audio_max_len: int = 3000  # positional encoding length (frames; 50 per second)
+    audio_max_len: int = 3000  # positional encoding length (model frames: 50 a second / audio_pool)
     # Whisper's frames averaged in groups of this many before the model (not in the paper, whose
     # acoustic features come at 50 per second). 2: 25 frames a second, so every attention map,
     # attribution and deletion test of a clip costs about half as much (issue 11: the deletion
