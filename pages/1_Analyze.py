@@ -192,11 +192,13 @@ def faithfulness_view(analysis, layer, feats):
         st.info(too_long)
     elif st.toggle("Run the deletion test", key="analyze_faithful",
                    help="Re-runs the model about 50 times on the cached features: attention against random "
-                        "first (about a second on a 10 s clip), then the gradient attributions (2–3 s more)."):
+                        "first (about a second on a 10 s clip), then the gradient attributions (about 2 s more)."):
         sentence_box, curves_box, pending = st.empty(), st.empty(), st.empty()
 
         def show(test, stage):
             sentence_box.markdown(test.sentence())
+            if stage == "quick":  # the sentence first; the curves once every ranking is in (drawing
+                return            # them twice took the browser's CPU from the test on a 2-core laptop)
             tested = list(test.axes)
             with curves_box.container():
                 for column, axis in zip(st.columns(max(len(tested), 1)), tested):
@@ -212,6 +214,8 @@ def faithfulness_view(analysis, layer, feats):
             if quick.attention_layers:
                 show(quick, "quick")
                 pending.caption("Integrated Gradients, gradient × input and attention rollout are being added…")
+            else:
+                pending.caption("Removing words and frames and re-running the model…")
 
             # 2. every ranking (the removals of step 1 are reused), and the words' IG scores
             def deletion_and_words(should_stop):  # in the shared line of analyses, like an analysis
@@ -220,8 +224,9 @@ def faithfulness_view(analysis, layer, feats):
                          if "words" in test.axes and not should_stop() else None)
                 return test, words
 
-            deletion, ig_words = ui.run_queued(
-                deletion_and_words, spinner="Removing words and frames and re-running the model…")
+            # no turning spinner: the caption above says what is coming, and an animation would take
+            # CPU from the test when the browser runs on the same machine (a classroom laptop)
+            deletion, ig_words = ui.run_queued(deletion_and_words)
         except Exception as exc:  # a message, never a traceback
             ui.show_error(exc)
         else:
