@@ -188,9 +188,14 @@ if report:
     st.subheader("Do kept face points fall on expressive regions?")
     st.dataframe(pd.DataFrame([{"layer": name, "kept points in brows/eyes/mouth": f"{v['share_kept']:.1%}",
                                 "random mask of the same size": f"{v['share_random']:.1%}",
-                                "kept points": v["kept_cells"]}
+                                "kept points": v["kept_cells"],
+                                **({"how bright the kept points are (× the whole face)": f"{v['brightness_kept']:.2f}×"}
+                                   if "brightness_kept" in v else {})}
                                for name, v in report["layers"].items() if "share_kept" in v]),
                  hide_index=True)
+    if any("brightness_kept" in v for v in report["layers"].values()):
+        st.caption("The drawn faces' brows, eyes and mouth are darker than the skin around them: a layer "
+                   "whose kept points are brighter than the face on average keeps skin, not those regions.")
     held = {name: v for name, v in report["layers"].items() if "ig_share_kept" in v}
     if held:
         st.markdown("**Do the kept points hold what changes the prediction?** Integrated Gradients of each "

@@ -9,6 +9,9 @@ map each map cell back to video pixels (cell → 64×64 crop → the crop's squa
     share_kept   = kept cells in a region / kept cells
     share_random = cells in a region / all cells of the map
                    (the expected share of a random mask of the same size)
+    brightness_kept = mean luminance of the face crop under the kept cells / under all cells
+                   (1: as a random mask; the drawn faces' brows, eyes and mouth are dark on light
+                   skin, so a layer that keeps the bright cells misses them)
 
 ``python -m ser_core regions [--checkpoint …] [--top-p …]`` prints both per layer. With
 ``--attribution`` it also runs Integrated Gradients on every utterance and reports, per attention
@@ -42,6 +45,21 @@ def cell_centres(H: int, W: int, box: np.ndarray, frame_size: tuple[int, int]) -
     x = x0 + (cols + 0.5) * (FACE_SIZE / W) * scale
     y = y0 + (rows + 0.5) * (FACE_SIZE / H) * scale
     return np.stack([x, y], 1)
+
+
+def cell_luminance(crop: np.ndarray, H: int, W: int) -> np.ndarray:
+    """[H·W] mean luminance (ITU-R BT.601 weights, 0–255) of a face crop [S, S, 3] (RGB; or
+    [S, S, 1] gray) under each cell of an H×W map laid over it."""
+    rgb = np.asarray(crop, dtype=np.float64)
+    gray = rgb[..., 0] if rgb.shape[-1] == 1 else rgb @ np.array([0.299, 0.587, 0.114])  # gray crops too
+    S = gray.shape[0]
+    rows = np.minimum(np.arange(S) * H // S, H - 1)
+    cols = np.minimum(np.arange(S) * W // S, W - 1)
+    sums = np.zeros((H, W))
+    np.add.at(sums, (rows[:, None], cols[None, :]), gray)
+    counts = np.zeros((H, W))
+    np.add.at(counts, (rows[:, None], cols[None, :]), 1.0)
+    return (sums / np.maximum(counts, 1)).reshape(-1)
 
 
 def in_regions(points: np.ndarray, regions: dict[str, tuple[int, int, int, int]]) -> np.ndarray:
@@ -96,7 +114,8 @@ def expressive_region_share(checkpoint: str | Path | None = None, root: str | Pa
             H, W = shapes[record.name]
             visual = record.query_modality == "visual"
             t = totals.setdefault(record.name, dict.fromkeys(
-                ("kept_in", "kept", "in", "cells", "ig_kept", "ig", "ig_in", "kept_share", "items"), 0.0))
+                ("kept_in", "kept", "in", "cells", "ig_kept", "ig", "ig_in", "kept_share", "items",
+                 "lum_kept", "lum"), 0.0))
             for j, start in enumerate(record.query_labels.start):
                 kept = record.keep[0, j].astype(bool)
                 inside = np.zeros(kept.shape, bool)
@@ -109,6 +128,9 @@ def expressive_region_share(checkpoint: str | Path | None = None, root: str | Pa
                     t["kept"] += int(kept.sum())
                     t["in"] += int(inside.sum())
                     t["cells"] += int(inside.size)
+                    lum = cell_luminance(extra["faces"][k], H, W)
+                    t["lum_kept"] += float(lum[kept.reshape(-1)].sum())
+                    t["lum"] += float(lum.sum())
                 maps = points.get(record.query_modality)
                 if maps is not None and j < len(maps):
                     magnitude = np.abs(points_on_grid(maps[j], (H, W))).reshape(-1)
@@ -123,6 +145,8 @@ def expressive_region_share(checkpoint: str | Path | None = None, root: str | Pa
         if t["cells"]:
             row.update(share_kept=t["kept_in"] / max(t["kept"], 1), share_random=t["in"] / t["cells"],
                        kept_cells=int(t["kept"]))
+            if t["lum"] > 0 and t["kept"]:
+                row["brightness_kept"] = (t["lum_kept"] / t["kept"]) / (t["lum"] / t["cells"])
         if t["ig"] > 0:  # Σ|IG| on kept cells / Σ|IG|, against the mean share of cells kept
             row.update(ig_share_kept=t["ig_kept"] / t["ig"], share_cells_kept=t["kept_share"] / t["items"])
             if t["cells"]:

@@ -255,3 +255,15 @@ def test_regions_report_with_attribution(small_corpus):
         if name.startswith("visual."):
             assert 0 <= row["share_kept"] <= 1 and 0 < row["share_random"] < 1
             assert 0 <= row["ig_share_regions"] <= 1
+            assert row["brightness_kept"] > 0  # kept cells' luminance against the whole map's
+
+
+def test_cell_luminance_lays_the_map_over_the_crop():
+    """A crop whose left half is white and right half black: on a 2×2 map, the left cells read 255."""
+    from ser_core.expressive import cell_luminance
+
+    crop = np.zeros((64, 64, 3), np.uint8)
+    crop[:, :32] = 255
+    np.testing.assert_allclose(cell_luminance(crop, 2, 2), [255, 0, 255, 0], atol=1e-6)
+    np.testing.assert_allclose(cell_luminance(crop[..., :1], 4, 4).reshape(4, 4)[:, :2], 255, atol=1e-6)
+    assert cell_luminance(crop, 3, 5).shape == (15,)
