@@ -4,6 +4,7 @@ and a tiny overfit."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -436,3 +437,17 @@ def test_tiny_overfit_reduces_loss():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.3 * losses[0], losses
+
+
+def test_face_local_contrast_makes_a_face_s_brightness_irrelevant():
+    """face_local_contrast: each crop minus its local mean before the stem, so two faces that differ
+    only by a uniform brightness give the same visual answer (the plain model tells them apart)."""
+    item = utterance(1.0, 3, seed=4)
+    dark = dataclasses.replace(item, extra={**item.extra, "faces": (item.extra["faces"] // 2).astype(np.uint8)})
+    bright = dataclasses.replace(item, extra={**item.extra, "faces": (item.extra["faces"] // 2 + 100).astype(np.uint8)})
+    for contrast in (False, True):
+        model = small(seed=1, modalities="TV", face_local_contrast=contrast)
+        cfg = model.config
+        with torch.no_grad():
+            a, b = (model(batch_of([x], cfg)).extras["item_extras"]["modality_probs"][0, 1] for x in (dark, bright))
+        assert torch.allclose(a, b, atol=1e-5) == contrast

@@ -113,6 +113,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ser_core.encoders.spectral import MESM_N_MELS
@@ -163,6 +164,10 @@ class MESMConfig(ModelConfig):
     max_chunks: int = 25  # 400 ms chunks kept per utterance (10 s)
     max_faces: int = 32  # face frames kept per utterance (evenly subsampled beyond)
     face_size: int = 64
+    # Each face crop minus its local mean (a 9×9 box) before the stem: brows, eyes and mouth stand
+    # out from the skin around them, whatever its brightness (not in the paper; issue 11: with the
+    # plain pixels the face attention keeps the brightest points, the skin, ``ser_core.expressive``).
+    face_local_contrast: bool = False
     stem_channels: int = 16  # the dense first conv layer
     # Output channels of each cross-modal sparse CNN block (N = 3, Table 6). VGG-like widths: at
     # 64+ channels the convs dominate the per-point bookkeeping, so skipping points pays on CPU.
@@ -472,6 +477,8 @@ class MESM(nn.Module):
             x = faces[seq.item, seq.position].permute(0, 3, 1, 2).float()
             if faces.dtype == torch.uint8:
                 x = x / 127.5 - 1.0
+            if cfg.face_local_contrast:
+                x = x - F.avg_pool2d(x, 9, stride=1, padding=4, count_include_pad=False)
             seq.stem = cnn.run_stem(x)
             seq.active = torch.ones(seq.stem.shape[0], *seq.stem.shape[2:], dtype=torch.bool, device=x.device)
             out.sequences["visual"] = seq
