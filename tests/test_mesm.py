@@ -451,3 +451,24 @@ def test_face_local_contrast_makes_a_face_s_brightness_irrelevant():
         with torch.no_grad():
             a, b = (model(batch_of([x], cfg)).extras["item_extras"]["modality_probs"][0, 1] for x in (dark, bright))
         assert torch.allclose(a, b, atol=1e-5) == contrast
+
+
+def test_standardised_attention_scores_a_point_by_how_it_differs_from_its_map():
+    """attention_standardize: eq. 1 reads each map's features at mean 0, variance 1 over its
+    active points, so scaling a map's features (a brighter face) leaves its attention as it was."""
+    from ser_core.models.mesm_sparse_cnn import CrossModalAttention, standardized_per_map
+
+    torch.manual_seed(0)
+    values = torch.rand(10, 3) + torch.arange(10.0)[:, None]  # two maps of 6 and 4 active points
+    seq = torch.tensor([0] * 6 + [1] * 4)
+    z = standardized_per_map(values, seq, 2)
+    for s in (0, 1):
+        np.testing.assert_allclose(z[seq == s].mean(0).numpy(), 0, atol=1e-5)
+        np.testing.assert_allclose(z[seq == s].var(0, unbiased=False).numpy(), 1, atol=1e-3)
+    points = torch.tensor([0, 1, 2, 3, 4, 5, 8, 9, 10, 11])  # flat indices in 2 maps of 8 points
+    q = torch.randn(2, 5)
+    for standardize in (False, True):
+        att = CrossModalAttention(3, 5, 4, standardize)
+        a, _ = att(values, points, seq, 2, 8, q, 0.5)
+        b, _ = att(3.0 * values + 2.0, points, seq, 2, 8, q, 0.5)
+        assert torch.allclose(a, b, atol=1e-4) == standardize

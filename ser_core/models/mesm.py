@@ -173,6 +173,9 @@ class MESMConfig(ModelConfig):
     # 64+ channels the convs dominate the per-point bookkeeping, so skipping points pays on CPU.
     block_channels: tuple[int, ...] = (64, 64, 96)
     attention_dim: int = 8  # k of eq. 1–2 (not given in the paper)
+    # Eq. 1 on each map's features standardised over its active points (not in the paper; issue
+    # 11: on faces the plain features grow with the skin's brightness, and so did the attention).
+    attention_standardize: bool = False
     d_model: int = 64  # "Dim 64" (Table 6)
     heads: int = 4  # "#Heads 4" (Table 6)
     transformer_layers: int = 1  # Table 6 has 4; 1 keeps CPU training fast

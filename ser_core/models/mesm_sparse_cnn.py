@@ -42,8 +42,12 @@ class CrossModalAttention(nn.Module):
     (the nucleus mask, a subset of the active points). Eq. 4 is applied by the caller.
     """
 
-    def __init__(self, channels: int, query_dim: int, k: int) -> None:
+    def __init__(self, channels: int, query_dim: int, k: int, standardize: bool = False) -> None:
         super().__init__()
+        # standardize (not in the paper): eq. 1 reads each map's features standardised over its
+        # active points, per channel, so a point scores by how it differs from the rest of its map,
+        # not by how strong its features are (on faces they grow with the skin's brightness).
+        self.standardize = standardize
         self.W_m = nn.Linear(channels, k)  # W_m, b_m: a 1×1 map over the channels
         self.W_q = nn.Linear(query_dim, k, bias=False)
         self.W_i = nn.Linear(k, 1, bias=False)  # b_i would cancel in the softmax over H×W
@@ -52,6 +56,8 @@ class CrossModalAttention(nn.Module):
                 top_p: float) -> tuple[Tensor, Tensor]:
         """values [P, C]: the features at the active points ``points`` (ascending flat indices
         s·H·W + row·W + col; ``seq`` = their s); q [S, d]: the text query of each map."""
+        if self.standardize:
+            values = standardized_per_map(values, seq, S)
         shift = self.W_q(q) + self.W_m.bias  # b_m ⊕ W_q q, per map
         if values.shape[0] == S * HW:  # every point active: broadcast over each map's points
             M_q = torch.baddbmm(shift[:, None, :], values.view(S, HW, -1), self.W_m.weight.t().expand(S, -1, -1))
@@ -70,6 +76,16 @@ class CrossModalAttention(nn.Module):
         """2 × MACs per map: W_m and W_i at every active point, W_q q once per map."""
         k, C = self.W_m.weight.shape
         return 2.0 * (n_active.double() * (C * k + k) + self.W_q.weight.numel())
+
+
+def standardized_per_map(values: Tensor, seq: Tensor, S: int, eps: float = 1e-5) -> Tensor:
+    """values [P, C] of the active points of S maps (``seq`` [P]: each point's map), each channel
+    shifted and scaled to mean 0 and variance 1 over its map's active points."""
+    counts = torch.bincount(seq, minlength=S).clamp_min(1).to(values.dtype)[:, None]  # [S, 1]
+    mean = values.new_zeros(S, values.shape[1]).index_add(0, seq, values) / counts
+    centred = values - mean.index_select(0, seq)
+    var = values.new_zeros(S, values.shape[1]).index_add(0, seq, centred * centred) / counts
+    return centred * torch.rsqrt(var + eps).index_select(0, seq)
 
 
 # --------------------------------------------------------------------------- sparse conv
@@ -227,9 +243,10 @@ def max_pool2x2(x: Tensor) -> Tensor:
 class CrossModalSparseBlock(nn.Module):
     """Cross-modal attention layer + sparse CNN (two sparse VGG layers, sparse max-pool)."""
 
-    def __init__(self, in_channels: int, out_channels: int, query_dim: int, k: int, sparse: bool) -> None:
+    def __init__(self, in_channels: int, out_channels: int, query_dim: int, k: int, sparse: bool,
+                 standardize: bool = False) -> None:
         super().__init__()
-        self.attention = CrossModalAttention(in_channels, query_dim, k) if sparse else None
+        self.attention = CrossModalAttention(in_channels, query_dim, k, standardize) if sparse else None
         self.convs = nn.ModuleList([nn.Conv2d(in_channels, out_channels, 3, padding=1),
                                     nn.Conv2d(out_channels, out_channels, 3, padding=1)])
 
@@ -300,7 +317,8 @@ class SparseCNN(nn.Module):
         self.stem = nn.Conv2d(in_channels, cfg.stem_channels, 3, padding=1)
         chans = (cfg.stem_channels, *cfg.block_channels)
         self.blocks = nn.ModuleList(
-            CrossModalSparseBlock(chans[i], chans[i + 1], cfg.d_model, cfg.attention_dim, sparse)
+            CrossModalSparseBlock(chans[i], chans[i + 1], cfg.d_model, cfg.attention_dim, sparse,
+                                  cfg.attention_standardize)
             for i in range(len(cfg.block_channels))
         )
         H, W = size[0] // 2, size[1] // 2
