@@ -472,3 +472,23 @@ def test_standardised_attention_scores_a_point_by_how_it_differs_from_its_map():
         a, _ = att(values, points, seq, 2, 8, q, 0.5)
         b, _ = att(3.0 * values + 2.0, points, seq, 2, 8, q, 0.5)
         assert torch.allclose(a, b, atol=1e-4) == standardize
+
+
+def test_explored_points_pass_only_while_training():
+    """attention_explore: while training, a random share of the points eq. 3 drops is kept too
+    (a superset of the nucleus mask); in eval mode the block is exactly the plain one."""
+    torch.manual_seed(5)
+    S, H, W, C, Co, d = 3, 8, 8, 6, 5, 10
+    plain = CrossModalSparseBlock(C, Co, d, 4, sparse=True)
+    explore = CrossModalSparseBlock(C, Co, d, 4, sparse=True, explore=0.5)
+    explore.load_state_dict(plain.state_dict())
+    x = torch.rand(S * H * W, C)
+    padded, points, q = torch.cat([x, x.new_zeros(1, C)]), torch.arange(S * H * W), torch.randn(S, d)
+    with torch.no_grad():
+        base = plain.eval().sparse(points, padded, S, H, W, q, top_p=0.3)
+        same = explore.eval().sparse(points, padded, S, H, W, q, top_p=0.3)
+        wider = explore.train().sparse(points, padded, S, H, W, q, top_p=0.3)
+    assert torch.equal(base.keep, same.keep) and torch.equal(base.padded, same.padded)
+    assert bool((wider.keep | ~base.keep).all()) and int(wider.keep.sum()) > int(base.keep.sum())
+    with pytest.raises(InputError, match="attention_explore"):
+        config(attention_explore=1.0)

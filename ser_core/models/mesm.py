@@ -176,6 +176,10 @@ class MESMConfig(ModelConfig):
     # Eq. 1 on each map's features standardised over its active points (not in the paper; issue
     # 11: on faces the plain features grow with the skin's brightness, and so did the attention).
     attention_standardize: bool = False
+    # While training, this share of the points each nucleus mask drops is let through too, at random
+    # (not in the paper): the straight-through estimator only tells the attention what kept points
+    # were worth; with these it also learns what the dropped ones would have added.
+    attention_explore: float = 0.0
     d_model: int = 64  # "Dim 64" (Table 6)
     heads: int = 4  # "#Heads 4" (Table 6)
     transformer_layers: int = 1  # Table 6 has 4; 1 keeps CPU training fast
@@ -193,6 +197,8 @@ class MESMConfig(ModelConfig):
             raise InputError(f"d_model={self.d_model} must be divisible by heads={self.heads}.")
         if not self.block_channels or min(self.block_channels) < 1 or self.stem_channels < 1:
             raise InputError("block_channels needs at least one block, and every channel count must be ≥ 1.")
+        if not 0.0 <= self.attention_explore < 1.0:
+            raise InputError(f"attention_explore must be in [0, 1); got {self.attention_explore}.")
         if self.max_chunks < 1 or self.max_faces < 1 or self.attention_dim < 1:
             raise InputError("max_chunks, max_faces and attention_dim must be ≥ 1.")
         for what, size in (("spectrogram", (self.n_mels, CHUNK_FRAMES)), ("face", (self.face_size,) * 2)):

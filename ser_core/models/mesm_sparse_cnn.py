@@ -244,9 +244,12 @@ class CrossModalSparseBlock(nn.Module):
     """Cross-modal attention layer + sparse CNN (two sparse VGG layers, sparse max-pool)."""
 
     def __init__(self, in_channels: int, out_channels: int, query_dim: int, k: int, sparse: bool,
-                 standardize: bool = False) -> None:
+                 standardize: bool = False, explore: float = 0.0) -> None:
         super().__init__()
         self.attention = CrossModalAttention(in_channels, query_dim, k, standardize) if sparse else None
+        # While training only (not in the paper): this share of the points eq. 3 drops is let through
+        # as well, at random, so that the straight-through gradient also measures what they are worth.
+        self.explore = explore
         self.convs = nn.ModuleList([nn.Conv2d(in_channels, out_channels, 3, padding=1),
                                     nn.Conv2d(out_channels, out_channels, 3, padding=1)])
 
@@ -266,6 +269,8 @@ class CrossModalSparseBlock(nn.Module):
         P = points.numel()
         seq = torch.div(points, H * W, rounding_mode="floor")
         M_i, M_ns = self.attention(padded[:P], points, seq, S, H * W, q, top_p)  # eq. 1–3
+        if self.training and self.explore > 0:
+            M_ns = M_ns | ((torch.rand(M_ns.shape, device=M_ns.device) < self.explore) & (M_i.detach() > 0))
         n_active = torch.bincount(seq, minlength=S)
         n_kept = M_ns.sum(1)
         # eq. 4, M_o = M_ns ⊗ M: only the kept points go on (row P: the zero row).
@@ -318,7 +323,7 @@ class SparseCNN(nn.Module):
         chans = (cfg.stem_channels, *cfg.block_channels)
         self.blocks = nn.ModuleList(
             CrossModalSparseBlock(chans[i], chans[i + 1], cfg.d_model, cfg.attention_dim, sparse,
-                                  cfg.attention_standardize)
+                                  cfg.attention_standardize, cfg.attention_explore)
             for i in range(len(cfg.block_channels))
         )
         H, W = size[0] // 2, size[1] // 2
