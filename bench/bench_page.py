@@ -74,7 +74,7 @@ def upload_and_analyze(page, url: str, clip: Path) -> float:
     return settle_time(page, lambda: page.get_by_role("button", name="Analyze").click(), 300_000)
 
 
-def deletion_view(page) -> tuple[float, float]:
+def deletion_view(page, verbose: bool = False) -> tuple[float, float]:
     """Seconds from the click on "Run the deletion test" (Analyze's "Is this faithful?") to its
     first sentence on screen, and to the last line it writes (every ranking's curve drawn)."""
     from browser import open_expander
@@ -89,15 +89,9 @@ def deletion_view(page) -> tuple[float, float]:
     caption.wait_for(timeout=120_000)
     idle(page)
     done = time.perf_counter() - t0
-    if helpers_verbose():
+    if verbose:
         print("    the page says:", caption.inner_text().split(";")[-1].strip())
     return first, done
-
-
-def helpers_verbose() -> bool:
-    import browser
-
-    return bool(getattr(browser, "VERBOSE", False))
 
 
 def idle(page) -> None:
@@ -157,7 +151,7 @@ def main() -> None:
         page.get_by_text("Is this faithful? (deletion test)").wait_for(timeout=60_000)
         idle(page)
         time.sleep(3)  # whatever the slider moves computed ahead in the background is done
-        deletion_first, deletion_all = deletion_view(page)
+        deletion_first, deletion_all = deletion_view(page, args.verbose)
         print(f"{'Is this faithful?: first sentence':<44} {deletion_first * 1000:13.0f} ms")
         print(f"{'Is this faithful?: every ranking drawn':<44} {deletion_all * 1000:13.0f} ms   (target ≤ 2000)")
         page.get_by_text("Run the deletion test").click()

@@ -195,10 +195,8 @@ def faithfulness_view(analysis, layer, feats):
                         "first (about a second on a 10 s clip), then the gradient attributions (about 2 s more)."):
         sentence_box, curves_box, pending = st.empty(), st.empty(), st.empty()
 
-        def show(test, stage):
+        def show(test):
             sentence_box.markdown(test.sentence())
-            if stage == "quick":  # the sentence first; the curves once every ranking is in (drawing
-                return            # them twice took the browser's CPU from the test on a 2-core laptop)
             tested = list(test.axes)
             with curves_box.container():
                 for column, axis in zip(st.columns(max(len(tested), 1)), tested):
@@ -206,13 +204,15 @@ def faithfulness_view(analysis, layer, feats):
                     unit = AXIS_NAMES.get(test.axes[axis].kind, "speech frames")
                     column.plotly_chart(viz.deletion_curves_figure(curves, test.p_orig, test.emotion, unit,
                                                                    test.aopc(axis)),
-                                        width="stretch", key=f"deletion_{axis}_{stage}")
+                                        width="stretch", key=f"deletion_{axis}")
 
         try:
             # 1. attention against random: the sentence's answer, from a dozen model runs
             quick = ui.run_queued(lambda should_stop: analysis.deletion_test(layer=layer, rankings=QUICK_RANKINGS))
+            # its sentence first; the curves once every ranking is in (drawing them twice took a
+            # 2-core laptop's CPU from the test)
             if quick.attention_layers:
-                show(quick, "quick")
+                sentence_box.markdown(quick.sentence())
                 pending.caption("Integrated Gradients, gradient × input and attention rollout are being added…")
             else:
                 pending.caption("Removing words and frames and re-running the model…")
@@ -231,7 +231,7 @@ def faithfulness_view(analysis, layer, feats):
             ui.show_error(exc)
         else:
             pending.empty()
-            show(deletion, "full")
+            show(deletion)
             if ig_words is not None and len(ig_words) == len(feats.words):
                 st.markdown("**Words by Integrated Gradients** (shade = how much the word raises the "
                             f"probability of {deletion.emotion}; words that lower it stay pale)")

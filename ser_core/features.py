@@ -470,17 +470,11 @@ def pooled_speech(feats: Features, factor: int) -> Features:
     factor 1 returns ``feats`` itself."""
     if factor <= 1:
         return feats
-    speech = np.asarray(feats.speech, dtype=np.float32)
-    L, T, D = speech.shape
-    n = -(-T // factor)
-    padded = np.zeros((L, n * factor, D), dtype=np.float32)
-    padded[:, :T] = speech
-    counts = np.full(n, factor, dtype=np.float32)
-    counts[-1] = T - (n - 1) * factor
-    pooled = padded.reshape(L, n, factor, D).sum(axis=2) / counts[None, :, None]
-    times = np.zeros(n * factor)
-    times[:T] = feats.frame_times
-    times = times.reshape(n, factor).sum(axis=1) / counts
+    T = feats.speech.shape[1]
+    starts = np.arange(0, T, factor)
+    counts = np.diff(np.append(starts, T)).astype(np.float32)  # factor, the last group maybe fewer
+    pooled = np.add.reduceat(np.asarray(feats.speech, dtype=np.float32), starts, axis=1) / counts[None, :, None]
+    times = np.add.reduceat(np.asarray(feats.frame_times, dtype=np.float64), starts) / counts
     return dataclasses.replace(feats, speech=pooled.astype(feats.speech.dtype), frame_times=times.astype(np.float32))
 
 
