@@ -127,18 +127,26 @@ def test_first_sample_right_on_analyze_and_every_view_agrees_on_what_was_kept(se
     frame_layer, kept_s, clip_s = re.search(r"speech kept by most heads of\s+(\S+?): ([\d.]+) s of ([\d.]+) s",
                                             body).groups()
 
-    def titles() -> str:
-        page.locator(".js-plotly-plot .gtitle").last.wait_for(timeout=60_000)
-        return " ".join(page.locator(".js-plotly-plot .gtitle").all_text_contents())
+    def shows_title(*parts: str) -> None:
+        """Wait until one figure's title holds every part: a radio click reruns the script, and on a
+        busy machine the rerun can start after wait_idle's first look, so the old figure is still there."""
+        title = page.locator(".js-plotly-plot .gtitle")
+        for part in parts:
+            title = title.filter(has_text=part)
+        try:
+            title.first.wait_for(timeout=60_000)
+        except playwright.TimeoutError:
+            shown = page.locator(".js-plotly-plot .gtitle").all_text_contents()
+            raise AssertionError(f"no figure title with {parts}; titles shown: {shown}") from None
 
     # the heatmap starts on the first cross-modal key-sparse layer: the words' layer here
-    assert word_layer in titles() and f"{kept_words} of {n_words} keys kept" in titles(), titles()
+    shows_title(word_layer, f"{kept_words} of {n_words} keys kept")
     page.get_by_role("radio", name="Key importance").click()
+    shows_title(f"{kept_words} kept / {n_words}")
     wait_idle(page)
-    assert f"{kept_words} kept / {n_words}" in titles()
     page.get_by_role("radio", name="Spectrogram").click()
+    shows_title(f"green strip = kept keys of {frame_layer} ({kept_s} s of {clip_s} s)")
     wait_idle(page)
-    assert f"green strip = kept keys of {frame_layer} ({kept_s} s of {clip_s} s)" in titles(), titles()
     page.screenshot(path=str(shots / "analyze_first_sample_spectrogram.png"), full_page=True)
     assert "Traceback" not in page.content()
     page.close()
