@@ -11,8 +11,9 @@ distribution, which is where this project's models are weakest (voices never hea
 
 Here "validation accuracy" is the trainer's own: unweighted accuracy on the mix's validation part,
 averaged over its corpora (``--judge`` narrows that mean to some corpora). Test is scored once, on
-the final soup. The runs must share a model, its size, encoders, labels and held-out speakers
-(never a run split another way: its validation voices would be another run's training voices);
+the final soup, and only stored in its meta (``metrics.test``), not printed. The runs must share a
+model, its size, encoders, labels and held-out speakers (never a run split another way: its
+validation voices would be another run's training voices);
 they should start from one checkpoint (the paper's condition for averaging to work), and the file
 says where each did. Batch-norm statistics, where a model has them, are averaged as well.
 """
@@ -163,7 +164,9 @@ def greedy_soup(paths: list[str], out: str, judge: list[str] | None = None, half
                      "ingredients": own, "steps": steps, "kept": [names[j] for j in kept]},
             "metrics": {"val": val, "test": test}}
     path = save_checkpoint(out, model, meta, half=half)
-    log(json.dumps({"kept": meta["soup"]["kept"], "val": judge_.value(val), "test_by_corpus": _by(test),
+    # validation only: the test scores are in the file's meta, read when a rule fixed beforehand has
+    # decided on the validation figures (printing them here put them in front of that decision)
+    log(json.dumps({"kept": meta["soup"]["kept"], "val": judge_.value(val), "val_by_corpus": _by(val),
                     "checkpoint": str(path)}))
     return meta
 

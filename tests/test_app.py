@@ -336,15 +336,26 @@ def test_the_server_script_starts_the_warm_up_when_the_server_starts(monkeypatch
     assert "ser-warm-up" not in heard and heard.get("a visitor's thread") == 1
 
 
-def test_warm_up_loads_the_default_model_and_whisper_once():
+def test_warm_up_loads_the_default_model_and_whisper_once(monkeypatch):
     """What the first page of a server starts in the background: afterwards the first analysis
-    of an uploaded clip finds the model, the encoders and Whisper loaded."""
-    from ser_core import asr, ui
+    of an uploaded clip finds the model, the encoders and Whisper loaded, and the first deletion
+    test finds Captum imported and the model's backward pass run once."""
+    import sys
+
+    from ser_core import asr, attribution, ui
+    from ser_core.audio import load_audio
 
     assert ui.warm_up() > 0
     assert ("tiny.en", "cpu") in asr._whisper_cache
+    assert "captum.attr" in sys.modules
     analyzer = ui.get_analyzer(ui.default_checkpoint())
     assert analyzer is ui.get_analyzer(ui.default_checkpoint())  # one per server
+    # the first sample's Integrated Gradients were computed by the warm-up (a real run: cached now)
+    sample = ui.SAMPLES_DIR / ui.sample_clips()[0]["path"]
+    again = analyzer.analyze(load_audio(sample.read_bytes()))
+    monkeypatch.setattr(attribution, "compute_attribution", lambda *a, **k: pytest.fail("computed again"))
+    details = again.attribution_details("integrated_gradients")
+    assert details.frames is not None and np.isfinite(details.frames).all()
     # the Models page's cards are made too: asking again counts no FLOPs
     from ser_core import model_card
 
