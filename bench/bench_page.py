@@ -14,7 +14,8 @@ and once:
   * first analysis after the server started (models warming in the background or not);
   * a ``--long`` s clip uploaded and analysed on Analyze → settled (warm models);
   * Analyze's "Is this faithful?" on the 10 s clip: the click → its first sentence, and → every
-    ranking's curve drawn (issue 11: ≤ 2 s).
+    ranking's curve drawn (issue 11: ≤ 2 s);
+  * the server's resident memory at the end and at its peak.
 Both clips carry a faint random dither (-80 dB), so no run finds their features in the disk cache
 of an earlier run: every analysis here transcribes and encodes.
 Targets (issue 12): slider ≤ 300 ms, Compare k ≤ 500 ms, long clip ≤ 8 s, first analysis ≤ 3 s,
@@ -99,6 +100,16 @@ def deletion_view(page, verbose: bool = False) -> tuple[float, float]:
     return first, (settled - start) / 1000
 
 
+def server_memory(pid: int) -> str:
+    """The server process's resident memory now and at its peak (Linux /proc; elsewhere unknown)."""
+    try:
+        status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    except OSError:
+        return "unknown on this system"
+    mb = {k: int(status[k].split()[0]) // 1024 for k in ("VmRSS", "VmHWM")}
+    return f"{mb['VmRSS']} MB / {mb['VmHWM']} MB"
+
+
 def idle(page) -> None:
     from browser import wait_idle
 
@@ -174,6 +185,7 @@ def main() -> None:
               "(target ≤ 8000)")
         assert "Traceback" not in page.content()
         browser.close()
+        print(f"{'server memory (resident now / at its peak)':<44} {server_memory(proc.pid)}")
 
 
 if __name__ == "__main__":
