@@ -16,7 +16,7 @@ from .data.mix import VAL_SHARE, corpus_of, split_of
 from .errors import InputError
 from .features import FeatureExtractor, Features
 from .models.base import collate_batch
-from .train_data import _folds, extract_all
+from .train_data import _folds, extract_all, with_augmented_copies
 
 @torch.no_grad()
 def predict(model, feats: list[Features], device, batch_size: int = 32, keep_ratio=None,
@@ -65,9 +65,12 @@ def _shares(labels: list[str], probs: np.ndarray) -> dict[str, float]:
 def evaluate(checkpoint: str, corpus: str, root: str, protocol: str = "predefined", fold: int = 0,
              split: str = "test", device: str | None = None, progress: bool = True,
              keep_ratio: float | None = None, top_p: float | None = None,
-             on_progress=None) -> dict[str, Any]:
+             on_progress=None, augment_seed: int | None = None) -> dict[str, Any]:
     """Score a checkpoint on a corpus fold: WA, UA, macro-F1, per-class table, confusion matrix,
-    predictions. ``on_progress(stage, done, total)`` reports feature extraction and scoring."""
+    predictions. ``on_progress(stage, done, total)`` reports feature extraction and scoring.
+    ``augment_seed``: score one augmented copy of each clip instead of the clip (the training
+    chain of ``ser_core.augment``: another voice, room, microphone and level, each copy seeded
+    from this seed and the clip's id): how much a model loses on recordings unlike the corpus's."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, meta = load_checkpoint(checkpoint, device=dev)
     labels = list(meta["config"]["labels"])
@@ -87,6 +90,8 @@ def evaluate(checkpoint: str, corpus: str, root: str, protocol: str = "predefine
     if not utts:
         raise InputError(f"The {split} part of fold {folds[fold].name!r} has no utterance with a label "
                          f"this model knows ({', '.join(labels)}).")
+    if augment_seed is not None:
+        utts = with_augmented_copies(utts, 1, int(augment_seed))[len(utts):]
     enc = meta.get("encoders", {})
     extractor = FeatureExtractor(enc.get("speech", "whisper:tiny.en"), enc.get("text", "minilm"), device=dev,
                                  sec_encoder=enc.get("sec"))
@@ -102,6 +107,7 @@ def evaluate(checkpoint: str, corpus: str, root: str, protocol: str = "predefine
     result = score(labels, y_true, probs)
     result["labels"] = labels
     result["fold"] = folds[fold].name
+    result["augment_seed"] = augment_seed
     result["confusion_matrix"] = metrics.confusion_matrix(y_true, y_pred, labels=labels).tolist()
     result["per_class"] = metrics.classification_report_table(y_true, y_pred, labels=labels)
     result["predictions"] = [

@@ -104,6 +104,9 @@ def add_cli(subparsers) -> None:
     e.add_argument("--keep-ratio", type=float)
     e.add_argument("--top-p", type=float)
     e.add_argument("--device")
+    e.add_argument("--augmented", type=int, metavar="SEED",
+                   help="score one augmented copy of each clip instead (the training chain: another voice, "
+                        "room, microphone and level; seeded from SEED and the clip)")
     e.add_argument("--write", action="store_true",
                    help="with --protocol speakers: store the scores in the checkpoint (the Models page shows them)")
     e.set_defaults(func=_evaluate_cli)
@@ -251,8 +254,11 @@ def _evaluate_cli(args: argparse.Namespace) -> int:
     named = args.corpus
     if args.corpus in ROOTLESS:  # the generated corpora: their manifests in the cache
         args.corpus, args.root = "manifest", str(demo_manifest(args.corpus))
+    if args.write and args.augmented is not None:
+        raise InputError("--write stores the scores on the clips themselves: leave out --augmented.")
     result = evaluate(args.checkpoint, args.corpus, _default_root(args), args.protocol, args.fold,
-                      args.split, args.device, keep_ratio=args.keep_ratio, top_p=args.top_p)
+                      args.split, args.device, keep_ratio=args.keep_ratio, top_p=args.top_p,
+                      augment_seed=args.augmented)
     print(json.dumps({k: v for k, v in result.items() if k != "predictions"}, indent=2))
     if args.write:
         if args.protocol != "speakers":

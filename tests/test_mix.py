@@ -354,6 +354,6 @@ def test_evaluate_finds_the_generated_corpora_without_a_root(name, folder, tmp_p
 
     monkeypatch.setattr(train_cli, "evaluate", fake_evaluate)
     args = argparse.Namespace(checkpoint="m.safetensors", corpus=name, root=None, protocol="predefined", fold=0,
-                              split="test", device=None, keep_ratio=None, top_p=None, write=False)
+                              split="test", device=None, keep_ratio=None, top_p=None, write=False, augmented=None)
     assert train_cli._evaluate_cli(args) == 0
     assert seen == {"corpus": "manifest", "root": str(tmp_path / folder / "manifest.csv")}

@@ -370,3 +370,19 @@ def test_train_page_starts_a_run_every_session_sees_and_stops_it(cache, corpus, 
     assert at.button(key="train_resume") is not None
     assert not at.button(key="train_start_button").disabled
     assert jobs.current_job().exit_code == 3
+
+
+def test_evaluate_on_augmented_copies_scores_other_waveforms_reproducibly(cache, corpus, checkpoints):
+    """``evaluate(augment_seed=…)`` (CLI ``--augmented SEED``) scores one augmented copy of each
+    test clip: other waveforms than the clips (other features), the same ones for the same seed."""
+    from ser_core.scoring import evaluate
+
+    ckpt = str(checkpoints / CHECKPOINT.name)
+    clean = evaluate(ckpt, "manifest", str(corpus), progress=False)
+    first = evaluate(ckpt, "manifest", str(corpus), progress=False, augment_seed=7)
+    again = evaluate(ckpt, "manifest", str(corpus), progress=False, augment_seed=7)
+    assert first["augment_seed"] == 7 and clean["augment_seed"] is None
+    assert first["n"] == clean["n"] == 4
+    assert [p["id"] for p in first["predictions"]] == [p["id"] + "#aug0" for p in clean["predictions"]]
+    assert [p["confidence"] for p in first["predictions"]] == [p["confidence"] for p in again["predictions"]]
+    assert [p["confidence"] for p in first["predictions"]] != [p["confidence"] for p in clean["predictions"]]
