@@ -34,9 +34,15 @@ protocol = p1.selectbox("Protocol", list(corpus_choice.PROTOCOL_TITLES), key="ev
 fold = int(p2.number_input("Fold", min_value=0, max_value=99, value=0, step=1, key="eval_fold",
                            help="Which fold of the protocol (e.g. the held-out session for loso)."))
 split = p3.selectbox("Split", ["test", "val", "train"], key="eval_split")
+augmented = st.toggle(
+    "Other rooms and microphones: score an augmented copy of each clip", key="eval_augmented",
+    help="Each clip is first changed the way training augments it (another voice pitch and speed, a room's "
+         "echo, noise, a phone or laptop microphone, another level), the same way on every run. How much "
+         "lower the scores are shows how much the model depends on the corpus's own studio. The copies "
+         "are new audio, so their features are computed the first time.")
 
 settings = {"checkpoint": checkpoint, "kind": kind, "path": path, "protocol": protocol, "fold": fold,
-            "split": split}
+            "split": split, "augmented": augmented}
 if checkpoint and st.button("Evaluate", type="primary", key="eval_button"):
     bar = st.progress(0.0, text="Loading the corpus and the model…")
 
@@ -48,11 +54,12 @@ if checkpoint and st.button("Evaluate", type="primary", key="eval_button"):
             bar.progress(0.9 + 0.1 * done / total, text=f"Running the model {done}/{total}")
 
     try:
-        from ser_core.scoring import evaluate
+        from ser_core.scoring import AUGMENTED_COPY_SEED, evaluate
 
         corpus, root = corpus_choice.resolve_corpus(kind, path, confine=True)
         result = evaluate(checkpoint, corpus, root, protocol=protocol, fold=fold, split=split,
-                          progress=False, on_progress=on_progress)
+                          progress=False, on_progress=on_progress,
+                          augment_seed=AUGMENTED_COPY_SEED if augmented else None)
         st.session_state["eval_result"] = {"settings": settings, "result": result}
     except Exception as exc:  # every failure becomes a message, never a traceback
         st.session_state.pop("eval_result", None)
@@ -76,6 +83,8 @@ else:
         shown["protocol"],
         f"fold {shown['fold']} ({result['fold']}) of {corpus_choice.PROTOCOL_TITLES[shown['protocol']]}")
     heading = f"the {shown['split']} part of {part}"
+if shown.get("augmented"):
+    heading += ", each clip as an augmented copy (another room and microphone)"
 st.subheader(f"{Path(shown['checkpoint']).name} on {heading}")
 st.caption(f"{where} · {result['n']} utterances"
            + (" · these are the last results; press **Evaluate** to score the settings above"

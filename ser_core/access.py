@@ -231,9 +231,8 @@ def outside_message() -> str:
     whoever starts the server adds one (the project's shared corpora are outside by default)."""
     roots = ", ".join(f"`{root}`" for root in allowed_roots())
     text = (f"This path is outside the folders corpora may be read from on this server: {roots}. "
-            "Put the corpus in one of them, or have whoever starts the server allow its folder "
-            f"({DATA_DIRS_ENV}, folders separated by `{os.pathsep}`, or `data_dirs` in the Streamlit "
-            "secrets; see \"Serving to a class\" in the README).")
+            "Put the corpus in one of them, or have whoever starts the server add its folder to the "
+            "allowed ones (the README's \"Serving to a class\" says how).")
     shared = paths.REPO_ROOT.parent / "shared" / "data"
     if shared.is_dir() and not is_allowed(shared):
         text += f" The real corpora beside the project, in `{shared.resolve()}`, are not allowed yet."

@@ -62,6 +62,11 @@ def _shares(labels: list[str], probs: np.ndarray) -> dict[str, float]:
     return {label: float((pred == i).mean()) if len(pred) else 0.0 for i, label in enumerate(labels)}
 
 
+#: The seed of the Evaluate page's augmented copies (fixed: a second run scores the same copies,
+#: read from the feature cache).
+AUGMENTED_COPY_SEED = 424242
+
+
 def evaluate(checkpoint: str, corpus: str, root: str, protocol: str = "predefined", fold: int = 0,
              split: str = "test", device: str | None = None, progress: bool = True,
              keep_ratio: float | None = None, top_p: float | None = None,

@@ -386,3 +386,24 @@ def test_evaluate_on_augmented_copies_scores_other_waveforms_reproducibly(cache,
     assert [p["id"] for p in first["predictions"]] == [p["id"] + "#aug0" for p in clean["predictions"]]
     assert [p["confidence"] for p in first["predictions"]] == [p["confidence"] for p in again["predictions"]]
     assert [p["confidence"] for p in first["predictions"]] != [p["confidence"] for p in clean["predictions"]]
+
+
+def test_evaluate_page_scores_augmented_copies_when_asked(cache, corpus, checkpoints):
+    """The page's "Other rooms and microphones" toggle: the numbers of evaluate(augment_seed=the
+    page's seed), said in the heading."""
+    from ser_core.scoring import AUGMENTED_COPY_SEED, evaluate
+
+    at = _evaluate_page()
+    at.selectbox(key="eval_corpus_kind").set_value("manifest").run()
+    at.text_input(key="eval_corpus_path").set_value(str(corpus)).run()
+    at.toggle(key="eval_augmented").set_value(True).run()
+    at.button(key="eval_button").click().run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    expected = evaluate(str(checkpoints / CHECKPOINT.name), "manifest", str(corpus), progress=False,
+                        augment_seed=AUGMENTED_COPY_SEED)
+    assert {m.label: m.value for m in at.metric}["UA"] == f"{expected['ua']:.3f}"
+    assert at.subheader[0].value.endswith("each clip as an augmented copy (another room and microphone)")
+    wrong = at.dataframe[1].value if len(at.dataframe) > 1 else None
+    if wrong is not None and len(wrong):
+        assert all(str(i).endswith("#aug0") for i in wrong["id"])
