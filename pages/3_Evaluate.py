@@ -133,6 +133,7 @@ if wrong:
         st.session_state["analyze_request"] = {
             "audio": chosen["audio"], "transcript": chosen["transcript"] or None,
             "video": chosen["video"], "name": chosen["id"], "label": chosen["true"],
+            "augment": chosen.get("augment"),  # an augmented copy: Analyze makes the same copy
         }
         st.switch_page("pages/1_Analyze.py")
 else:

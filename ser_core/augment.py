@@ -344,3 +344,19 @@ def augment_waveform(
     with _seeded_global_rngs(seed):
         y = chain(samples=x, sample_rate=int(sample_rate))
     return _safe(y)
+
+
+def augmented_copy_wav(data: bytes, spec: dict) -> bytes:
+    """A recording's augmented copy as WAV bytes (32-bit float, so the samples are exactly those a
+    training or evaluation run computed): ``spec`` is an augmented utterance's ``meta["augment"]``
+    ({"seed", optional "config"}). What the Evaluate page hands to Analyze for such a copy."""
+    import io
+
+    import soundfile as sf
+
+    from .audio import load_audio
+
+    samples = augment_waveform(load_audio(data), int(spec["seed"]), AugmentConfig.from_dict(spec.get("config") or {}))
+    buffer = io.BytesIO()
+    sf.write(buffer, samples, SAMPLE_RATE, format="WAV", subtype="FLOAT")
+    return buffer.getvalue()

@@ -117,7 +117,8 @@ def evaluate(checkpoint: str, corpus: str, root: str, protocol: str = "predefine
     result["per_class"] = metrics.classification_report_table(y_true, y_pred, labels=labels)
     result["predictions"] = [
         {"id": u.id, "true": t, "pred": p, "confidence": float(pr.max()), "audio": str(u.audio),
-         "transcript": u.transcript, "video": None if u.video is None else str(u.video)}
+         "transcript": u.transcript, "video": None if u.video is None else str(u.video),
+         "augment": u.meta.get("augment")}
         for u, t, p, pr in zip(utts, y_true, y_pred, probs)
     ]
     return result

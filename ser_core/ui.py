@@ -6,6 +6,7 @@ Pages stay thin: they pick inputs with these helpers, call ``ser_core.pipeline``
 
 from __future__ import annotations
 
+import atexit
 import csv
 import io
 import logging
@@ -162,10 +163,18 @@ def lower_this_thread(niceness: int = 19) -> None:
             pass
 
 
+#: Set when the process exits: the background warm-up stops at its next step (see
+#: ``_warm_up_in_background``).
+_WARM_UP_STOP = threading.Event()
+
+
 def _while_analyses_run(line) -> None:
-    """Wait while a visitor's analysis runs or waits: the warm-up never takes cores from one."""
-    while sum(line.counts()):
+    """Wait while a visitor's analysis runs or waits: the warm-up never takes cores from one.
+    Raises Cancelled once the process is exiting (the warm-up stops between its steps)."""
+    while sum(line.counts()) and not _WARM_UP_STOP.is_set():
         time.sleep(0.2)
+    if _WARM_UP_STOP.is_set():
+        raise Cancelled()
 
 
 @st.cache_data(show_spinner="Counting parameters and FLOPs…", max_entries=32)
@@ -227,12 +236,23 @@ def _warm_up_in_background() -> threading.Thread:
     def run() -> None:
         try:
             log.info("models warmed up in %.1f s", warm_up(yield_for_cards=True))
+        except Cancelled:
+            pass  # the process is exiting
         except Exception:  # a broken checkpoint says so when a visitor opens it; never here
             log.exception("warming up the models failed")
 
     thread = threading.Thread(target=run, name="ser-warm-up", daemon=True)
     thread.start()
+    # When the process exits, the warm-up stops at its next step and is waited for: a daemon
+    # thread killed inside a backward pass aborts the interpreter ("terminate called without an
+    # active exception", exit status 134), seen when a test process ended during the warm-up.
+    atexit.register(_stop_warm_up, thread)
     return thread
+
+
+def _stop_warm_up(thread: threading.Thread, timeout: float = 60.0) -> None:
+    _WARM_UP_STOP.set()
+    thread.join(timeout)
 
 
 @st.cache_resource(show_spinner=False)
@@ -449,7 +469,8 @@ def clip_picker(key: str = "clip", video: bool = False) -> Clip | None:
 
 def requested_clip() -> Clip | None:
     """A clip another page asked this one to open (``st.session_state["analyze_request"]``:
-    {"audio": path, "transcript", "video", "name", "label"}), taken once."""
+    {"audio": path, "transcript", "video", "name", "label", "augment"}), taken once; with
+    "augment" (an augmented copy the Evaluate page scored), that copy of the recording."""
     request = st.session_state.pop("analyze_request", None)
     if not request:
         return None
@@ -457,8 +478,15 @@ def requested_clip() -> Clip | None:
     video = Path(request["video"]) if request.get("video") else None
     try:
         data = audio.read_bytes()
+        if request.get("augment"):
+            from .augment import augmented_copy_wav
+
+            data = augmented_copy_wav(data, request["augment"])
     except OSError as exc:
         st.error(f"Could not open {audio}: {exc.strerror or exc}.")
+        return None
+    except InputError as exc:
+        st.error(str(exc))
         return None
     return Clip(request.get("name") or audio.name, data, request.get("transcript") or None,
                 video if video is not None and video.exists() else None, request.get("label"))

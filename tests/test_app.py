@@ -430,3 +430,38 @@ def test_pickers_list_trained_checkpoints_newest_first_then_the_shipped_default_
     monkeypatch.setenv("SER_CHECKPOINTS_DIR", str(trained))
     assert [p.name for p in list_all_checkpoints()] == [
         "new.safetensors", "old.safetensors", DEFAULT_CHECKPOINT_NAME, "a.safetensors", "b.safetensors"]
+
+
+def test_the_background_warm_up_stops_between_its_steps_when_the_process_exits():
+    """At exit (atexit) the warm-up is told to stop and waited for: one waiting for a visitor's
+    analysis, or about to start its next step, raises Cancelled instead of going on (a daemon thread
+    killed inside a backward pass would abort the interpreter)."""
+    import threading
+
+    from ser_core import ui
+    from ser_core.analysis_queue import Cancelled
+
+    class Busy:  # a visitor's analysis running all along
+        def counts(self):
+            return (1, 0)
+
+    outcome = []
+
+    def step():
+        try:
+            ui._while_analyses_run(Busy())
+            outcome.append("went on")
+        except Cancelled:
+            outcome.append("stopped")
+
+    thread = threading.Thread(target=step, daemon=True)
+    thread.start()
+    thread.join(0.5)
+    assert thread.is_alive() and not outcome  # waiting for the visitor
+    try:
+        ui._stop_warm_up(thread, timeout=5)
+        assert not thread.is_alive() and outcome == ["stopped"]
+        with pytest.raises(Cancelled):  # no further step starts either
+            ui._while_analyses_run(Busy())
+    finally:
+        ui._WARM_UP_STOP.clear()

@@ -441,3 +441,25 @@ def test_augment_args_from_the_command_line_reach_every_copy(tmp_path):
     a, b = utterance_audio(lower), utterance_audio(plain)
     assert a.shape != b.shape or not np.allclose(a, b)
     assert np.array_equal(a, utterance_audio(lower))  # reproducible
+
+
+def test_an_augmented_copy_handed_to_analyze_has_the_samples_evaluation_scored(tmp_path):
+    """augmented_copy_wav (the Evaluate page → Analyze) decodes to exactly the waveform the
+    trainer / evaluate compute for the same augmented utterance (train_data.utterance_audio)."""
+    import soundfile as sf
+
+    from ser_core.audio import load_audio
+    from ser_core.augment import augmented_copy_wav
+    from ser_core.data.base import Utterance
+    from ser_core.train_data import utterance_audio, with_augmented_copies
+
+    rng = np.random.default_rng(0)
+    t = np.arange(16000) / 16000
+    clip = tmp_path / "clip.wav"
+    sf.write(clip, (0.3 * np.sin(2 * np.pi * 220 * t) + 0.01 * rng.normal(size=t.size)).astype(np.float32), 16000)
+    utt = Utterance(id="c1", audio=clip, transcript=None, label="ang", speaker="s", session="s")
+    copy = with_augmented_copies([utt], 1, 7)[1]
+    expected = utterance_audio(copy)
+    handed = load_audio(augmented_copy_wav(clip.read_bytes(), copy.meta["augment"]))
+    assert handed.shape == expected.shape and np.array_equal(handed, expected)
+    assert not np.array_equal(handed[: min(len(handed), 16000)], load_audio(clip)[: min(len(handed), 16000)])
