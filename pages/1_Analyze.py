@@ -79,7 +79,8 @@ def explore():
     with left:
         st.subheader(f"Prediction: {ui.label_name(analysis.predicted)}")
         st.caption(
-            f"confidence {analysis.confidence:.0%} · {feats.duration:.1f} s · "
+            (f"**{shown_clip.name}** ({shown_clip.origin}) · " if shown_clip.origin else "")
+            + f"confidence {analysis.confidence:.0%} · {feats.duration:.1f} s · "
             + (f"words from {st.session_state.get('analysis_words_from', 'Whisper ASR')}"
                if sees_text else f"{base.trace.model} hears the audio only (no words)")
             + (f" · sample labelled **{ui.label_name(shown_clip.label)}**" if shown_clip.label else "")

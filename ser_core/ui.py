@@ -53,6 +53,7 @@ class Clip:
     transcript: str | None = None
     video: Path | bytes | None = None
     label: str | None = None
+    origin: str | None = None  # where it came from, when another page opened it (said on screen)
 
 
 #: The app's pages in the sidebar's order: (name, script relative to home.py, icon).
@@ -488,8 +489,10 @@ def requested_clip() -> Clip | None:
     except InputError as exc:
         st.error(str(exc))
         return None
+    origin = "opened from Evaluate" + (": an augmented copy (another room and microphone)"
+                                       if request.get("augment") else "")
     return Clip(request.get("name") or audio.name, data, request.get("transcript") or None,
-                video if video is not None and video.exists() else None, request.get("label"))
+                video if video is not None and video.exists() else None, request.get("label"), origin)
 
 
 def words_in_context(analysis) -> bool:

@@ -415,3 +415,7 @@ def test_evaluate_page_scores_augmented_copies_when_asked(cache, corpus, checkpo
     assert list(at.dataframe[1].value["id"]) == [p["id"] for p in wrong]  # [0]: per class
     at.button(key="eval_open").click().run()
     assert requests and requests[0]["augment"] == wrong[0]["augment"] and requests[0]["augment"]["seed"] >= 0
+    assert not at.exception, at.exception
+    said = " ".join(c.value for c in at.caption)  # Analyze, with the copy's prediction
+    assert f"**{wrong[0]['id']}** (opened from Evaluate: an augmented copy" in said, said
+    assert f"confidence {wrong[0]['confidence']:.0%}" in said
