@@ -167,6 +167,9 @@ class Analyzer:
         # Attributions and deletion tests per (utterance, setting, ...): computed once each.
         self._explanations: OrderedDict[tuple, Any] = OrderedDict()
         self._explanations_lock = threading.Lock()
+        # keys being computed now → set when done: a second session asking for the same one (a
+        # class on the same sample clip) waits for that result instead of computing it again
+        self._computing: dict[tuple, threading.Event] = {}
 
     @property
     def uses_video(self) -> bool:
@@ -286,16 +289,29 @@ class Analyzer:
         return {"keep_ratio": analysis.keep_ratio, "top_p": analysis.top_p, "options": dict(analysis.options)}
 
     def _cached(self, key: tuple, compute):
-        with self._explanations_lock:
-            if key in self._explanations:
-                self._explanations.move_to_end(key)
-                return self._explanations[key]
-        value = compute()
-        with self._explanations_lock:
-            self._explanations[key] = value
-            while len(self._explanations) > 64:
-                self._explanations.popitem(last=False)
-        return value
+        """The cached value of ``key``, else ``compute()``'s, computed once even when several
+        threads ask at the same time (the others wait for it; if it fails, the next one tries)."""
+        while True:
+            with self._explanations_lock:
+                if key in self._explanations:
+                    self._explanations.move_to_end(key)
+                    return self._explanations[key]
+                running = self._computing.get(key)
+                if running is None:
+                    done = self._computing[key] = threading.Event()
+                    break
+            running.wait()
+        try:
+            value = compute()
+            with self._explanations_lock:
+                self._explanations[key] = value
+                while len(self._explanations) > 64:
+                    self._explanations.popitem(last=False)
+            return value
+        finally:
+            with self._explanations_lock:
+                del self._computing[key]
+            done.set()
 
     def attribute(self, analysis: Analysis, method: str = "integrated_gradients",
                   n_steps: int | None = None, internal_batch_size: int | None = None):

@@ -187,3 +187,52 @@ def test_points_on_grid_and_kept_share():
     scores = np.array([[3.0, -1.0], [0.0, 0.0]])
     assert kept_share(scores, np.array([[True, False], [False, False]])) == (0.75, 0.25)
     assert kept_share(np.zeros((2, 2)), np.ones((2, 2), bool)) == (0.0, 1.0)
+
+
+def test_the_same_attribution_asked_by_several_sessions_at_once_is_computed_once(analyses, monkeypatch):
+    """A class on the same sample clip: the sessions that ask while it is being computed wait for
+    that result; a computation that fails leaves the next asker to try again."""
+    import threading
+
+    from ser_core import attribution
+
+    path = REPO / "checkpoints" / "ks_transformer_demo.safetensors"
+    if not path.exists():
+        pytest.skip("no KS-Transformer checkpoint")
+    base = analyses(path).rerun(keep_ratio=0.4)  # a setting no other test attributes
+    real = attribution.compute_attribution
+    calls, started, release = [], threading.Event(), threading.Event()
+
+    def slow(*a, **k):
+        calls.append(1)
+        started.set()
+        release.wait(30)
+        if len(calls) == 1:
+            raise RuntimeError("the first computation fails")
+        return real(*a, **k)
+
+    monkeypatch.setattr(attribution, "compute_attribution", slow)
+    results, errors = [], []
+
+    def ask():
+        try:
+            results.append(base.attribution("integrated_gradients"))
+        except RuntimeError as e:
+            errors.append(str(e))
+
+    first = threading.Thread(target=ask)
+    first.start()
+    assert started.wait(30)
+    others = [threading.Thread(target=ask) for _ in range(3)]
+    for t in others:
+        t.start()
+    time_waited = threading.Event()
+    time_waited.wait(0.3)
+    assert len(calls) == 1  # the three others wait instead of computing
+    release.set()
+    for t in [first, *others]:
+        t.join(60)
+    assert errors == ["the first computation fails"]  # its own caller hears of it …
+    assert len(calls) == 2 and len(results) == 3  # … one waiter computes, the two others get its result
+    for r in results[1:]:
+        np.testing.assert_array_equal(r["frames"], results[0]["frames"])
