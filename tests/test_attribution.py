@@ -226,8 +226,8 @@ def test_the_same_attribution_asked_by_several_sessions_at_once_is_computed_once
     others = [threading.Thread(target=ask) for _ in range(3)]
     for t in others:
         t.start()
-    time_waited = threading.Event()
-    time_waited.wait(0.3)
+    for t in others:  # each has asked (it is waiting, or about to)
+        t.join(0.3)
     assert len(calls) == 1  # the three others wait instead of computing
     release.set()
     for t in [first, *others]:
