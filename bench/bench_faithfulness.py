@@ -17,7 +17,8 @@ Measured 2026-12-04 (2 cores, idle, --runs 5, both files in one sitting): the de
 (Whisper's 50 frames a second) model 49 ms, attention vs random first 0.90 s, the whole test 4.36 s
 (Integrated Gradients 2.15 s, gradient × input 0.38 s); the default since then (``audio_pool`` 2:
 frames averaged in pairs, 250 model frames for 10 s) model 23 ms, first 0.45 s, **the whole test
-1.76 s** (IG 0.80 s, gradient × input 0.20 s, 51 model runs). IG keeps its 16 steps: on 16 clips
+1.76 s** (IG 0.80 s, gradient × input 0.20 s, 51 model runs); the same file in three later sittings
+the same day, with the machine busier: 1.94–2.15 s. IG keeps its 16 steps: on 16 clips
 (10 demo test, 6 RAVDESS) with the 50-frame default, 8 steps instead of 16 gave the same top 20 %
 of words as 64 steps (97 % of frames) but a completeness gap |Σ IG − (f(x) − f(0))| of 0.205 on
 average, against 0.123 at 16 and 0.064 at 64: the attribution the page shows would no longer add up.
