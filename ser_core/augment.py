@@ -346,17 +346,21 @@ def augment_waveform(
     return _safe(y)
 
 
+def augmented_as(audio: np.ndarray, spec: dict) -> np.ndarray:
+    """The waveform of an augmented copy: ``spec`` is its utterance's ``meta["augment"]``
+    ({"seed", optional "config"}, as ``train_data.with_augmented_copies`` writes it)."""
+    return augment_waveform(audio, int(spec["seed"]), AugmentConfig.from_dict(spec.get("config") or {}))
+
+
 def augmented_copy_wav(data: bytes, spec: dict) -> bytes:
-    """A recording's augmented copy as WAV bytes (32-bit float, so the samples are exactly those a
-    training or evaluation run computed): ``spec`` is an augmented utterance's ``meta["augment"]``
-    ({"seed", optional "config"}). What the Evaluate page hands to Analyze for such a copy."""
+    """A recording's augmented copy (:func:`augmented_as`) as WAV bytes, 32-bit float so the samples
+    are exactly those a training or evaluation run computed: what the Evaluate page hands to Analyze."""
     import io
 
     import soundfile as sf
 
     from .audio import load_audio
 
-    samples = augment_waveform(load_audio(data), int(spec["seed"]), AugmentConfig.from_dict(spec.get("config") or {}))
     buffer = io.BytesIO()
-    sf.write(buffer, samples, SAMPLE_RATE, format="WAV", subtype="FLOAT")
+    sf.write(buffer, augmented_as(load_audio(data), spec), SAMPLE_RATE, format="WAV", subtype="FLOAT")
     return buffer.getvalue()

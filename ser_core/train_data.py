@@ -122,10 +122,9 @@ def utterance_audio(utt: Utterance) -> np.ndarray:
     else:
         audio = load_audio(utt.audio)
     if "augment" in utt.meta:
-        from .augment import AugmentConfig, augment_waveform
+        from .augment import augmented_as
 
-        spec = utt.meta["augment"]
-        audio = augment_waveform(audio, spec["seed"], AugmentConfig.from_dict(spec.get("config", {})))
+        audio = augmented_as(audio, utt.meta["augment"])
     return audio
 
 
