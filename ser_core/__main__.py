@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="SER attention explorer: demo corpus, training, evaluation and analysis.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    from . import corpus, experiments, expressive, probe, real_voices, soup, train_cli
+    from . import corpus, cross_validation, experiments, expressive, probe, real_voices, soup, train_cli
 
     corpus.add_cli(sub)
     train_cli.add_cli(sub)
@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_cli(sub)
     real_voices.add_cli(sub)
     soup.add_cli(sub)
+    cross_validation.add_cli(sub)
 
     a = sub.add_parser("analyze", help="analyse one clip and print the prediction and trace as JSON")
     a.add_argument("audio", help="audio file (wav, flac, ogg, mp3, m4a, webm)")

@@ -33,7 +33,7 @@ def pooled_levels(speech: np.ndarray) -> np.ndarray:
 def run_probe(specs: list[CorpusSpec], classes=DEFAULT_CLASSES, seed: int = 0,
               speech_encoder: str = "whisper:tiny.en", progress: bool = True, augment_copies: int = 0,
               augment_seed: int = 0, augment_corpora: list[str] | None = None,
-              val_size: float = VAL_SHARE) -> dict[str, Any]:
+              val_size: float = VAL_SHARE, val_fold: str | None = None) -> dict[str, Any]:
     """Fit the probe on the mix's training part (plus augmented copies, as the trainer makes them,
     when asked); returns the chosen level/C and val/test scores."""
     from sklearn.linear_model import LogisticRegression
@@ -44,7 +44,7 @@ def run_probe(specs: list[CorpusSpec], classes=DEFAULT_CLASSES, seed: int = 0,
     from .scoring import score_parts
     from .train_data import extract_all, with_augmented_copies
 
-    fold = mixed_fold(specs, tuple(classes), seed, val_size)
+    fold = mixed_fold(specs, tuple(classes), seed, val_size, val_fold)
     labels = sorted({u.label for u in fold.train})
     extractor = FeatureExtractor(speech_encoder, "minilm")
     parts = {}

@@ -80,13 +80,13 @@ def evaluate(checkpoint: str, corpus: str, root: str, protocol: str = "predefine
     model, meta = load_checkpoint(checkpoint, device=dev)
     labels = list(meta["config"]["labels"])
     utts = load_corpus(corpus, root)
-    seed, val_share = 0, VAL_SHARE
+    seed, val_share, val_fold = 0, VAL_SHARE, None
     if protocol == "speakers":  # the held-out speakers of the mix the checkpoint was trained on:
         # split as mixed_fold does (only the model's labels, its split seed)
         utts = [u for u in utts if u.label in labels]
         held = split_of(meta.get("training", {}))
-        seed, val_share = held["seed"], held["val_size"]
-    folds = list(_folds(protocol, utts, seed, val_share))
+        seed, val_share, val_fold = held["seed"], held["val_size"], held["val_fold"]
+    folds = list(_folds(protocol, utts, seed, val_share, val_fold))
     if not folds:
         raise InputError(f"Protocol {protocol!r} gave no folds for this corpus.")
     if not 0 <= fold < len(folds):

@@ -64,6 +64,12 @@ class TrainConfig:
     seed: int = 0  # the initialisation, each epoch's items, dropout: never which speakers are held out
     split_seed: int = SPLIT_SEED  # draws the speaker split of a corpus without its own (data/mix.py)
     val_share: float = VAL_SHARE  # of a corpus's non-test speakers, held out for validation (the same)
+    # cross-validation over speakers (data/mix.py, cross_validation.py): "K/N" validates on fold K
+    # of N of a corpus's non-test speakers; "none" trains on all of them (the refit); None: val_share
+    val_fold: str | None = None
+    # keep this epoch's model instead of the best on validation (the epoch the folds chose; a refit
+    # with no validation speakers must say which)
+    keep_epoch: int | None = None
     out: str = "checkpoints/model.safetensors"
     run_dir: str | None = None
     resume: bool = False
@@ -116,6 +122,15 @@ class TrainConfig:
         return h
 
 
+def check_epoch_choice(cfg: TrainConfig, epochs: int) -> None:
+    """A run that keeps a given epoch must reach it; one with no validation speakers must keep one."""
+    if cfg.keep_epoch is not None and not 1 <= cfg.keep_epoch <= epochs:
+        raise InputError(f"The epoch to keep ({cfg.keep_epoch}) must be between 1 and the run's {epochs} epochs.")
+    if cfg.val_fold is not None and str(cfg.val_fold).strip().lower() == "none" and cfg.keep_epoch is None:
+        raise InputError("With no validation speakers (validation fold none) nothing can choose the epoch: "
+                         "give the epoch the cross-validation chose (--keep-epoch).")
+
+
 # --- training ----------------------------------------------------------------------------------
 class Stopped(Exception):
     """Raised inside :func:`train` when ``should_stop()`` says so (the state on disk is kept)."""
@@ -139,6 +154,7 @@ def train(cfg: TrainConfig, progress: bool = True, log=print, on_event=None, sho
     if cfg.init_from:  # refused before any feature is computed
         check_same_split(cfg)
     hyper = cfg.hyper()
+    check_epoch_choice(cfg, hyper["epochs"])
     dist = _Distributed.start(cfg.device)
     device = dist.device
     emit = (on_event or (lambda event: None)) if dist.is_main else (lambda event: None)
@@ -151,6 +167,9 @@ def train(cfg: TrainConfig, progress: bool = True, log=print, on_event=None, sho
     _seed_everything(cfg.seed)
 
     fold = load_fold(cfg)
+    if not fold.val:
+        raise InputError("This run has nothing to validate on (every speaker trains). Keep a validation "
+                         "part: a validation fold (e.g. 1/4), or another corpus in the mix.")
     labels = sorted({u.label for u in fold.train})
     train_items = without_conflicts(fold.train) if cfg.leave_out_conflicts else fold.train
     if len(train_items) < len(fold.train):
@@ -311,7 +330,8 @@ def train(cfg: TrainConfig, progress: bool = True, log=print, on_event=None, sho
             row.update({"val_wa": val["wa"], "val_ua": val["ua"], "val_macro_f1": val["macro_f1"]})
             if "by_corpus" in val:
                 row["val_ua_by_corpus"] = {c: v["ua"] for c, v in val["by_corpus"].items()}
-            if val["ua"] > best["val_ua"]:
+            # the epoch kept: the best on validation, or the one the run was told to keep
+            if (epoch + 1 == cfg.keep_epoch) if cfg.keep_epoch else val["ua"] > best["val_ua"]:
                 best = {"val_ua": val["ua"], "val_wa": val["wa"], "epoch": epoch + 1}
                 save_checkpoint(out, model, {**meta, "metrics": {"val": val, "epoch": epoch + 1}})
                 row["saved"] = True

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .corpus_choice import parse_shares
-from .data.mix import SPLIT_SEED, VAL_SHARE, corpus_specs
+from .data.mix import SPLIT_SEED, VAL_SHARE, corpus_specs, parse_val_fold
 from .errors import InputError
 from .scoring import evaluate
 from .train import PRESETS, Stopped, TrainConfig, train
@@ -74,6 +74,12 @@ def add_cli(subparsers) -> None:
     p.add_argument("--val-share", type=float, default=VAL_SHARE,
                    help="share of a corpus's non-test speakers held out for validation (default 0.15, as "
                         "every shipped model; the test speakers do not change with it)")
+    p.add_argument("--val-fold", metavar="K/N",
+                   help="validate on fold K of N of each corpus's non-test speakers (a cross-validation: run "
+                        "K = 1..N, then `python -m ser_core cv`), or none: train on all of them (the refit; "
+                        "needs --keep-epoch)")
+    p.add_argument("--keep-epoch", type=int, metavar="E",
+                   help="keep epoch E's model instead of the best on validation (the epoch `cv` chose)")
     p.add_argument("--out", default="checkpoints/model.safetensors")
     p.add_argument("--run-dir", default=None, help="metrics.jsonl and resume state (default: beside --out)")
     p.add_argument("--resume", action="store_true")
@@ -179,6 +185,12 @@ def _val_share(share: float) -> float:
     return share
 
 
+def _val_fold(text: str | None) -> str | None:
+    """--val-fold "2/4" or "none", checked at once (the split reads it again from the meta)."""
+    parse_val_fold(text)
+    return None if text is None else str(text).strip().lower()
+
+
 def _parse_augment_args(items: list[str], copies: int) -> dict[str, Any] | None:
     """``--augment-arg KEY=VALUE`` → AugmentConfig overrides (a pair as ``lo,hi``), checked at once."""
     from .augment import AugmentConfig
@@ -220,7 +232,8 @@ def _train_cli(args: argparse.Namespace) -> int:
         model=args.model,
         fold=args.fold, preset=args.preset, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, dropout=args.dropout, seed=args.seed, split_seed=args.split_seed,
-        val_share=_val_share(args.val_share), out=args.out, run_dir=args.run_dir,
+        val_share=_val_share(args.val_share), val_fold=_val_fold(args.val_fold), keep_epoch=args.keep_epoch,
+        out=args.out, run_dir=args.run_dir,
         resume=args.resume, max_utterances=args.max_utterances, device=args.device,
         half=args.half, model_args=_parse_model_args(args.model_arg), init_from=args.init_from,
         max_seconds=args.max_seconds or None, state_every=args.state_every, sec_encoder=args.sec_encoder,

@@ -34,14 +34,14 @@ def load_fold(cfg: TrainConfig) -> protocols.Fold:
     if cfg.mix:
         return mixed_fold([CorpusSpec(**spec) for spec in cfg.mix],
                           tuple(cfg.classes or DEFAULT_CLASSES), cfg.split_seed,
-                          cfg.val_share)
+                          cfg.val_share, cfg.val_fold)
     utts = load_corpus(cfg.corpus, cfg.root)
     if cfg.max_utterances:
         rng = random.Random(cfg.split_seed)
         utts = list(utts)
         rng.shuffle(utts)
         utts = utts[: cfg.max_utterances]
-    folds = list(_folds(cfg.protocol, utts, cfg.split_seed, cfg.val_share))
+    folds = list(_folds(cfg.protocol, utts, cfg.split_seed, cfg.val_share, cfg.val_fold))
     if not folds:
         raise InputError(f"protocol {cfg.protocol!r} gave no folds for this corpus")
     if cfg.fold >= len(folds):
@@ -53,7 +53,9 @@ def _held_out_by(training: dict) -> dict[str, tuple]:
     """How a run (a TrainConfig as a dict, or a checkpoint meta's ``training``) held out the voices
     of each real corpus it read: ``{corpus: ("test only",)}`` for a corpus it only tested on, else
     the split that chose its test speakers. The generated corpora keep their own split."""
-    seed, val = split_of(training).values()
+    seed, val, val_fold = split_of(training).values()
+    if val_fold is not None:  # the folds of a cross-validation differ in their validation speakers
+        val = (val, str(val_fold))
     if training.get("mix"):
         return {m["name"]: ("test only",) if m.get("test_only") else ("mix", seed, val)
                 for m in training["mix"] if m["name"] not in ROOTLESS}
@@ -91,12 +93,13 @@ def split_clash(cfg: TrainConfig, source_training: dict) -> str | None:
         return (f"this run splits {corpus}'s speakers differently from the run that trained the checkpoint "
                 f"it starts from, so some of its validation or test speakers were that model's training "
                 f"speakers. Keep the checkpoint's split (split seed {split['seed']}, validation share "
-                f"{split['val_size']:g})")
+                f"{split['val_size']:g}" + (f", validation fold {split['val_fold']}" if split["val_fold"] else "")
+                + ")")
     return None
 
 
 def _folds(protocol: str, utts: list[Utterance], seed: int,
-           val_share: float = VAL_SHARE) -> Iterable[protocols.Fold]:
+           val_share: float = VAL_SHARE, val_fold: str | None = None) -> Iterable[protocols.Fold]:
     if protocol == "predefined":
         return protocols.predefined_split(utts)
     if protocol in ("loso", "leave-one-session-out"):
@@ -106,7 +109,7 @@ def _folds(protocol: str, utts: list[Utterance], seed: int,
     if protocol in ("random", "stratified"):
         return protocols.stratified_split(utts, seed=seed)
     if protocol == "speakers":  # the per-corpus speaker-independent split a mix uses
-        return [speaker_split(utts, seed, val_size=val_share)]
+        return [speaker_split(utts, seed, val_size=val_share, val_fold=val_fold)]
     if protocol == "all":  # every utterance is test data (a corpus never trained on)
         return [protocols.Fold("all", (), (), tuple(utts))]
     raise InputError(f"unknown protocol {protocol!r}")

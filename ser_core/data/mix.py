@@ -11,6 +11,12 @@ training (the ``speakers`` protocol below):
 * a corpus with two speakers (TESS) tests on one of them and validates on a stratified 15 % of the
   other's utterances (there is no third voice to hold out).
 
+For a validation that can rank runs, the non-test speakers of a corpus with three or more speakers
+can instead be cut into N folds (``val_fold="K/N"``: fold K validates, the rest train; run every K
+and average, :mod:`ser_core.cross_validation`), or all trained on (``val_fold="none"``: the final
+refit, at an epoch the folds chose). The test speakers are the same whichever fold is asked for; the
+two-speaker and pre-split corpora keep their usual validation part.
+
 The split is drawn with its own seed (``split_seed``, 0 unless a run asks for another), never
 the training seed: a second training seed must change the initialisation and the order of the
 items, not which voices are held out. (Until 2026-12-04 the training seed drew the split, so a run
@@ -30,6 +36,7 @@ class the same share, so 400 real clips are not drowned by 1 400 synthetic ones.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -63,9 +70,50 @@ def split_seed_of(training: dict) -> int:
 
 
 def split_of(training: dict) -> dict:
-    """:func:`speaker_split`'s settings for a checkpoint's meta ``training``: its split seed and
-    its validation share."""
-    return {"seed": split_seed_of(training), "val_size": float(training.get("val_share") or VAL_SHARE)}
+    """:func:`speaker_split`'s settings for a checkpoint's meta ``training``: its split seed, its
+    validation share and its validation fold (None: the usual hold-out)."""
+    return {"seed": split_seed_of(training), "val_size": float(training.get("val_share") or VAL_SHARE),
+            "val_fold": training.get("val_fold")}
+
+
+def parse_val_fold(text: str | None) -> tuple[int, int] | None:
+    """``"K/N"`` → (K, N), 1 ≤ K ≤ N, N ≥ 2; ``"none"`` → (0, 0): no validation speakers; None → None."""
+    if text is None:
+        return None
+    if str(text).strip().lower() == "none":
+        return 0, 0
+    k, sep, n = str(text).partition("/")
+    try:
+        k_, n_ = int(k), int(n)
+    except ValueError:
+        k_ = n_ = -1
+    if not sep or not (n_ >= 2 and 1 <= k_ <= n_):
+        raise InputError(f"Validation fold {text!r}: give K/N with 1 ≤ K ≤ N and N ≥ 2 (e.g. 1/4), "
+                         "or none.")
+    return k_, n_
+
+
+def speaker_fold(utts: Sequence[Utterance], val_fold: str, seed: int = 0) -> tuple[tuple, tuple]:
+    """(train, val) of the non-test utterances ``utts``: whole speakers cut into N folds by
+    scikit-learn's StratifiedGroupKFold (by label, seeded), fold K validating; ``"none"``: (all, ())."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    k, n = parse_val_fold(val_fold)
+    utts = list(utts)
+    if n == 0:
+        return tuple(utts), ()
+    groups = np.array([u.speaker for u in utts])
+    if len(np.unique(groups)) < n:
+        raise InputError(f"Validation fold {val_fold}: {len(np.unique(groups))} speakers cannot make {n} "
+                         "folds.")
+    splitter = StratifiedGroupKFold(n_splits=n, shuffle=True, random_state=seed)
+    y = np.array([u.label for u in utts])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The least populated class")
+        _, val_idx = list(splitter.split(np.zeros((len(utts), 1)), y, groups))[k - 1]
+    held = set(val_idx.tolist())
+    return (tuple(u for i, u in enumerate(utts) if i not in held),
+            tuple(u for i, u in enumerate(utts) if i in held))
 
 
 @dataclass(frozen=True)
@@ -141,8 +189,9 @@ def load_spec(spec: CorpusSpec) -> list[Utterance]:
 
 
 def speaker_split(utts: Sequence[Utterance], seed: int = 0, test_size: float = 0.2,
-                  val_size: float = VAL_SHARE) -> protocols.Fold:
-    """The ``speakers`` protocol: test voices never heard in training (see the module docstring)."""
+                  val_size: float = VAL_SHARE, val_fold: str | None = None) -> protocols.Fold:
+    """The ``speakers`` protocol: test voices never heard in training (see the module docstring);
+    ``val_fold`` ("K/N" or "none") chooses the validation speakers of a corpus with three or more."""
     utts = list(utts)
     if not utts:
         raise InputError("No utterances to split.")
@@ -151,6 +200,9 @@ def speaker_split(utts: Sequence[Utterance], seed: int = 0, test_size: float = 0
     speakers = sorted({u.speaker for u in utts})
     if len(speakers) >= 3:
         rest, test = protocols.hold_out(utts, test_size, seed, group_by_speaker=True)
+        if val_fold is not None:
+            train, val = speaker_fold(rest, val_fold, seed)
+            return protocols.Fold(f"speakers-{seed}-val-{str(val_fold).replace('/', 'of')}", train, val, test)
         train, val = protocols.hold_out(rest, val_size, seed, group_by_speaker=True)
         return protocols.Fold(f"speakers-{seed}", train, val, test)
     if len(speakers) == 2:
@@ -175,7 +227,7 @@ def tag(utt: Utterance, corpus: str) -> Utterance:
 
 
 def mixed_fold(specs: Sequence[CorpusSpec], classes: Sequence[str] = DEFAULT_CLASSES,
-               seed: int = 0, val_size: float = VAL_SHARE) -> protocols.Fold:
+               seed: int = 0, val_size: float = VAL_SHARE, val_fold: str | None = None) -> protocols.Fold:
     """One fold over every corpus of the mix (each split on its own, then joined)."""
     keep = set(classes)
     parts: dict[str, list[Utterance]] = {"train": [], "val": [], "test": []}
@@ -186,7 +238,7 @@ def mixed_fold(specs: Sequence[CorpusSpec], classes: Sequence[str] = DEFAULT_CLA
         if spec.test_only:
             parts["test"] += utts
             continue
-        fold = speaker_split(utts, seed, val_size=val_size)
+        fold = speaker_split(utts, seed, val_size=val_size, val_fold=val_fold)
         for part in parts:
             parts[part] += getattr(fold, part)
     name = "+".join(s.label for s in specs)
