@@ -114,3 +114,17 @@ def summary(y_true: Sequence[Any], y_pred: Sequence[Any]) -> dict[str, float | i
         "macro_f1": macro_f1(y_true, y_pred),
         "n": len(list(y_true)),
     }
+
+
+def ua_margin(ua: float, n: int, z: float = 1.96) -> float:
+    """Half the width of a normal-approximation 95 % interval for a UA measured on ``n`` clips
+    (balanced classes): how far the score moves from which clips were drawn alone.
+
+    UA is the mean of K per-class recalls p_c, each on about n/K clips, so its variance is
+    mean_c p_c(1 − p_c) / n, which is at most ua(1 − ua) / n (Jensen): the margin returned is that
+    bound. It says nothing of which *speakers* were drawn, which on corpora with a few test voices
+    moves the score more (the cross-validation in ``checkpoints/README.md``)."""
+    if n <= 0:
+        raise ValueError("No clips: a score on no clips has no margin.")
+    ua = min(max(float(ua), 0.0), 1.0)
+    return z * float(np.sqrt(ua * (1.0 - ua) / n))

@@ -61,6 +61,9 @@ def real_voices_section(cards) -> None:
                  **{f"{k.upper()} UA %": pct(probe.get(k, {}).get("ua")) for k in corpora},
                  **{f"{k.upper()} WA %": pct(probe.get(k, {}).get("wa")) for k in corpora}})
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    margins = precision_note(report.get("by_corpus", {}), corpora)
+    if margins:
+        st.caption(margins)
     cross = report.get("cross_corpus", [])
     if cross:
         st.markdown("**A corpus the model never trained on** (every one of its clips is test data; each "
@@ -82,6 +85,21 @@ def real_voices_section(cards) -> None:
     st.caption("Data: " + "; ".join(CORPUS_NOTES[k] for k in corpora + ["demo"] if k in CORPUS_NOTES)
                + ". The real corpora are non-commercial research licences: they are not part of this "
                  "project, and the models trained on them are for research and teaching.")
+
+
+def precision_note(by_corpus: dict, corpora: list[str]) -> str | None:
+    """How precise the held-out scores are, in words, from the default model's test sizes: the
+    margin that the clips drawn alone give (``metrics.ua_margin``), and that the voices drawn add more."""
+    from .metrics import ua_margin
+
+    parts = [f"±{ua_margin(by_corpus[k]['ua'], by_corpus[k]['n']) * 100:.0f} points on {k.upper()} "
+             f"({by_corpus[k]['n']} clips)" for k in corpora if by_corpus.get(k, {}).get("n")]
+    if not parts:
+        return None
+    return ("How precise these figures are: which test clips happen to be drawn moves a score by up to about "
+            + " and ".join(parts) + ", 95 % of the time; which test speakers are drawn moves it more (only a "
+            "few voices per corpus are held out). A difference of a few points between two rows is not "
+            "evidence that one model is better.")
 
 
 def training_summary(checkpoint: str | None) -> str | None:

@@ -231,6 +231,14 @@ def test_models_page_lists_every_checkpoint_with_size_cost_and_scores():
             assert row[f"{corpus.upper()} test UA %"] == f"{100 * scores['ua']:.1f}"
     assert row["paper UA %"] == "75.3"  # KS-Transformer, IEMOCAP (Table 2)
     assert "not a comparison" in " ".join(c.value for c in at.caption)
+    # how precise the held-out scores are: the margin from the clips drawn, per real corpus
+    from ser_core.metrics import ua_margin
+
+    precise = next(c.value for c in at.caption if c.value.startswith("How precise"))
+    shipped_report = json.loads((REPO / "checkpoints" / "real_voices.json").read_text())
+    for corpus in shipped_report["corpora"]:
+        s = shipped_report["by_corpus"][corpus]
+        assert f"±{100 * ua_margin(s['ua'], s['n']):.0f} points on {corpus.upper()} ({s['n']} clips)" in precise
     # the cross-corpus runs, one row per (model, corpus left out), each beside the probe on its data
     report = json.loads((REPO / "checkpoints" / "real_voices.json").read_text())
     cross = next(d.value for d in at.dataframe if "tested on" in d.value.columns)

@@ -76,3 +76,23 @@ def test_integer_labels_and_summary():
 def test_bad_input(y_true, y_pred, kwargs, message):
     with pytest.raises(InputError, match=message):
         confusion_matrix(y_true, y_pred, **kwargs)
+
+
+def test_the_margin_of_a_ua_bounds_what_resampling_the_clips_gives():
+    from ser_core.metrics import ua_margin, unweighted_accuracy
+
+    # 4 classes x 28 clips, per-class recalls 0.9 / 0.8 / 0.7 / 0.6: UA 0.75
+    rng = np.random.default_rng(0)
+    recalls = [0.9, 0.8, 0.7, 0.6]
+    uas = []
+    for _ in range(4000):  # draw the test clips again: each right with its class's recall
+        y_true = np.repeat(np.arange(4), 28)
+        right = rng.random(112) < np.repeat(recalls, 28)
+        y_pred = np.where(right, y_true, (y_true + 1) % 4)
+        uas.append(unweighted_accuracy(y_true, y_pred))
+    spread = 1.96 * np.std(uas)
+    margin = ua_margin(0.75, 112)
+    assert spread <= margin <= 1.25 * spread  # an upper bound, and not a loose one
+    assert ua_margin(1.0, 50) == 0.0 and ua_margin(0.5, 400) == pytest.approx(0.049, abs=1e-3)
+    with pytest.raises(ValueError):
+        ua_margin(0.5, 0)
