@@ -21,7 +21,7 @@ from typing import Callable, TypeVar
 
 import streamlit as st
 
-from . import limits, ui_corpus, ui_model_notes
+from . import ast_lock, limits, ui_corpus, ui_model_notes
 from .analysis_queue import AnalysisQueue, Cancelled, Place
 from .checkpoint import DEFAULT_CHECKPOINT_NAME, list_all_checkpoints, read_meta
 from .data.base import emotion_word
@@ -32,6 +32,9 @@ from .paths import SAMPLES_DIR
 
 log = logging.getLogger("ser_core.ui")
 T = TypeVar("T")
+# before any page starts a background thread: Streamlit parses every page's script while those
+# threads may parse too, which Python 3.11.7 cannot do safely (ser_core/ast_lock.py)
+ast_lock.install()
 
 # Pages call these as ui.<name>; they live in ui_corpus (the corpus picker) and ui_model_notes
 # (what a model was trained on, how it does, how faithful its kept keys are).
