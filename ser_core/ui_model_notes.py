@@ -97,7 +97,7 @@ def precision_note(by_corpus: dict, corpora: list[str]) -> str | None:
     if not parts:
         return None
     return ("How precise these figures are: which test clips happen to be drawn moves a score by up to about "
-            + " and ".join(parts) + ", 95 % of the time; which test speakers are drawn moves it more (only a "
+            + " and ".join(parts) + ", 95 % of the time; which test speakers are drawn can move it further (only a "
             "few voices per corpus are held out). A difference of a few points between two rows is not "
             "evidence that one model is better.")
 
