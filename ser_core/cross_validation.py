@@ -31,17 +31,12 @@ from typing import Any
 from .checkpoint import read_meta
 from .data.mix import parse_val_fold
 from .errors import InputError
+from .train import run_dir_of
 
 __all__ = ["fold_histories", "choose_epoch", "add_cli"]
 
 #: settings that may differ between the folds of one cross-validation (all others must agree)
-PER_FOLD = ("val_fold", "out", "run_dir", "resume", "keep_epoch")
-
-
-def _run_dir(checkpoint: Path, training: dict[str, Any]) -> Path:
-    if training.get("run_dir"):
-        return Path(training["run_dir"])
-    return checkpoint.with_suffix("").parent / (checkpoint.stem + ".run")
+PER_FOLD = ("val_fold", "out", "run_dir", "resume", "keep_epoch", "sizes", "fold")
 
 
 def fold_histories(checkpoints: list[str]) -> tuple[int, list[list[dict[str, Any]]]]:
@@ -63,12 +58,12 @@ def fold_histories(checkpoints: list[str]) -> tuple[int, list[list[dict[str, Any
         n_folds = n
         if k in folds:
             raise InputError(f"Fold {k} is given twice.")
-        mine = {key: v for key, v in training.items() if key not in PER_FOLD and key not in ("sizes", "fold")}
+        mine = {key: v for key, v in training.items() if key not in PER_FOLD}
         if recipe is not None and mine != recipe:
             differ = sorted(key for key in set(mine) | set(recipe) if mine.get(key) != recipe.get(key))
             raise InputError(f"{path.name} was trained otherwise than the other folds ({', '.join(differ)}).")
         recipe = mine
-        rows_file = _run_dir(path, training) / "metrics.jsonl"
+        rows_file = run_dir_of(path, training.get("run_dir")) / "metrics.jsonl"
         if not rows_file.exists():
             raise InputError(f"{path.name}: its epochs' record {rows_file} is missing.")
         rows = [json.loads(line) for line in rows_file.read_text().splitlines() if line.strip()]

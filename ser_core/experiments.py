@@ -106,7 +106,7 @@ def run_experiment(name: str, corpus: str = "manifest", root: str = "", protocol
 
     ``values`` keeps only the rows of a sweep at those values (e.g. k 0.1, 0.3 … 0.9 of nine).
     """
-    from .train import TrainConfig, train
+    from .train import TrainConfig, run_dir_of, train
 
     rows, x_title = _rows(name)
     if values:
@@ -131,7 +131,7 @@ def run_experiment(name: str, corpus: str = "manifest", root: str = "", protocol
                               preset=preset, epochs=epochs, out=str(path), max_utterances=max_utterances,
                               model_args={**(model_args or {}), **row.model_args}, device=device,
                               group_by_length=True,  # less padding: faster epochs, the same items
-                              resume=path.with_suffix("").with_name(path.stem + ".run").exists())
+                              resume=run_dir_of(path).exists())
             t0 = time.perf_counter()
             meta = train(cfg, progress=False, log=lambda *_: None)
             m = meta["metrics"]

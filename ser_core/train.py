@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from . import metrics
 from .checkpoint import load_checkpoint, read_meta, save_checkpoint
-from .data.mix import SPLIT_SEED, VAL_SHARE, balance_weights, split_seed_of
+from .data.mix import SPLIT_SEED, VAL_SHARE, balance_weights, parse_val_fold, split_seed_of
 from .errors import InputError
 from .features import FeatureExtractor, atomic_write
 from .models import build_model
@@ -122,11 +122,18 @@ class TrainConfig:
         return h
 
 
+def run_dir_of(out: str | Path, run_dir: str | None = None) -> Path:
+    """Where a run keeps its metrics.jsonl and resume state: ``run_dir``, else ``OUT.run`` beside
+    the checkpoint ``out``."""
+    out = Path(out)
+    return Path(run_dir) if run_dir else out.with_suffix("").parent / (out.stem + ".run")
+
+
 def check_epoch_choice(cfg: TrainConfig, epochs: int) -> None:
     """A run that keeps a given epoch must reach it; one with no validation speakers must keep one."""
     if cfg.keep_epoch is not None and not 1 <= cfg.keep_epoch <= epochs:
         raise InputError(f"The epoch to keep ({cfg.keep_epoch}) must be between 1 and the run's {epochs} epochs.")
-    if cfg.val_fold is not None and str(cfg.val_fold).strip().lower() == "none" and cfg.keep_epoch is None:
+    if parse_val_fold(cfg.val_fold) == (0, 0) and cfg.keep_epoch is None:
         raise InputError("With no validation speakers (validation fold none) nothing can choose the epoch: "
                          "give the epoch the cross-validation chose (--keep-epoch).")
 
@@ -161,7 +168,7 @@ def train(cfg: TrainConfig, progress: bool = True, log=print, on_event=None, sho
     log = log if dist.is_main else (lambda *_: None)
     progress = progress and dist.is_main
     out = Path(cfg.out)
-    run_dir = Path(cfg.run_dir) if cfg.run_dir else out.with_suffix("").parent / (out.stem + ".run")
+    run_dir = run_dir_of(out, cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     state_path = run_dir / "state.pt"
     _seed_everything(cfg.seed)
