@@ -6,8 +6,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import streamlit as st  # noqa: E402
 
-from ser_core import kept, knob_ahead, limits, ui, ui_audio, viz  # noqa: E402
-from ser_core.deletion import AXIS_NAMES, QUICK_RANKINGS  # noqa: E402
+from ser_core import faithful_ahead, kept, knob_ahead, limits, ui, ui_audio, viz  # noqa: E402
+from ser_core.deletion import AXIS_NAMES  # noqa: E402
 
 ui.page_setup("Analyze")
 st.title("Analyze an utterance")
@@ -174,14 +174,27 @@ def explore():
                            lambda: viz.trace_to_json(analysis.trace, with_weights=False),
                            f"{stem}_trace.json", "application/json", on_click="ignore")
 
-    with st.expander("Is this faithful? (deletion test)", expanded=False):
-        faithfulness_view(analysis, layer, feats)
+    faithfulness_view(analysis, layer, feats)
 
 
-# Inside the expander, a fragment of its own: the toggle and the test re-run (and the browser redraws)
-# only this part, not the maps above it.
+def faithfulness_opened(analysis, layer):
+    """The view was opened (or closed): once open, the test starts in the background, so that the
+    press on "Run the deletion test" finds it under way or done (``ser_core.faithful_ahead``)."""
+    if st.session_state.get("analyze_faithful_open") and not st.session_state.get("analyze_faithful"):
+        st.session_state["analyze_faithful_ahead"] = faithful_ahead.start(
+            analysis, layer, ui.session_id(), ui.analysis_queue())
+
+
+# The expander and what it holds, a fragment of their own: opening it, the toggle and the test re-run
+# (and the browser redraws) only this part, not the maps above it.
 @st.fragment
 def faithfulness_view(analysis, layer, feats):
+    with st.expander("Is this faithful? (deletion test)", key="analyze_faithful_open",
+                     on_change=faithfulness_opened, args=(analysis, layer)):
+        faithfulness_test(analysis, layer, feats)
+
+
+def faithfulness_test(analysis, layer, feats):
     st.caption(
         "If this layer's attention shows what the model relies on, removing the words or speech frames "
         "it ranks highest should lower the prediction more than removing random ones. The test removes "
@@ -193,7 +206,8 @@ def faithfulness_view(analysis, layer, feats):
         st.info(too_long)
     elif st.toggle("Run the deletion test", key="analyze_faithful",
                    help="Re-runs the model about 50 times on the cached features: attention against random "
-                        "first (about a second on a 10 s clip), then the gradient attributions (about 2 s more)."):
+                        "first, then the gradient attributions (about 2 s in all on a 10 s clip). The "
+                        "work starts when this view opens, so it may be done before you press."):
         sentence_box, curves_box, pending = st.empty(), st.empty(), st.empty()
 
         def show(test):
@@ -207,9 +221,18 @@ def faithfulness_view(analysis, layer, feats):
                                                                    test.aopc(axis)),
                                         width="stretch", key=f"deletion_{axis}")
 
+        # each step from the work started when the view opened, if it is for this analysis and layer
+        # (waiting for the step under way), else in the shared line of analyses like an analysis
+        ahead = st.session_state.get("analyze_faithful_ahead")
+        ahead = ahead if ahead is not None and ahead.is_for(analysis, layer) else None
+
+        def step(n, work):
+            done = ahead.result(n) if ahead is not None else None
+            return done if done is not None else ui.run_queued(work)
+
         try:
             # 1. attention against random: the sentence's answer, from a dozen model runs
-            quick = ui.run_queued(lambda should_stop: analysis.deletion_test(layer=layer, rankings=QUICK_RANKINGS))
+            quick = step(1, lambda should_stop: faithful_ahead.quick_test(analysis, layer))
             # its sentence first; the curves once every ranking is in (drawing them twice took a
             # 2-core laptop's CPU from the test)
             if quick.attention_layers:
@@ -218,17 +241,12 @@ def faithfulness_view(analysis, layer, feats):
             else:
                 pending.caption("Removing words and frames and re-running the model…")
 
-            # 2. every ranking (the removals of step 1 are reused), and the words' IG scores
-            def deletion_and_words(should_stop):  # in the shared line of analyses, like an analysis
-                test = analysis.deletion_test(layer=layer)
-                words = (analysis.attribution("integrated_gradients")["words"]
-                         if "words" in test.axes and not should_stop() else None)
-                return test, words
-
-            # no turning spinner: the caption above says what is coming, and an animation would take
+            # 2. every ranking (the removals of step 1 are reused), and the words' IG scores. No
+            # turning spinner: the caption above says what is coming, and an animation would take
             # CPU from the test when the browser runs on the same machine (a classroom laptop)
-            deletion, ig_words = ui.run_queued(deletion_and_words)
+            deletion, ig_words = step(2, lambda should_stop: faithful_ahead.every_ranking(analysis, layer, should_stop))
         except Exception as exc:  # a message, never a traceback
+            pending.empty()  # nothing is being added any more
             ui.show_error(exc)
         else:
             pending.empty()

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -61,6 +62,7 @@ from .trace import AttentionRecord, AttentionTrace, AxisLabels
 
 __all__ = [
     "DEFAULT_STEPS",
+    "GLOBAL_HOOKS",
     "FRAME_AXES",
     "METHODS",
     "Attribution",
@@ -75,6 +77,12 @@ __all__ = [
 ]  # model_adapter: see __getattr__ below
 
 METHODS = ("integrated_gradients", "input_x_gradient", "rollout")
+#: Held while gradients are computed here and while ``model_card.count_flops`` counts FLOPs: its
+#: FlopCounterMode installs *global* module hooks that, in every thread, put gradient hooks on each
+#: module input that requires grad, and a gradient attribution in another thread then fails inside
+#: ``torch.autograd.grad`` ("A leaf node was passed to _will_engine_execute_node ..."; seen when the
+#: server's warm-up made the Models page's cards while a visitor ran the deletion test).
+GLOBAL_HOOKS = threading.RLock()
 DEFAULT_STEPS = 16  # Gauss–Legendre points (ILT / CAT: 32, see attribution_inputs._LogMelAdapter.default_steps)
 #: The modality (``model_axis_labels`` key) of each model's frame axis.
 FRAME_AXES = {"ks_transformer": "audio", "mfsn": "sec", "ilt": "cnn", "cat": "lstm",
@@ -268,7 +276,7 @@ def compute_attribution(
 
     from captum.attr import InputXGradient, IntegratedGradients  # heavy import: only when used
 
-    with _gradients_on(model):
+    with GLOBAL_HOOKS, _gradients_on(model):
         sources = adapter.capture(setting)
         xs = tuple(s.value for s in sources)
 

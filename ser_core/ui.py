@@ -268,7 +268,7 @@ def analysis_queue() -> AnalysisQueue:
     return AnalysisQueue(slots=limits.max_analyses(), is_active=_session_is_active)
 
 
-def _session_id() -> str | None:
+def session_id() -> str | None:
     """This browser session's id (None outside a Streamlit script run)."""
     from streamlit.runtime.scriptrunner import get_script_run_ctx
 
@@ -280,7 +280,7 @@ def stop_if_tab_closed() -> None:
     """Raise Cancelled when this script run's browser tab has gone away: long work that runs in
     the page itself (not in the line of analyses) calls it between its steps, so nothing keeps
     a core busy for a page nobody is looking at."""
-    session = _session_id()
+    session = session_id()
     if session is not None and not _session_is_active(session):
         raise Cancelled()
 
@@ -311,7 +311,7 @@ def run_queued(work: Callable[[Callable[[], bool]], T], status_box=None, spinner
         with st.spinner(spinner):
             return work(should_stop)
 
-    session = _session_id()
+    session = session_id()
     if session is None:
         return spin(lambda: False)
     box = status_box if status_box is not None else st.empty()

@@ -375,7 +375,7 @@ def test_a_cancelled_analysis_stops_inside_whisper_and_between_the_encoders(cach
 
 def test_work_in_a_page_stops_when_its_tab_has_gone(monkeypatch):
     ui.stop_if_tab_closed()  # outside a script run: nothing to stop
-    monkeypatch.setattr(ui, "_session_id", lambda: "tab-1")
+    monkeypatch.setattr(ui, "session_id", lambda: "tab-1")
     open_tabs = {"tab-1"}
     monkeypatch.setattr(ui, "_session_is_active", lambda session: session in open_tabs)
     ui.stop_if_tab_closed()

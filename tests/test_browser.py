@@ -175,6 +175,31 @@ def test_deletion_view_answers_attention_against_random_then_adds_the_attributio
     assert any(t.startswith("Integrated Gradients") for t in legend)
     assert "Traceback" not in page.content()
     page.screenshot(path=str(_shots(tmp_path) / "analyze_deletion_test.png"), full_page=True)
+    # off and closed; at the next keep_ratio the view is opened and read before the press: the test
+    # ran in the background since the view opened (ser_core.faithful_ahead), and the press shows it
+    page.get_by_text("Run the deletion test").click()
+    playwright.expect(page.locator(".st-key-analyze_faithful input")).not_to_be_checked()
+    wait_idle(page)
+    page.get_by_text("Is this faithful? (deletion test)").click()
+    wait_idle(page)
+    page.get_by_role("slider").first.focus()
+    page.keyboard.press("ArrowLeft")
+    wait_idle(page)
+    open_expander(page, "Is this faithful? (deletion test)")
+    wait_idle(page)
+    page.wait_for_timeout(3000)  # a student reading the view's caption
+    page.get_by_text("Run the deletion test").click()
+    playwright.expect(page.locator(".st-key-analyze_faithful input")).to_be_checked()
+    try:
+        page.get_by_text("model runs in", exact=False).wait_for(timeout=120_000)
+    except playwright.TimeoutError:
+        if page.get_by_text("Details for a bug report").count():
+            page.get_by_text("Details for a bug report").click()
+        pytest.fail("the deletion view never finished; the page says: " + page.inner_text("body")[-800:])
+    wait_idle(page)
+    text = page.inner_text("body")
+    assert "probability of" in text and "being added" not in text and "Traceback" not in page.content()
+    assert len(page.eval_on_selector_all(".js-plotly-plot .legendtext", "els => els")) >= len(legend)
 
 
 def test_a_45_s_upload_finishes_with_its_maps_at_display_resolution(server, browser, tmp_path):

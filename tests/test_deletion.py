@@ -177,6 +177,89 @@ def test_toy_deletion_is_cached_and_runs_in_few_batches(toy, monkeypatch):
     np.testing.assert_array_equal(other.curve("words", "attention").probs, first.curve("words", "attention").probs)
 
 
+def test_opening_the_view_runs_the_pages_work_ahead_in_the_line(toy, monkeypatch):
+    """``faithful_ahead``: opening "Is this faithful?" runs the page's two steps in the session's
+    turn in the line; the press then takes both results from it and the model does not run again;
+    a stop between the steps leaves the second to the page; no session, or a clip too long to
+    explain, starts nothing."""
+    from ser_core import faithful_ahead, limits
+    from ser_core.analysis_queue import AnalysisQueue
+
+    analysis = toy.analyzer.run_model(toy_features(seed=2))  # an utterance no other test used
+    line = AnalysisQueue(slots=1)
+    sessions = []
+    real_run = line.run
+    monkeypatch.setattr(line, "run", lambda session, work, **k: sessions.append(session) or real_run(session, work, **k))
+    assert faithful_ahead.start(analysis, None, None, line) is None  # outside a browser session
+    ahead = faithful_ahead.start(analysis, None, "tab-1", line)
+    quick, (test, words) = ahead.result(1), ahead.result(2)  # each waits for its step
+    ahead.thread.join(timeout=60)
+    assert not ahead.thread.is_alive() and sessions == ["tab-1"] and line.counts() == (0, 0)
+    assert ahead.is_for(analysis, None) and not ahead.is_for(analysis, "words.pool")
+    assert {c.ranking for c in quick.curves} == {"attention", "random"}
+    assert {c.ranking for c in test.curves} > {"attention", "random", "integrated_gradients"}
+    model = toy.analyzer.model
+    calls = []
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
+    assert faithful_ahead.quick_test(analysis, None) is quick  # the page's own calls: cached
+    again, again_words = faithful_ahead.every_ranking(analysis, None, lambda: False)
+    assert again is test and calls == []
+    np.testing.assert_array_equal(words, again_words)
+
+    # asked to stop after the first step (the tab was closed): the page runs the second itself
+    other = toy.analyzer.run_model(toy_features(seed=3))
+    stops = iter([False, True])
+    stopped = faithful_ahead.Ahead(other, None)
+    stopped.work(lambda: next(stops))
+    assert set(stopped.results) == {1} and calls
+    ran = len(calls)
+    faithful_ahead.every_ranking(other, None, lambda: False)
+    assert len(calls) > ran
+    # a request replaced the moment its turn came runs nothing
+    idle = faithful_ahead.Ahead(toy.analyzer.run_model(toy_features(seed=4)), None)
+    ran = len(calls)
+    idle.work(lambda: True)
+    assert idle.results == {} and len(calls) == ran and not idle.running.is_set()
+
+    monkeypatch.setattr(limits, "too_long_to_explain", lambda seconds: "too long")
+    assert faithful_ahead.start(other, None, "tab-1", line) is None
+
+
+def test_flop_counting_and_a_gradient_attribution_never_overlap(toy, monkeypatch):
+    """FlopCounterMode's module hooks are global (every thread): an attribution asked for while
+    the Models page's FLOPs are being counted waits until the count is done, and then works."""
+    import threading
+
+    from ser_core.model_card import count_flops
+
+    model = toy.analyzer.model
+    counting, release = threading.Event(), threading.Event()
+    forward = model.forward
+
+    def slow_while_counting(*a, **k):
+        if threading.current_thread().name == "counting":
+            counting.set()
+            release.wait(30)
+        return forward(*a, **k)
+
+    monkeypatch.setattr(model, "forward", slow_while_counting)
+    flops = []
+    counter = threading.Thread(target=lambda: flops.append(count_flops(model, toy_features())), name="counting")
+    counter.start()
+    assert counting.wait(30)
+    analysis = toy.analyzer.run_model(toy_features(seed=5))  # inference: not held up
+    scores = []
+    attributing = threading.Thread(target=lambda: scores.append(analysis.attribution("integrated_gradients")))
+    attributing.start()
+    attributing.join(timeout=0.5)
+    assert attributing.is_alive() and not scores  # waits for the count to end
+    release.set()
+    counter.join(timeout=30)
+    attributing.join(timeout=60)
+    assert flops and flops[0] >= 0 and scores and int(np.argmax(scores[0]["words"])) == WORD
+
+
 def test_removing_nothing_reproduces_the_prediction_for_every_checkpoint(cache):
     """The masking path (padding masks, or padding's value for ILT / CAT) is the model itself."""
     from ser_core.attribution import model_adapter
