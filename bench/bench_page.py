@@ -20,7 +20,7 @@ and once:
   * the server's resident memory at the end and at its peak.
 Both clips carry a faint random dither (-80 dB), so no run finds their features in the disk cache
 of an earlier run: every analysis here transcribes and encodes.
-Measured 2026-12-04 (2 cores, idle, three runs): every ranking 1.64–1.96 s after a click as soon
+Measured 2026-12-04 (2 cores, idle, four runs): every ranking 1.64–1.96 s after a click as soon
 as the view opened (2.2–2.55 s from the opening; before the test started on opening: 1.92–2.29 s
 from the click), 0.21–0.22 s after a click 2 s after opening.
 Targets (issue 12): slider ≤ 300 ms, Compare k ≤ 500 ms, long clip ≤ 8 s, first analysis ≤ 3 s,
