@@ -180,6 +180,7 @@ def explore():
 def faithfulness_opened(analysis, layer):
     """The view was opened (or closed): once open, the test starts in the background, so that the
     press on "Run the deletion test" finds it under way or done (``ser_core.faithful_ahead``)."""
+    st.session_state.pop("analyze_faithful_ahead", None)  # (it holds its analysis's maps)
     if st.session_state.get("analyze_faithful_open") and not st.session_state.get("analyze_faithful"):
         st.session_state["analyze_faithful_ahead"] = faithful_ahead.start(
             analysis, layer, ui.session_id(), ui.analysis_queue())
