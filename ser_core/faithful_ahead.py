@@ -16,8 +16,9 @@ When the press comes while it runs, the page takes each step's result from it
 (:meth:`Ahead.result`: waiting for the step under way) instead of asking the line again: a
 request of its own would replace this one and run beside the step under way, each on one math
 thread (the server gives an analysis every core only while it runs alone). One still waiting for
-its turn is simply replaced by the page's request. A student who presses at once waits for what is left; one who
-read the view's caption first finds it done. Nothing is started for a clip too long to explain.
+its turn is simply replaced by the page's request. A student who presses at once waits for what is
+left; one who read the view's caption first finds it done. Nothing is started for a clip too long
+to explain.
 """
 
 from __future__ import annotations
