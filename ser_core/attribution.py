@@ -83,7 +83,7 @@ METHODS = ("integrated_gradients", "input_x_gradient", "rollout")
 #: ``torch.autograd.grad`` ("A leaf node was passed to _will_engine_execute_node ..."; seen when the
 #: server's warm-up made the Models page's cards while a visitor ran the deletion test).
 GLOBAL_HOOKS = threading.RLock()
-DEFAULT_STEPS = 16  # Gauss–Legendre points (ILT / CAT: 32, see attribution_inputs._LogMelAdapter.default_steps)
+DEFAULT_STEPS = 16  # Gauss–Legendre points (ILT / CAT: 48, see attribution_inputs._LogMelAdapter.default_steps)
 #: The modality (``model_axis_labels`` key) of each model's frame axis.
 FRAME_AXES = {"ks_transformer": "audio", "mfsn": "sec", "ilt": "cnn", "cat": "lstm",
               "mesm": "spectrogram", "fe2e": "spectrogram"}
