@@ -21,7 +21,7 @@ What is attributed
     ``InputXGradient``). IG's baseline is **all zeros** on every attributed input, which is
     what padding looks like to these models (see ``ser_core.attribution_inputs``); its path
     integral is approximated with Captum's Gauss–Legendre rule over ``n_steps`` points (default
-    :data:`DEFAULT_STEPS`; 32 for ILT / CAT), all steps in one batch (``internal_batch_size``
+    :data:`DEFAULT_STEPS`; 48 for ILT / CAT), all steps in one batch (``internal_batch_size``
     splits it for long clips). Completeness: the scores of *all* attributed inputs sum to f(x) − f(baseline) up to
     ``Attribution.delta`` (computed directly: sum − (f(x) − f(0)), what Captum's convergence
     delta is). Key-sparse top-k, MESM's nucleus masks and ReLUs make f piecewise along the
