@@ -406,10 +406,24 @@ def with_source_settings(cfg: TrainConfig) -> TrainConfig:
     )
 
 
+#: Pairs of models that are one network under two names, so that either starts from the other's
+#: weights: FE2E is MESM without its cross-modal attention layers (Dai et al. 2021, Sec. 4.2), and
+#: MESM at top_p = 1 computes exactly what FE2E computes with the same weights. A MESM started from
+#: a FE2E file begins with FE2E's CNNs, Transformers and heads and learns only its attention layers
+#: (W_m, W_q, W_i of eq. 1–2) from their initial values; a FE2E started from MESM drops them.
+SAME_NETWORK = (frozenset({"mesm", "fe2e"}),)
+
+
+def same_network(source_model: str | None, model: str) -> bool:
+    """Whether a checkpoint of ``source_model`` can start a run of ``model``."""
+    return source_model == model or frozenset({source_model, model}) in SAME_NETWORK
+
+
 def _source_meta(checkpoint: str, model: str) -> dict[str, Any]:
-    """The meta of the checkpoint a run fine-tunes, refused (InputError) when it holds another model."""
+    """The meta of the checkpoint a run fine-tunes, refused (InputError) when it holds another model
+    (other than another name for the same network, :data:`SAME_NETWORK`)."""
     meta = read_meta(checkpoint)
-    if meta.get("model") != model:
+    if not same_network(meta.get("model"), model):
         raise InputError(f"{Path(checkpoint).name} holds a {meta.get('model')} model, not {model}; "
                          "fine-tuning starts from a checkpoint of the same model.")
     return meta
@@ -458,11 +472,12 @@ def check_same_split(cfg: TrainConfig) -> None:
 
 
 def _init_from(model, checkpoint: str, device, log, labels: list[str]) -> None:
-    """Fine-tuning: start from a checkpoint's weights (same model). Only the classifier may differ,
+    """Fine-tuning: start from a checkpoint's weights (same model, or the same network under its other
+    name: :data:`SAME_NETWORK`; the tensors one of them lacks keep their initial values). Only the classifier may differ,
     and only when the run's classes do; any other tensor of another shape means the run's model
     settings differ from the checkpoint's, and is refused rather than trained from scratch."""
     source, meta = load_checkpoint(checkpoint, device=device)
-    if meta["model"] != model.model_name:
+    if not same_network(meta["model"], model.model_name):
         raise InputError(f"{checkpoint} holds a {meta['model']} model, not {model.model_name}.")
     own, theirs = model.state_dict(), source.state_dict()
     why = _shape_clash({k: v.shape for k, v in own.items()}, {k: v.shape for k, v in theirs.items()},

@@ -208,6 +208,32 @@ def test_mesm_at_top_p_one_equals_fe2e_with_the_same_weights():
         assert not torch.allclose(m(batch, top_p=0.3).logits, fe(batch).logits, atol=1e-4)
 
 
+def test_mesm_starts_from_a_fe2e_checkpoint_and_learns_only_its_attention_layers(tmp_path):
+    """FE2E is MESM without its attention layers (Sec. 4.2): a MESM run may start from a FE2E file.
+    Every FE2E tensor is loaded, the 24 attention tensors keep their initial values, and the started
+    MESM at top_p = 1 answers exactly as the FE2E file; another model's file is still refused."""
+    from ser_core.checkpoint import save_checkpoint
+    from ser_core.train import _init_from, _source_meta
+
+    fe = small(FE2E, seed=11)
+    src = save_checkpoint(tmp_path / "fe2e.safetensors", fe, {"model": "fe2e", "config": fe.config.to_dict()})
+    m = small(seed=12)
+    attention_before = {k: v.clone() for k, v in m.state_dict().items() if ".attention." in k}
+    logs: list[str] = []
+    _init_from(m, str(src), torch.device("cpu"), logs.append, list(m.config.labels))
+    n_fe, n_m = len(fe.state_dict()), len(m.state_dict())
+    assert n_m - n_fe == 2 * 3 * 4 and f"initialised {n_fe}/{n_m} tensors" in logs[0]
+    for k, v in m.state_dict().items():
+        torch.testing.assert_close(v, attention_before[k] if ".attention." in k else fe.state_dict()[k])
+    m.eval()
+    batch = batch_of([utterance(2.0, 5, 2), utterance(1.6, 0, 3)], m.config)
+    with torch.no_grad():
+        torch.testing.assert_close(m(batch, top_p=1.0).logits, fe(batch).logits, rtol=1e-5, atol=1e-5)
+    assert _source_meta(str(src), "mesm")["model"] == "fe2e"
+    with pytest.raises(InputError, match="holds a fe2e model, not ilt"):
+        _source_meta(str(src), "ilt")
+
+
 def test_gradient_reaches_attention_parameters():
     m = small(seed=5).train()
     batch = batch_of([utterance(1.5, 6, 4), utterance(1.0, 0, 5), utterance(2.2, 3, 6)], m.config)
