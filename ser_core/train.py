@@ -473,9 +473,9 @@ def check_same_split(cfg: TrainConfig) -> None:
 
 def _init_from(model, checkpoint: str, device, log, labels: list[str]) -> None:
     """Fine-tuning: start from a checkpoint's weights (same model, or the same network under its other
-    name: :data:`SAME_NETWORK`; the tensors one of them lacks keep their initial values). Only the classifier may differ,
-    and only when the run's classes do; any other tensor of another shape means the run's model
-    settings differ from the checkpoint's, and is refused rather than trained from scratch."""
+    name: :data:`SAME_NETWORK`; the tensors one of them lacks keep their initial values). Only the
+    classifier may differ, and only when the run's classes do; any other tensor of another shape means
+    the run's model settings differ from the checkpoint's, and is refused rather than trained from scratch."""
     source, meta = load_checkpoint(checkpoint, device=device)
     if not same_network(meta["model"], model.model_name):
         raise InputError(f"{checkpoint} holds a {meta['model']} model, not {model.model_name}.")
